@@ -1,0 +1,182 @@
+//! Is Kafka fit to carry walflow's change events: brokers answer metadata requests, speak a
+//! recent enough protocol, and let walflow create (and delete) a topic.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+
+use super::{scratch_name, Check, DoctorTargets, ServiceReport};
+use crate::kafka_api_versions::{self, BrokerApiVersions};
+
+/// InitProducerId (API key 22), which transactions and idempotent producers need.
+const INIT_PRODUCER_ID_API_KEY: i16 = 22;
+
+pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
+    let mut report = ServiceReport::new("kafka", targets.kafka_brokers.clone());
+    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+        .set("bootstrap.servers", &targets.kafka_brokers)
+        .set(
+            "socket.connection.setup.timeout.ms",
+            timeout_ms(targets.timeout),
+        )
+        .set("log_level", "3")
+        .create()
+    {
+        Ok(admin) => admin,
+        Err(error) => {
+            report.checks.push(Check::fail(
+                "connect",
+                format!("cannot configure a Kafka client: {error}"),
+                "check WALFLOW_KAFKA_BROKERS / --kafka-brokers (HOST:PORT,...)",
+            ));
+            return report;
+        }
+    };
+    let admin = std::sync::Arc::new(admin);
+
+    let metadata_admin = admin.clone();
+    let timeout = targets.timeout;
+    let metadata = tokio::task::spawn_blocking(move || {
+        metadata_admin
+            .inner()
+            .fetch_metadata(None, timeout)
+            .map(|metadata| {
+                (
+                    metadata.brokers().len(),
+                    metadata.topics().len(),
+                    metadata.orig_broker_name().to_owned(),
+                )
+            })
+    })
+    .await;
+    match metadata {
+        Ok(Ok((brokers, topics, answered_by))) => report.checks.push(Check::ok(
+            "connect",
+            format!("{brokers} broker(s), {topics} topic(s), answered by {answered_by}"),
+        )),
+        Ok(Err(error)) => {
+            report.checks.push(Check::fail(
+                "connect",
+                format!("no metadata within {timeout:?}: {error}"),
+                "start Kafka (scripts/services up) or point WALFLOW_KAFKA_BROKERS / \
+                 --kafka-brokers at a reachable broker",
+            ));
+            return report;
+        }
+        Err(error) => {
+            report.checks.push(Check::fail(
+                "connect",
+                format!("metadata task failed: {error}"),
+                "retry",
+            ));
+            return report;
+        }
+    }
+
+    report
+        .checks
+        .push(match first_broker(&targets.kafka_brokers) {
+            Some(broker) => match kafka_api_versions::request(broker, targets.timeout).await {
+                Ok(versions) => {
+                    report.version = Some(describe_version(&versions));
+                    protocol_check(&versions)
+                }
+                Err(error) => Check::fail(
+                    "protocol",
+                    format!("ApiVersions request to {broker} failed: {error}"),
+                    "use Apache Kafka 2.4 or newer (walflow is tested on 4.x)",
+                ),
+            },
+            None => Check::fail(
+                "protocol",
+                "no broker address given",
+                "set WALFLOW_KAFKA_BROKERS",
+            ),
+        });
+
+    report
+        .checks
+        .push(create_topic_check(&admin, targets.timeout).await);
+    report
+}
+
+fn first_broker(brokers: &str) -> Option<&str> {
+    brokers
+        .split(',')
+        .map(str::trim)
+        .find(|broker| !broker.is_empty())
+}
+
+fn timeout_ms(timeout: Duration) -> String {
+    timeout.as_millis().max(1000).to_string()
+}
+
+fn describe_version(versions: &BrokerApiVersions) -> String {
+    match versions.finalized_feature("metadata.version") {
+        Some(level) => format!("KRaft, metadata.version level {level}"),
+        None => format!(
+            "ApiVersions {} APIs (no KRaft metadata.version)",
+            versions.apis.len()
+        ),
+    }
+}
+
+fn protocol_check(versions: &BrokerApiVersions) -> Check {
+    match versions.max_version(INIT_PRODUCER_ID_API_KEY) {
+        Some(_) => Check::ok(
+            "protocol",
+            format!(
+                "{} APIs; idempotent and transactional producers supported",
+                versions.apis.len()
+            ),
+        ),
+        None => Check::fail(
+            "protocol",
+            "the broker has no InitProducerId API: no idempotent or transactional producer",
+            "use Apache Kafka 2.4 or newer (walflow is tested on 4.x)",
+        ),
+    }
+}
+
+/// Creates a one-partition scratch topic and deletes it again: the same admin rights that
+/// `walflow cdc` needs for its topics.
+async fn create_topic_check(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> Check {
+    let topic = scratch_name("walflow_doctor");
+    let options = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await;
+    let outcome = match created {
+        Ok(results) => results.into_iter().find_map(|result| result.err()),
+        Err(error) => Some((topic.clone(), error_code_of(&error))),
+    };
+    if let Some((_, code)) = outcome {
+        return Check::fail(
+            "create topic",
+            format!("could not create topic {topic}: {code}"),
+            "allow walflow's principal to create topics (ACL CREATE on the cluster), or \
+             create its topics beforehand",
+        );
+    }
+    match admin.delete_topics(&[&topic], &options).await {
+        Ok(_) => Check::ok("create topic", format!("created and deleted {topic}")),
+        Err(error) => Check::warn(
+            "create topic",
+            format!("created {topic} but could not delete it: {error}"),
+            format!("delete topic {topic} by hand; allow walflow's principal to delete topics"),
+        ),
+    }
+}
+
+fn error_code_of(error: &rdkafka::error::KafkaError) -> rdkafka::types::RDKafkaErrorCode {
+    error
+        .rdkafka_error_code()
+        .unwrap_or(rdkafka::types::RDKafkaErrorCode::Fail)
+}

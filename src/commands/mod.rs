@@ -1,0 +1,37 @@
+//! One module per subcommand.
+
+mod doctor;
+mod migrate;
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::config::GlobalArgs;
+use crate::exit::Failure;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check that Postgres, Kafka and Cassandra are reachable and fit for walflow
+    Doctor(doctor::DoctorArgs),
+    /// Apply the Postgres schema in sql/schema/ (ordered, recorded, safe to re-run)
+    Migrate(migrate::MigrateArgs),
+}
+
+impl Command {
+    /// The log filter when neither `--log-level` nor `RUST_LOG` says otherwise. doctor
+    /// reports every failure in its table, so the drivers' own retries would only be noise.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Doctor(_) => "error,scylla=off,rdkafka=off",
+            Command::Migrate(_) => "info",
+        }
+    }
+}
+
+pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Failure> {
+    match command {
+        Command::Doctor(args) => doctor::run(args, global).await,
+        Command::Migrate(args) => migrate::run(args, global).await,
+    }
+}

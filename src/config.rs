@@ -1,0 +1,287 @@
+//! Configuration: `walflow.toml`, overridden by `WALFLOW_*` environment variables,
+//! overridden by flags. clap reads a flag or, failing that, its environment variable; the
+//! file fills in what neither gave; defaults match the services of `scripts/services`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use serde::Deserialize;
+
+use crate::logging::LogFormat;
+
+pub const DEFAULT_CONFIG_FILE: &str = "walflow.toml";
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://walflow:walflow@127.0.0.1:5432/walflow";
+pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";
+pub const DEFAULT_CASSANDRA_NODES: &str = "127.0.0.1:9042";
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Configuration file. Without this flag, ./walflow.toml is read when it exists.
+    #[arg(long, global = true, env = "WALFLOW_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Postgres connection URL [default: postgres://walflow:***@127.0.0.1:5432/walflow]
+    #[arg(
+        long,
+        global = true,
+        env = "WALFLOW_POSTGRES_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub postgres_url: Option<String>,
+
+    /// Kafka bootstrap brokers, comma-separated [default: 127.0.0.1:9092]
+    #[arg(
+        long,
+        global = true,
+        env = "WALFLOW_KAFKA_BROKERS",
+        value_name = "HOST:PORT,..."
+    )]
+    pub kafka_brokers: Option<String>,
+
+    /// Cassandra contact points, comma-separated [default: 127.0.0.1:9042]
+    #[arg(
+        long,
+        global = true,
+        env = "WALFLOW_CASSANDRA_NODES",
+        value_name = "HOST:PORT,..."
+    )]
+    pub cassandra_nodes: Option<String>,
+
+    /// Log format on stderr
+    #[arg(long, global = true, env = "WALFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log filter such as `debug` or `walflow=debug,info` [default: RUST_LOG, else info]
+    #[arg(long, global = true, env = "WALFLOW_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+/// The configuration every command works from, after file, environment and flags.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub postgres_url: SecretUrl,
+    pub kafka_brokers: String,
+    pub cassandra_nodes: Vec<String>,
+}
+
+/// What `walflow.toml` may contain. Unknown keys are errors, so a typo never silently
+/// falls back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    postgres: PostgresSection,
+    #[serde(default)]
+    kafka: KafkaSection,
+    #[serde(default)]
+    cassandra: CassandraSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresSection {
+    url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KafkaSection {
+    brokers: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CassandraSection {
+    nodes: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what} is empty: give at least one HOST:PORT")]
+    Empty { what: &'static str },
+}
+
+impl Config {
+    pub fn load(args: &GlobalArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_config_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                read_config_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => ConfigFile::default(),
+        };
+        let postgres_url = args
+            .postgres_url
+            .clone()
+            .or(file.postgres.url)
+            .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_owned());
+        let kafka_brokers = args
+            .kafka_brokers
+            .clone()
+            .or(file.kafka.brokers)
+            .unwrap_or_else(|| DEFAULT_KAFKA_BROKERS.to_owned());
+        let cassandra_nodes = args
+            .cassandra_nodes
+            .clone()
+            .or(file.cassandra.nodes)
+            .unwrap_or_else(|| DEFAULT_CASSANDRA_NODES.to_owned());
+        let config = Config {
+            postgres_url: SecretUrl::new(postgres_url),
+            kafka_brokers: non_empty_list(&kafka_brokers, "the Kafka broker list")?.join(","),
+            cassandra_nodes: non_empty_list(&cassandra_nodes, "the Cassandra node list")?,
+        };
+        tracing::debug!(?config, "configuration loaded");
+        Ok(config)
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_config_file(path, &text)
+}
+
+fn parse_config_file(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    // toml's message already names the key and shows the line it is on.
+    toml::from_str(text).map_err(|error| ConfigError::Parse {
+        path: path.to_owned(),
+        message: error.to_string().trim_end().to_owned(),
+    })
+}
+
+fn non_empty_list(list: &str, what: &'static str) -> Result<Vec<String>, ConfigError> {
+    let items: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if items.is_empty() {
+        return Err(ConfigError::Empty { what });
+    }
+    Ok(items)
+}
+
+/// A connection URL whose password never reaches a log line, an error or `Debug`.
+#[derive(Clone)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: String) -> Self {
+        SecretUrl(url)
+    }
+
+    /// The URL with its password, only for handing to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn redacted(&self) -> String {
+        redact_password(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// Hides the password of a URL (`postgres://user:secret@host`) or of a libpq key/value
+/// string (`host=... password=secret`).
+pub fn redact_password(connection: &str) -> String {
+    if let Ok(mut url) = url::Url::parse(connection) {
+        if url.password().is_some() {
+            // Only URLs that cannot have a password refuse this, and this one has one.
+            let _ = url.set_password(Some("***"));
+        }
+        // Query parameters may carry a password too (`?password=...`).
+        if url.query_pairs().any(|(key, _)| key == "password") {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(key, value)| {
+                    let value = if key == "password" {
+                        "***".to_owned()
+                    } else {
+                        value.into_owned()
+                    };
+                    (key.into_owned(), value)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        return url.to_string();
+    }
+    connection
+        .split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=***".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        let url = SecretUrl::new("postgres://walflow:s3cret@db:5432/walflow".into());
+        assert_eq!(url.to_string(), "postgres://walflow:***@db:5432/walflow");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.expose(), "postgres://walflow:s3cret@db:5432/walflow");
+    }
+
+    #[test]
+    fn query_and_key_value_passwords_are_redacted() {
+        let query = redact_password("postgres://db/walflow?user=a&password=s3cret&sslmode=require");
+        assert!(!query.contains("s3cret"), "{query}");
+        assert!(query.contains("sslmode=require"), "{query}");
+        let key_value = redact_password("host=db user=a password=s3cret dbname=walflow");
+        assert_eq!(key_value, "host=db user=a password=*** dbname=walflow");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_file() {
+        let error = parse_config_file(Path::new("conf/walflow.toml"), "[postgres]\nurll = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("conf/walflow.toml"), "{error}");
+        assert!(error.contains("urll"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn unknown_sections_are_rejected() {
+        let error = parse_config_file(Path::new("walflow.toml"), "[kafkaa]\nbrokers = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("kafkaa"), "{error}");
+    }
+
+    #[test]
+    fn empty_lists_are_rejected() {
+        assert!(non_empty_list(" , ", "the Kafka broker list").is_err());
+        assert_eq!(non_empty_list("a:1, b:2", "x").unwrap(), vec!["a:1", "b:2"]);
+    }
+}

@@ -1,0 +1,280 @@
+//! Per-test resources with unique names, cleaned up on drop, and a way to run the `walflow`
+//! binary against them. Service addresses come from the environment that
+//! `scripts/services env` prints.
+
+#![allow(dead_code)] // each test module uses its own part of the harness
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::ClientConfig;
+use tokio_postgres::{Client, NoTls};
+
+mod scratch_postgres;
+pub use scratch_postgres::ScratchPostgres;
+
+/// The service addresses, from `eval "$(scripts/services env)"`.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub postgres_url: String,
+    pub kafka_brokers: String,
+    pub cassandra_nodes: String,
+}
+
+pub fn services() -> Services {
+    let variable = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: the integration tests need the real services. Run \
+                 `scripts/services up && eval \"$(scripts/services env)\"` first, or use \
+                 scripts/test, which does both"
+            )
+        })
+    };
+    Services {
+        postgres_url: variable("WALFLOW_POSTGRES_URL"),
+        kafka_brokers: variable("WALFLOW_KAFKA_BROKERS"),
+        cassandra_nodes: variable("WALFLOW_CASSANDRA_NODES"),
+    }
+}
+
+/// A lowercase name no other test (in this run or a parallel one) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", redact(url)));
+    tokio::spawn(connection);
+    client
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Err(_) => "<postgres url>".to_owned(),
+    }
+}
+
+/// `url` with its database replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("WALFLOW_POSTGRES_URL is a URL");
+    parsed.set_path(&format!("/{database}"));
+    parsed.to_string()
+}
+
+/// A database of its own for one test, dropped (with its connections) when the test ends.
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> TestDatabase {
+        let admin_url = services().postgres_url;
+        let name = unique_name("walflow_test");
+        let admin = connect(&admin_url).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap_or_else(|error| panic!("CREATE DATABASE {name}: {error}"));
+        TestDatabase {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with
+        // a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .await
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!(
+                "warning: could not drop test database {}: {dropped:?}",
+                self.name
+            );
+        }
+    }
+}
+
+/// A topic prefix of its own for one test; every topic under it is deleted on drop.
+pub struct TestTopics {
+    pub prefix: String,
+    brokers: String,
+}
+
+impl TestTopics {
+    pub fn new() -> TestTopics {
+        TestTopics {
+            prefix: unique_name("walflow_test"),
+            brokers: services().kafka_brokers,
+        }
+    }
+}
+
+impl Drop for TestTopics {
+    fn drop(&mut self) {
+        let brokers = self.brokers.clone();
+        let prefix = format!("{}.", self.prefix);
+        let _ = std::thread::spawn(move || {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()?;
+            let metadata = admin
+                .inner()
+                .fetch_metadata(None, Duration::from_secs(10))?;
+            let topics: Vec<String> = metadata
+                .topics()
+                .iter()
+                .map(|topic| topic.name().to_owned())
+                .filter(|name| name.starts_with(&prefix))
+                .collect();
+            if !topics.is_empty() {
+                let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()))?;
+            }
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+    }
+}
+
+/// A keyspace of its own for one test, dropped on drop.
+pub struct TestKeyspace {
+    pub name: String,
+    nodes: String,
+}
+
+impl TestKeyspace {
+    pub async fn create() -> TestKeyspace {
+        let nodes = services().cassandra_nodes;
+        let name = unique_name("walflow_test");
+        let session = cassandra_session(&nodes).await;
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE {name} WITH replication = \
+                     {{'class': 'SimpleStrategy', 'replication_factor': 1}}"
+                ),
+                (),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("CREATE KEYSPACE {name}: {error}"));
+        TestKeyspace { name, nodes }
+    }
+}
+
+pub async fn cassandra_session(nodes: &str) -> scylla::client::session::Session {
+    scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes.split(','))
+        .build()
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to Cassandra at {nodes}: {error}"))
+}
+
+impl Drop for TestKeyspace {
+    fn drop(&mut self) {
+        let nodes = self.nodes.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let session = cassandra_session(&nodes).await;
+                session
+                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
+                    .await
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
+    }
+}
+
+/// The `walflow` binary with a clean environment: only the service addresses given here,
+/// never whatever WALFLOW_* the developer's shell has.
+pub fn walflow(postgres_url: &str) -> Command {
+    let services = services();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_walflow"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("WALFLOW_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("WALFLOW_POSTGRES_URL", postgres_url)
+        .env("WALFLOW_KAFKA_BROKERS", services.kafka_brokers)
+        .env("WALFLOW_CASSANDRA_NODES", services.cassandra_nodes)
+        .current_dir(std::env::temp_dir());
+    command
+}
+
+/// Runs a command, returning its output; stdout and stderr are printed when the test fails.
+pub fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    eprintln!(
+        "$ {command:?}\n--- exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn repo_root() -> &'static str {
+    env!("CARGO_MANIFEST_DIR")
+}

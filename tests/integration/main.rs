@@ -1,0 +1,10 @@
+//! walflow's integration tests: one test binary, run against the real Postgres, Kafka and
+//! Cassandra that `scripts/services up` starts. Each test makes its own database, topic
+//! prefix and keyspace (see `harness`), so tests run in parallel and leave nothing behind.
+
+mod harness;
+
+mod compose;
+mod config;
+mod doctor;
+mod migrate;
