@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 mod doctor;
+mod fake_api;
+mod ingest;
 mod migrate;
 
 use std::process::ExitCode;
@@ -16,6 +18,10 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Apply the Postgres schema in sql/schema/ (ordered, recorded, safe to re-run)
     Migrate(migrate::MigrateArgs),
+    /// Fetch users from a randomuser-compatible API into Postgres
+    Ingest(ingest::IngestArgs),
+    /// Serve a randomuser-compatible API locally, with faults to inject
+    FakeApi(fake_api::FakeApiArgs),
 }
 
 impl Command {
@@ -24,7 +30,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Doctor(_) => "error,scylla=off,rdkafka=off",
-            Command::Migrate(_) => "info",
+            Command::Migrate(_) | Command::Ingest(_) | Command::FakeApi(_) => "info",
         }
     }
 }
@@ -33,5 +39,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
     match command {
         Command::Doctor(args) => doctor::run(args, global).await,
         Command::Migrate(args) => migrate::run(args, global).await,
+        Command::Ingest(args) => ingest::run(args, global).await,
+        Command::FakeApi(args) => fake_api::run(args).await,
     }
 }

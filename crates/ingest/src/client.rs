@@ -1,0 +1,251 @@
+//! The HTTP side of ingest: one page of users per request, retried on rate limits, server
+//! errors, timeouts and garbled bodies, and paced by an optional request rate.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+use crate::retry::{is_retryable_status, parse_retry_after, RetryPolicy};
+
+/// The API's documented maximum per request.
+pub const MAX_RESULTS_PER_REQUEST: u32 = 5000;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub results: u32,
+    pub page: u32,
+    pub seed: Option<String>,
+    pub nat: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ApiPage {
+    pub records: Vec<Value>,
+    /// The seed the API used (it picks one when the request had none).
+    pub seed: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url} answered {status}, which retrying cannot fix: {body}")]
+    Rejected {
+        url: String,
+        status: u16,
+        body: String,
+    },
+    #[error("{url} still failing after {attempts} attempts; last failure: {last_failure}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last_failure: String,
+    },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiBody {
+    results: Option<Vec<Value>>,
+    info: Option<ApiInfo>,
+    error: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiInfo {
+    seed: Option<String>,
+}
+
+pub struct ApiClient {
+    http: reqwest::Client,
+    source: String,
+    policy: RetryPolicy,
+    min_interval: Option<Duration>,
+    next_request_at: Mutex<Instant>,
+    retries: AtomicU64,
+}
+
+impl ApiClient {
+    pub fn new(
+        source: &str,
+        policy: RetryPolicy,
+        request_timeout: Duration,
+        max_requests_per_second: Option<f64>,
+    ) -> Result<ApiClient, FetchError> {
+        let http = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .user_agent(concat!("walflow/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| FetchError::Client(error.to_string()))?;
+        Ok(ApiClient {
+            http,
+            source: source.to_owned(),
+            policy,
+            min_interval: max_requests_per_second
+                .filter(|rate| *rate > 0.0)
+                .map(|rate| Duration::from_secs_f64(1.0 / rate)),
+            next_request_at: Mutex::new(Instant::now()),
+            retries: AtomicU64::new(0),
+        })
+    }
+
+    /// Retries made so far, across all pages.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    pub async fn fetch(&self, request: &PageRequest) -> Result<ApiPage, FetchError> {
+        let mut query: Vec<(&str, String)> = vec![
+            ("results", request.results.to_string()),
+            ("page", request.page.to_string()),
+        ];
+        if let Some(seed) = &request.seed {
+            query.push(("seed", seed.clone()));
+        }
+        if let Some(nat) = &request.nat {
+            query.push(("nat", nat.clone()));
+        }
+        let url = describe(&self.source, &query);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.pace().await;
+            let (failure, retry_after) =
+                match self.http.get(&self.source).query(&query).send().await {
+                    Err(error) => (describe_transport_error(&error), None),
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_after = response
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|value| value.to_str().ok())
+                            .and_then(parse_retry_after);
+                        match response.bytes().await {
+                            Err(error) => (describe_transport_error(&error), retry_after),
+                            Ok(body) if status == 200 => match parse_body(&body) {
+                                Ok(page) => return Ok(page),
+                                Err(problem) => (problem, None),
+                            },
+                            Ok(body) if is_retryable_status(status) => {
+                                (format!("HTTP {status}: {}", snippet(&body)), retry_after)
+                            }
+                            Ok(body) => {
+                                return Err(FetchError::Rejected {
+                                    url,
+                                    status,
+                                    body: snippet(&body),
+                                });
+                            }
+                        }
+                    }
+                };
+            if attempt > self.policy.max_retries {
+                return Err(FetchError::GaveUp {
+                    url,
+                    attempts: attempt,
+                    last_failure: failure,
+                });
+            }
+            let delay = self
+                .policy
+                .delay(attempt, rand::rng().random::<f64>(), retry_after);
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                page = request.page,
+                attempt,
+                max_retries = self.policy.max_retries,
+                delay_ms = delay.as_millis() as u64,
+                retry_after_s = retry_after.map(|after| after.as_secs()),
+                %failure,
+                "retrying the API request"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Waits until the request rate allows one more request.
+    async fn pace(&self) {
+        let Some(interval) = self.min_interval else {
+            return;
+        };
+        let wait_until = {
+            let mut next = self.next_request_at.lock().await;
+            let now = Instant::now();
+            let slot = (*next).max(now);
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(wait_until).await;
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<ApiPage, String> {
+    let parsed: ApiBody = serde_json::from_slice(body)
+        .map_err(|error| format!("malformed JSON ({error}) in a {}-byte body", body.len()))?;
+    if let Some(error) = parsed.error {
+        return Err(format!("the API reported an error: {error}"));
+    }
+    let records = parsed
+        .results
+        .ok_or_else(|| "the body has no `results` array".to_owned())?;
+    Ok(ApiPage {
+        records,
+        seed: parsed.info.and_then(|info| info.seed),
+    })
+}
+
+fn describe(source: &str, query: &[(&str, String)]) -> String {
+    let parameters: Vec<String> = query
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!("{source}?{}", parameters.join("&"))
+}
+
+fn describe_transport_error(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut snippet: String = text.chars().take(200).collect();
+    if text.chars().count() > 200 {
+        snippet.push('…');
+    }
+    snippet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_parsed_or_explained() {
+        let page = parse_body(br#"{"results":[{"a":1}],"info":{"seed":"abc","page":1}}"#).unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.seed.as_deref(), Some("abc"));
+        assert!(parse_body(b"{\"results\": [")
+            .unwrap_err()
+            .contains("malformed JSON"));
+        assert!(parse_body(br#"{"error":"Uh oh"}"#)
+            .unwrap_err()
+            .contains("Uh oh"));
+        assert!(parse_body(br#"{"info":{}}"#)
+            .unwrap_err()
+            .contains("results"));
+    }
+}
