@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod bench;
 mod doctor;
 mod fake_api;
 mod ingest;
@@ -22,6 +23,8 @@ pub enum Command {
     Ingest(ingest::IngestArgs),
     /// Serve a randomuser-compatible API locally, with faults to inject
     FakeApi(fake_api::FakeApiArgs),
+    /// Measure speed against a baseline in the same run (see docs/benchmarks.md)
+    Bench(bench::BenchArgs),
 }
 
 impl Command {
@@ -30,7 +33,9 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Doctor(_) => "error,scylla=off,rdkafka=off",
-            Command::Migrate(_) | Command::Ingest(_) | Command::FakeApi(_) => "info",
+            Command::Migrate(_) | Command::Ingest(_) | Command::FakeApi(_) | Command::Bench(_) => {
+                "info"
+            }
         }
     }
 }
@@ -41,5 +46,6 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
         Command::Migrate(args) => migrate::run(args, global).await,
         Command::Ingest(args) => ingest::run(args, global).await,
         Command::FakeApi(args) => fake_api::run(args).await,
+        Command::Bench(args) => bench::run(args, global).await,
     }
 }

@@ -7,4 +7,5 @@ mod harness;
 mod compose;
 mod config;
 mod doctor;
+mod ingest;
 mod migrate;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -25,7 +25,8 @@ pub struct PageRequest {
 
 #[derive(Debug)]
 pub struct ApiPage {
-    pub records: Vec<Value>,
+    /// Each record's JSON text, validated later (and kept as sent when it is rejected).
+    pub records: Vec<Box<RawValue>>,
     /// The seed the API used (it picks one when the request had none).
     pub seed: Option<String>,
 }
@@ -50,7 +51,7 @@ pub enum FetchError {
 
 #[derive(Debug, Deserialize)]
 struct ApiBody {
-    results: Option<Vec<Value>>,
+    results: Option<Vec<Box<RawValue>>>,
     info: Option<ApiInfo>,
     error: Option<String>,
 }

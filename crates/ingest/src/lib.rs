@@ -7,4 +7,5 @@ pub mod fake_api;
 pub mod model;
 pub mod retry;
 pub mod run;
+pub mod schema;
 pub mod writer;

@@ -3,7 +3,7 @@
 //! nothing is dropped without a trace.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
+use serde::Deserialize;
 use uuid::Uuid;
 
 /// A validated user, one row of the `users` table.
@@ -40,169 +40,250 @@ pub struct User {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {problem}")]
 pub struct RejectReason {
-    pub field: &'static str,
+    pub field: String,
     pub problem: String,
 }
 
 impl User {
-    /// Validates one element of the API's `results` array. Fields the request excluded
-    /// (`exc=`) may be absent; a present field of the wrong type is rejected, and so is a
-    /// record without the fields the table cannot do without.
-    pub fn from_api(record: &Value) -> Result<User, RejectReason> {
-        if !record.is_object() {
-            return Err(RejectReason {
-                field: "record",
-                problem: format!("expected an object, got {}", kind(record)),
-            });
+    /// Validates one element of the API's `results` array, given as its JSON text. Fields
+    /// the request excluded (`exc=`) may be absent; a present field of the wrong type is
+    /// rejected with its path, and so is a record without the fields the table cannot do
+    /// without.
+    pub fn from_api_json(record: &str) -> Result<User, RejectReason> {
+        let mut deserializer = serde_json::Deserializer::from_str(record);
+        let api: ApiRecord =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                let problem = error.into_inner().to_string();
+                RejectReason {
+                    field: field_name(&path),
+                    problem: strip_position(&problem),
+                }
+            })?;
+        api.validate()
+    }
+}
+
+/// The record as the API shapes it. Strings are owned so that they move into `User`
+/// without a copy.
+#[derive(Debug, Deserialize)]
+struct ApiRecord {
+    gender: Option<String>,
+    #[serde(default)]
+    name: ApiName,
+    #[serde(default)]
+    location: ApiLocation,
+    email: Option<String>,
+    #[serde(default)]
+    login: ApiLogin,
+    #[serde(default)]
+    dob: ApiDated,
+    #[serde(default)]
+    registered: ApiDated,
+    phone: Option<String>,
+    cell: Option<String>,
+    #[serde(default)]
+    picture: ApiPicture,
+    nat: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiName {
+    title: Option<String>,
+    first: Option<String>,
+    last: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiLocation {
+    #[serde(default)]
+    street: ApiStreet,
+    city: Option<String>,
+    state: Option<String>,
+    country: Option<String>,
+    postcode: Option<StringOrNumber>,
+    #[serde(default)]
+    coordinates: ApiCoordinates,
+    #[serde(default)]
+    timezone: ApiTimezone,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiStreet {
+    number: Option<i32>,
+    name: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiCoordinates {
+    latitude: Option<StringOrNumber>,
+    longitude: Option<StringOrNumber>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiTimezone {
+    offset: Option<String>,
+    description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiLogin {
+    uuid: Option<String>,
+    username: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiDated {
+    date: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiPicture {
+    large: Option<String>,
+    medium: Option<String>,
+    thumbnail: Option<String>,
+}
+
+/// Postcodes are numbers for some nationalities and strings for others; coordinates are
+/// strings ("-69.8246") but numbers are accepted too.
+#[derive(Debug)]
+struct StringOrNumber(String);
+
+impl<'de> Deserialize<'de> for StringOrNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = StringOrNumber;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a string or a number")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<StringOrNumber, E> {
+                Ok(StringOrNumber(value.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, value: String) -> Result<StringOrNumber, E> {
+                Ok(StringOrNumber(value))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<StringOrNumber, E> {
+                Ok(StringOrNumber(value.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<StringOrNumber, E> {
+                Ok(StringOrNumber(value.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<StringOrNumber, E> {
+                Ok(StringOrNumber(value.to_string()))
+            }
         }
-        let id_text = required_string(record, "login.uuid")?;
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl ApiRecord {
+    fn validate(self) -> Result<User, RejectReason> {
+        let id_text = required(self.login.uuid, "login.uuid")?;
         let id = Uuid::parse_str(&id_text).map_err(|_| RejectReason {
-            field: "login.uuid",
+            field: "login.uuid".into(),
             problem: format!("{id_text:?} is not a UUID"),
         })?;
         Ok(User {
             id,
-            gender: optional_string(record, "gender")?,
-            title: optional_string(record, "name.title")?,
-            first_name: required_string(record, "name.first")?,
-            last_name: required_string(record, "name.last")?,
-            street_number: optional_integer(record, "location.street.number")?,
-            street_name: optional_string(record, "location.street.name")?,
-            city: optional_string(record, "location.city")?,
-            state: optional_string(record, "location.state")?,
-            country: optional_string(record, "location.country")?,
-            postcode: optional_string_or_number(record, "location.postcode")?,
-            latitude: optional_coordinate(record, "location.coordinates.latitude", 90.0)?,
-            longitude: optional_coordinate(record, "location.coordinates.longitude", 180.0)?,
-            timezone_offset: optional_string(record, "location.timezone.offset")?,
-            timezone_name: optional_string(record, "location.timezone.description")?,
-            email: required_string(record, "email")?,
-            username: required_string(record, "login.username")?,
-            dob: optional_timestamp(record, "dob.date")?,
-            registered_at: optional_timestamp(record, "registered.date")?,
-            phone: optional_string(record, "phone")?,
-            cell: optional_string(record, "cell")?,
-            picture_large: optional_string(record, "picture.large")?,
-            picture_medium: optional_string(record, "picture.medium")?,
-            picture_thumbnail: optional_string(record, "picture.thumbnail")?,
-            nat: optional_string(record, "nat")?,
+            gender: self.gender,
+            title: self.name.title,
+            first_name: required(self.name.first, "name.first")?,
+            last_name: required(self.name.last, "name.last")?,
+            street_number: self.location.street.number,
+            street_name: self.location.street.name,
+            city: self.location.city,
+            state: self.location.state,
+            country: self.location.country,
+            postcode: self.location.postcode.map(|postcode| postcode.0),
+            latitude: coordinate(
+                self.location.coordinates.latitude,
+                "location.coordinates.latitude",
+                90.0,
+            )?,
+            longitude: coordinate(
+                self.location.coordinates.longitude,
+                "location.coordinates.longitude",
+                180.0,
+            )?,
+            timezone_offset: self.location.timezone.offset,
+            timezone_name: self.location.timezone.description,
+            email: required(self.email, "email")?,
+            username: required(self.login.username, "login.username")?,
+            dob: timestamp(self.dob.date, "dob.date")?,
+            registered_at: timestamp(self.registered.date, "registered.date")?,
+            phone: self.phone,
+            cell: self.cell,
+            picture_large: self.picture.large,
+            picture_medium: self.picture.medium,
+            picture_thumbnail: self.picture.thumbnail,
+            nat: self.nat,
         })
     }
 }
 
-fn lookup<'a>(record: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.')
-        .try_fold(record, |value, key| value.get(key))
-        .filter(|value| !value.is_null())
-}
-
-fn kind(value: &Value) -> &'static str {
+fn required(value: Option<String>, field: &str) -> Result<String, RejectReason> {
     match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-fn wrong_type(field: &'static str, expected: &str, value: &Value) -> RejectReason {
-    RejectReason {
-        field,
-        problem: format!("expected {expected}, got {}", kind(value)),
-    }
-}
-
-fn optional_string(record: &Value, field: &'static str) -> Result<Option<String>, RejectReason> {
-    match lookup(record, field) {
-        None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(other) => Err(wrong_type(field, "a string", other)),
-    }
-}
-
-fn required_string(record: &Value, field: &'static str) -> Result<String, RejectReason> {
-    match optional_string(record, field)? {
         Some(text) if !text.trim().is_empty() => Ok(text),
         Some(_) => Err(RejectReason {
-            field,
+            field: field.into(),
             problem: "is empty".into(),
         }),
         None => Err(RejectReason {
-            field,
+            field: field.into(),
             problem: "is missing".into(),
         }),
     }
 }
 
-/// Postcodes are numbers for some nationalities and strings for others.
-fn optional_string_or_number(
-    record: &Value,
-    field: &'static str,
-) -> Result<Option<String>, RejectReason> {
-    match lookup(record, field) {
-        None => Ok(None),
-        Some(Value::String(text)) => Ok(Some(text.clone())),
-        Some(Value::Number(number)) => Ok(Some(number.to_string())),
-        Some(other) => Err(wrong_type(field, "a string or a number", other)),
-    }
-}
-
-fn optional_integer(record: &Value, field: &'static str) -> Result<Option<i32>, RejectReason> {
-    match lookup(record, field) {
-        None => Ok(None),
-        Some(Value::Number(number)) => number
-            .as_i64()
-            .and_then(|number| i32::try_from(number).ok())
-            .map(Some)
-            .ok_or_else(|| RejectReason {
-                field,
-                problem: format!("{number} is not a 32-bit integer"),
-            }),
-        Some(other) => Err(wrong_type(field, "an integer", other)),
-    }
-}
-
-/// The API sends coordinates as strings ("-69.8246"); numbers are accepted too.
-fn optional_coordinate(
-    record: &Value,
-    field: &'static str,
+fn coordinate(
+    value: Option<StringOrNumber>,
+    field: &str,
     bound: f64,
 ) -> Result<Option<f64>, RejectReason> {
-    let degrees = match lookup(record, field) {
-        None => return Ok(None),
-        Some(Value::Number(number)) => number.as_f64(),
-        Some(Value::String(text)) => text.trim().parse::<f64>().ok(),
-        Some(other) => return Err(wrong_type(field, "a coordinate", other)),
+    let Some(StringOrNumber(text)) = value else {
+        return Ok(None);
     };
-    match degrees {
-        Some(degrees) if degrees.abs() <= bound => Ok(Some(degrees)),
+    match text.trim().parse::<f64>() {
+        Ok(degrees) if degrees.abs() <= bound => Ok(Some(degrees)),
         _ => Err(RejectReason {
-            field,
-            problem: format!("not a coordinate within ±{bound}"),
+            field: field.into(),
+            problem: format!("{text:?} is not a coordinate within ±{bound}"),
         }),
     }
 }
 
-fn optional_timestamp(
-    record: &Value,
-    field: &'static str,
-) -> Result<Option<DateTime<Utc>>, RejectReason> {
-    match optional_string(record, field)? {
-        None => Ok(None),
-        Some(text) => DateTime::parse_from_rfc3339(&text)
-            .map(|timestamp| Some(timestamp.with_timezone(&Utc)))
-            .map_err(|_| RejectReason {
-                field,
-                problem: format!("{text:?} is not an RFC 3339 timestamp"),
-            }),
+fn timestamp(value: Option<String>, field: &str) -> Result<Option<DateTime<Utc>>, RejectReason> {
+    let Some(text) = value else { return Ok(None) };
+    DateTime::parse_from_rfc3339(&text)
+        .map(|timestamp| Some(timestamp.with_timezone(&Utc)))
+        .map_err(|_| RejectReason {
+            field: field.into(),
+            problem: format!("{text:?} is not an RFC 3339 timestamp"),
+        })
+}
+
+/// serde_path_to_error names the root `.`: the record itself is not an object.
+fn field_name(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        "record".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+/// serde's messages end with " at line L column C", which says nothing once the field is
+/// named.
+fn strip_position(problem: &str) -> String {
+    match problem.rfind(" at line ") {
+        Some(index) => problem[..index].to_owned(),
+        None => problem.to_owned(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     use super::*;
 
@@ -229,7 +310,7 @@ mod tests {
 
     #[test]
     fn a_complete_record_is_accepted_with_numeric_postcodes_as_text() {
-        let user = User::from_api(&sample()).unwrap();
+        let user = User::from_api_json(&sample().to_string()).unwrap();
         assert_eq!(user.id.to_string(), "7a0eed16-9430-4d68-901f-c0d4c1c3bf00");
         assert_eq!(user.postcode.as_deref(), Some("63104"));
         assert_eq!(user.latitude, Some(-69.8246));
@@ -245,7 +326,9 @@ mod tests {
         let mut record = sample();
         record["login"].as_object_mut().unwrap().remove("uuid");
         assert_eq!(
-            User::from_api(&record).unwrap_err().to_string(),
+            User::from_api_json(&record.to_string())
+                .unwrap_err()
+                .to_string(),
             "login.uuid: is missing"
         );
     }
@@ -254,7 +337,7 @@ mod tests {
     fn a_bad_date_is_rejected_with_the_value() {
         let mut record = sample();
         record["dob"]["date"] = json!("not-a-date");
-        let reason = User::from_api(&record).unwrap_err();
+        let reason = User::from_api_json(&record.to_string()).unwrap_err();
         assert_eq!(reason.field, "dob.date");
         assert!(reason.problem.contains("not-a-date"));
     }
@@ -264,12 +347,17 @@ mod tests {
         let mut record = sample();
         record["location"]["street"]["number"] = json!("twelve");
         assert_eq!(
-            User::from_api(&record).unwrap_err().to_string(),
-            "location.street.number: expected an integer, got a string"
+            User::from_api_json(&record.to_string())
+                .unwrap_err()
+                .to_string(),
+            "location.street.number: invalid type: string \"twelve\", expected i32"
         );
         let mut record = sample();
         record["email"] = json!(42);
-        assert_eq!(User::from_api(&record).unwrap_err().field, "email");
+        assert_eq!(
+            User::from_api_json(&record.to_string()).unwrap_err().field,
+            "email"
+        );
     }
 
     #[test]
@@ -277,9 +365,17 @@ mod tests {
         let mut record = sample();
         record.as_object_mut().unwrap().remove("picture");
         record.as_object_mut().unwrap().remove("dob");
-        let user = User::from_api(&record).unwrap();
+        let user = User::from_api_json(&record.to_string()).unwrap();
         assert_eq!(user.picture_large, None);
         assert_eq!(user.dob, None);
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_object_is_rejected() {
+        assert_eq!(
+            User::from_api_json("\"just text\"").unwrap_err().field,
+            "record"
+        );
     }
 
     #[test]
@@ -287,7 +383,7 @@ mod tests {
         let mut record = sample();
         record["location"]["coordinates"]["latitude"] = json!("123.5");
         assert_eq!(
-            User::from_api(&record).unwrap_err().field,
+            User::from_api_json(&record.to_string()).unwrap_err().field,
             "location.coordinates.latitude"
         );
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::churn::churn;
@@ -145,7 +146,7 @@ async fn ingest(
     )?);
 
     let (pages_sender, mut pages) =
-        mpsc::channel::<Result<(ApiPage, u64), FetchError>>(PAGES_IN_FLIGHT);
+        mpsc::channel::<Result<ValidatedPage, FetchError>>(PAGES_IN_FLIGHT);
     let fetcher = tokio::spawn(fetch_pages(
         options.clone(),
         client.clone(),
@@ -154,7 +155,7 @@ async fn ingest(
     ));
 
     while let Some(page) = pages.recv().await {
-        let (page, wanted) = match page {
+        let page = match page {
             Ok(page) => page,
             Err(error) => {
                 summary.retries = client.retries();
@@ -164,10 +165,9 @@ async fn ingest(
         if summary.seed.is_none() {
             summary.seed = page.seed.clone();
         }
-        let records = page.records.into_iter().take(wanted as usize);
-        let (users, rejects) = validate(records);
-        let handled = (users.len() + rejects.len()) as u64;
-        let outcome = writer.write_batch(&users, &rejects).await?;
+        let handled = (page.users.len() + page.rejects.len()) as u64;
+        let write_started = Instant::now();
+        let outcome = writer.write_batch(&page.users, &page.rejects).await?;
         summary.fetched += handled;
         summary.inserted += outcome.inserted;
         summary.updated += outcome.updated;
@@ -175,7 +175,12 @@ async fn ingest(
         summary.rejected += outcome.rejected;
         summary.batches += 1;
         summary.retries = client.retries();
-        tracing::debug!(batch = summary.batches, ?outcome, "batch committed");
+        tracing::debug!(
+            batch = summary.batches,
+            write_ms = write_started.elapsed().as_millis() as u64,
+            ?outcome,
+            "batch committed"
+        );
         on_written(handled);
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
@@ -201,14 +206,22 @@ async fn ingest(
     Ok(())
 }
 
+/// A page of records, validated: what the writer writes as one batch.
+struct ValidatedPage {
+    users: Vec<User>,
+    rejects: Vec<Reject>,
+    seed: Option<String>,
+}
+
 /// Requests page after page until `count` records are fetched, the writer goes away, or a
-/// stop is asked for. Every page asks for the same number of results, so a given seed
-/// always yields the same users in the same pages.
+/// stop is asked for, and validates each page while the writer writes the previous one.
+/// Every page asks for the same number of results, so a given seed always yields the same
+/// users in the same pages.
 async fn fetch_pages(
     options: IngestOptions,
     client: Arc<ApiClient>,
     stop: Arc<AtomicBool>,
-    pages: mpsc::Sender<Result<(ApiPage, u64), FetchError>>,
+    pages: mpsc::Sender<Result<ValidatedPage, FetchError>>,
 ) {
     let per_page = u64::from(options.batch_size).min(options.count.max(1));
     let mut remaining = options.count;
@@ -220,15 +233,25 @@ async fn fetch_pages(
             seed: options.seed.clone(),
             nat: options.nat.clone(),
         };
-        let fetched = client.fetch(&request).await;
         let wanted = remaining.min(per_page);
-        let failed = fetched.is_err();
-        if pages
-            .send(fetched.map(|page| (page, wanted)))
-            .await
-            .is_err()
-            || failed
-        {
+        let fetch_started = Instant::now();
+        let validated = client.fetch(&request).await.map(|page: ApiPage| {
+            let validate_started = Instant::now();
+            let (users, rejects) = validate(page.records.into_iter().take(wanted as usize));
+            tracing::debug!(
+                page = page_number,
+                fetch_ms = (validate_started - fetch_started).as_millis() as u64,
+                validate_ms = validate_started.elapsed().as_millis() as u64,
+                "page fetched and validated"
+            );
+            ValidatedPage {
+                users,
+                rejects,
+                seed: page.seed,
+            }
+        });
+        let failed = validated.is_err();
+        if pages.send(validated).await.is_err() || failed {
             return;
         }
         remaining -= wanted;
@@ -236,16 +259,21 @@ async fn fetch_pages(
     }
 }
 
-fn validate(records: impl Iterator<Item = serde_json::Value>) -> (Vec<User>, Vec<Reject>) {
+fn validate(records: impl Iterator<Item = Box<RawValue>>) -> (Vec<User>, Vec<Reject>) {
     let mut users = Vec::new();
     let mut rejects = Vec::new();
     for record in records {
-        match User::from_api(&record) {
+        match User::from_api_json(record.get()) {
             Ok(user) => users.push(user),
-            Err(reason) => rejects.push(Reject {
-                payload: record,
-                reason: reason.to_string(),
-            }),
+            Err(reason) => {
+                // The raw text came out of a JSON array, so it parses; kept as a string if not.
+                let payload = serde_json::from_str(record.get())
+                    .unwrap_or_else(|_| serde_json::Value::String(record.get().to_owned()));
+                rejects.push(Reject {
+                    payload,
+                    reason: reason.to_string(),
+                });
+            }
         }
     }
     (users, rejects)

@@ -13,7 +13,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
+mod fake_api;
 mod scratch_postgres;
+pub use fake_api::FakeApi;
 pub use scratch_postgres::ScratchPostgres;
 
 /// The service addresses, from `eval "$(scripts/services env)"`.
@@ -101,6 +103,14 @@ impl TestDatabase {
             name,
             admin_url,
         }
+    }
+
+    /// A database with walflow's schema applied by `walflow migrate`.
+    pub async fn migrated() -> TestDatabase {
+        let database = TestDatabase::create().await;
+        let output = run(walflow(&database.url).arg("migrate"));
+        assert!(output.status.success(), "walflow migrate failed");
+        database
     }
 
     pub async fn client(&self) -> Client {
