@@ -269,9 +269,9 @@ async fn malformed_records_land_in_ingest_rejects_with_reasons_and_the_rest_are_
         } else if payload["dob"]["date"] == "not-a-date" {
             "dob.date"
         } else if payload["location"]["street"]["number"].is_string() {
-            "location.street.number: expected an integer"
+            "location.street.number: invalid type: string"
         } else {
-            "email: expected a string"
+            "email: invalid type: integer"
         };
         assert!(reason.starts_with(field), "reason {reason:?} for {payload}");
     }
