@@ -1,0 +1,49 @@
+"""Rules docker-compose.yml must keep, checked on `docker-compose config` output (stdin)."""
+import sys
+
+import yaml
+
+HEALTHY = "service_healthy"
+COMPLETED = "service_completed_successfully"
+
+
+def volume_targets(service):
+    targets = []
+    for volume in service.get("volumes", []):
+        targets.append(volume.split(":")[1] if isinstance(volume, str) else volume.get("target", ""))
+    return targets
+
+
+def problems_of(config):
+    services = config["services"]
+    problems = []
+    for name in ("postgres", "kafka", "cassandra"):
+        if "healthcheck" not in services.get(name, {}):
+            problems.append(f"{name} has no healthcheck")
+    if "wal_level=logical" not in " ".join(services["postgres"].get("command", [])):
+        problems.append("postgres does not run with wal_level=logical")
+    for name, service in services.items():
+        depends = service.get("depends_on", {})
+        if isinstance(depends, list):
+            problems.append(f"{name}: depends_on without conditions")
+            continue
+        for target, rule in depends.items():
+            condition = rule.get("condition")
+            if condition not in (HEALTHY, COMPLETED):
+                problems.append(f"{name} -> {target}: condition is {condition}")
+            elif condition == HEALTHY and "healthcheck" not in services[target]:
+                problems.append(f"{name} waits for {target} to be healthy, but it has no healthcheck")
+    for needed in ("walflow-migrate", "walflow-cdc", "walflow-process", "airflow", "kafka-ui"):
+        if needed not in services:
+            problems.append(f"no {needed} service")
+    if "/opt/airflow/dags" not in volume_targets(services.get("airflow", {})):
+        problems.append("airflow does not mount airflow/dags")
+    return problems, len(services)
+
+
+if __name__ == "__main__":
+    problems, count = problems_of(yaml.safe_load(sys.stdin))
+    if problems:
+        print("check-compose: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(1)
+    print(f"check-compose: {count} services, health-ordered start, logical WAL, DAGs mounted")
