@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod airflow;
 mod compose;
 mod config;
 mod doctor;
