@@ -8,5 +8,6 @@ mod airflow;
 mod compose;
 mod config;
 mod doctor;
+mod harness_cleanup;
 mod ingest;
 mod migrate;
