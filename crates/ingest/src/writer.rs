@@ -1,17 +1,16 @@
-//! The Postgres side of ingest. Each batch is one transaction: its users are copied (binary
-//! COPY) into a temporary table and upserted from there, and its rejects are recorded, so a
-//! batch is either entirely in the database or not at all, whatever kills the process.
+//! The Postgres side of ingest. Each batch is one transaction: its users are upserted in one
+//! statement from one array per column, and its rejects are recorded, so a batch is either
+//! entirely in the database or not at all, whatever kills the process.
 
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::model::User;
 
-/// Columns walflow writes, in COPY order; `ingested_at` and `updated_at` are the table's.
+/// Columns walflow writes, in parameter order; `ingested_at` and `updated_at` are the table's.
 const COLUMNS: &[(&str, Type)] = &[
     ("id", Type::UUID),
     ("gender", Type::TEXT),
@@ -77,8 +76,7 @@ impl WriteError {
 pub struct UserWriter {
     client: Client,
     source: String,
-    upsert_sql: String,
-    copy_sql: String,
+    upsert: Statement,
 }
 
 impl UserWriter {
@@ -92,20 +90,17 @@ impl UserWriter {
                 tracing::warn!(%error, "ingest's Postgres connection ended");
             }
         });
-        client
-            .batch_execute(
-                "CREATE TEMP TABLE walflow_ingest_batch (LIKE users INCLUDING DEFAULTS) \
-                 ON COMMIT DELETE ROWS",
-            )
+        // Preparing once also fails early, and clearly, when the schema is missing.
+        let upsert = client
+            .prepare(&upsert_sql())
             .await
             .map_err(WriteError::context(
-                "cannot create the staging table (has `walflow migrate` run?)",
+                "cannot prepare the upsert into users (has `walflow migrate` run?)",
             ))?;
         Ok(UserWriter {
             client,
             source: source.to_owned(),
-            upsert_sql: upsert_sql(),
-            copy_sql: copy_sql(),
+            upsert,
         })
     }
 
@@ -136,29 +131,9 @@ impl UserWriter {
         };
 
         if !users.is_empty() {
-            let sink = transaction
-                .copy_in(&self.copy_sql)
-                .await
-                .map_err(WriteError::context("cannot start COPY"))?;
-            let types: Vec<Type> = COLUMNS
-                .iter()
-                .map(|(_, column_type)| column_type.clone())
-                .collect();
-            let writer = BinaryCopyInWriter::new(sink, &types);
-            futures_util::pin_mut!(writer);
-            for user in &users {
-                writer
-                    .as_mut()
-                    .write(&row(user))
-                    .await
-                    .map_err(WriteError::context(format!("cannot copy user {}", user.id)))?;
-            }
-            writer
-                .finish()
-                .await
-                .map_err(WriteError::context("cannot finish COPY"))?;
+            let columns = ColumnArrays::of(&users);
             let counts = transaction
-                .query_one(&self.upsert_sql, &[])
+                .query_one(&self.upsert, &columns.parameters())
                 .await
                 .map_err(WriteError::context("upsert into users failed"))?;
             outcome.inserted = counts.get::<_, i64>(0) as u64;
@@ -188,6 +163,109 @@ impl UserWriter {
     }
 }
 
+/// A batch as one array per column: the upsert reads them with `unnest`, so the rows go
+/// straight into `users` in one statement, with no staging table to write and read back.
+struct ColumnArrays<'a> {
+    id: Vec<uuid::Uuid>,
+    gender: Vec<Option<&'a str>>,
+    title: Vec<Option<&'a str>>,
+    first_name: Vec<&'a str>,
+    last_name: Vec<&'a str>,
+    street_number: Vec<Option<i32>>,
+    street_name: Vec<Option<&'a str>>,
+    city: Vec<Option<&'a str>>,
+    state: Vec<Option<&'a str>>,
+    country: Vec<Option<&'a str>>,
+    postcode: Vec<Option<&'a str>>,
+    latitude: Vec<Option<f64>>,
+    longitude: Vec<Option<f64>>,
+    timezone_offset: Vec<Option<&'a str>>,
+    timezone_name: Vec<Option<&'a str>>,
+    email: Vec<&'a str>,
+    username: Vec<&'a str>,
+    dob: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    registered_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    phone: Vec<Option<&'a str>>,
+    cell: Vec<Option<&'a str>>,
+    picture_large: Vec<Option<&'a str>>,
+    picture_medium: Vec<Option<&'a str>>,
+    picture_thumbnail: Vec<Option<&'a str>>,
+    nat: Vec<Option<&'a str>>,
+}
+
+impl<'a> ColumnArrays<'a> {
+    fn of(users: &[&'a User]) -> ColumnArrays<'a> {
+        let text = |value: &'a Option<String>| value.as_deref();
+        ColumnArrays {
+            id: users.iter().map(|user| user.id).collect(),
+            gender: users.iter().map(|user| text(&user.gender)).collect(),
+            title: users.iter().map(|user| text(&user.title)).collect(),
+            first_name: users.iter().map(|user| user.first_name.as_str()).collect(),
+            last_name: users.iter().map(|user| user.last_name.as_str()).collect(),
+            street_number: users.iter().map(|user| user.street_number).collect(),
+            street_name: users.iter().map(|user| text(&user.street_name)).collect(),
+            city: users.iter().map(|user| text(&user.city)).collect(),
+            state: users.iter().map(|user| text(&user.state)).collect(),
+            country: users.iter().map(|user| text(&user.country)).collect(),
+            postcode: users.iter().map(|user| text(&user.postcode)).collect(),
+            latitude: users.iter().map(|user| user.latitude).collect(),
+            longitude: users.iter().map(|user| user.longitude).collect(),
+            timezone_offset: users
+                .iter()
+                .map(|user| text(&user.timezone_offset))
+                .collect(),
+            timezone_name: users.iter().map(|user| text(&user.timezone_name)).collect(),
+            email: users.iter().map(|user| user.email.as_str()).collect(),
+            username: users.iter().map(|user| user.username.as_str()).collect(),
+            dob: users.iter().map(|user| user.dob).collect(),
+            registered_at: users.iter().map(|user| user.registered_at).collect(),
+            phone: users.iter().map(|user| text(&user.phone)).collect(),
+            cell: users.iter().map(|user| text(&user.cell)).collect(),
+            picture_large: users.iter().map(|user| text(&user.picture_large)).collect(),
+            picture_medium: users
+                .iter()
+                .map(|user| text(&user.picture_medium))
+                .collect(),
+            picture_thumbnail: users
+                .iter()
+                .map(|user| text(&user.picture_thumbnail))
+                .collect(),
+            nat: users.iter().map(|user| text(&user.nat)).collect(),
+        }
+    }
+
+    /// In the order of `COLUMNS`.
+    fn parameters(&self) -> [&(dyn ToSql + Sync); 25] {
+        [
+            &self.id,
+            &self.gender,
+            &self.title,
+            &self.first_name,
+            &self.last_name,
+            &self.street_number,
+            &self.street_name,
+            &self.city,
+            &self.state,
+            &self.country,
+            &self.postcode,
+            &self.latitude,
+            &self.longitude,
+            &self.timezone_offset,
+            &self.timezone_name,
+            &self.email,
+            &self.username,
+            &self.dob,
+            &self.registered_at,
+            &self.phone,
+            &self.cell,
+            &self.picture_large,
+            &self.picture_medium,
+            &self.picture_thumbnail,
+            &self.nat,
+        ]
+    }
+}
+
 fn last_of_each_id(users: &[User]) -> Vec<&User> {
     let mut position: HashMap<uuid::Uuid, usize> = HashMap::with_capacity(users.len());
     let mut unique: Vec<&User> = Vec::with_capacity(users.len());
@@ -203,36 +281,6 @@ fn last_of_each_id(users: &[User]) -> Vec<&User> {
     unique
 }
 
-fn row(user: &User) -> [&(dyn ToSql + Sync); 25] {
-    [
-        &user.id,
-        &user.gender,
-        &user.title,
-        &user.first_name,
-        &user.last_name,
-        &user.street_number,
-        &user.street_name,
-        &user.city,
-        &user.state,
-        &user.country,
-        &user.postcode,
-        &user.latitude,
-        &user.longitude,
-        &user.timezone_offset,
-        &user.timezone_name,
-        &user.email,
-        &user.username,
-        &user.dob,
-        &user.registered_at,
-        &user.phone,
-        &user.cell,
-        &user.picture_large,
-        &user.picture_medium,
-        &user.picture_thumbnail,
-        &user.nat,
-    ]
-}
-
 fn column_list() -> String {
     COLUMNS
         .iter()
@@ -241,18 +289,16 @@ fn column_list() -> String {
         .join(", ")
 }
 
-fn copy_sql() -> String {
-    format!(
-        "COPY walflow_ingest_batch ({}) FROM STDIN BINARY",
-        column_list()
-    )
-}
-
 /// Inserts new users, updates users whose fields differ, and leaves identical ones alone
 /// (so a re-run of the same seed changes nothing, not even `updated_at`). `xmax = 0` tells
 /// a fresh insert from an update in RETURNING.
 fn upsert_sql() -> String {
     let columns = column_list();
+    let typed_parameters: Vec<String> = COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(index, (_, column_type))| format!("${}::{}[]", index + 1, column_type.name()))
+        .collect();
     let data_columns: Vec<&str> = COLUMNS.iter().skip(1).map(|(name, _)| *name).collect();
     let assignments: Vec<String> = data_columns
         .iter()
@@ -268,11 +314,12 @@ fn upsert_sql() -> String {
         .collect();
     format!(
         "WITH written AS ( \
-             INSERT INTO users ({columns}) SELECT {columns} FROM walflow_ingest_batch \
+             INSERT INTO users ({columns}) SELECT * FROM unnest({}) \
              ON CONFLICT (id) DO UPDATE SET {}, updated_at = now() \
              WHERE ({}) IS DISTINCT FROM ({}) \
              RETURNING (xmax = 0) AS inserted) \
          SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written",
+        typed_parameters.join(", "),
         assignments.join(", "),
         current.join(", "),
         incoming.join(", "),
@@ -284,10 +331,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_row_has_one_value_per_column() {
-        // `row` returns a fixed-size array; this pins its size to the column list.
+    fn every_column_is_one_typed_array_parameter() {
+        // `ColumnArrays::parameters` returns a fixed-size array; this pins it to the columns.
         assert_eq!(COLUMNS.len(), 25);
-        assert!(copy_sql().contains("(id, gender,"));
+        let sql = upsert_sql();
+        assert!(sql.contains("unnest($1::uuid[], $2::text[]"), "{sql}");
+        assert!(sql.contains("$25::text[])"), "{sql}");
     }
 
     #[test]
