@@ -11,3 +11,4 @@ mod doctor;
 mod harness_cleanup;
 mod ingest;
 mod migrate;
+mod pgoutput;

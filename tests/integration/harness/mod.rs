@@ -131,6 +131,14 @@ impl Drop for TestDatabase {
             runtime.block_on(async {
                 let (client, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
                 tokio::spawn(connection);
+                // A logical slot keeps its database from being dropped: slots go first.
+                client
+                    .execute(
+                        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                         WHERE database = $1 AND NOT active",
+                        &[&name],
+                    )
+                    .await?;
                 client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
                     .await
