@@ -12,3 +12,4 @@ mod harness_cleanup;
 mod ingest;
 mod migrate;
 mod pgoutput;
+mod replication;

@@ -83,7 +83,7 @@ impl TupleData {
     }
 }
 
-impl<'a> IntoIterator for &'a TupleData {
+impl IntoIterator for &TupleData {
     type Item = Column;
     type IntoIter = TupleIter;
 

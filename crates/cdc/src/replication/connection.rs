@@ -1,0 +1,438 @@
+//! A connection in `replication=database` mode: startup and authentication (SCRAM-SHA-256,
+//! MD5 or cleartext, as the server asks), the replication commands as simple queries, and
+//! the CopyBoth stream of `START_REPLICATION`.
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use walflow_pgoutput::{Lsn, ReplicationMessage, StandbyStatusUpdate};
+
+use super::error::ReplicationError;
+use super::framing::{next_message, server_error, Backend};
+use fallible_iterator::FallibleIterator;
+
+/// Where and as whom to connect; read from the same URL as every other walflow connection.
+#[derive(Clone)]
+pub struct ReplicationConfig {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    password: Option<Vec<u8>>,
+    pub database: String,
+    pub application_name: String,
+}
+
+impl std::fmt::Debug for ReplicationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl ReplicationConfig {
+    /// From a `postgres://` URL or key/value string. TCP hosts only; TLS is not spoken yet,
+    /// so the server must accept the connection without it.
+    pub fn from_url(url: &str) -> Result<ReplicationConfig, ReplicationError> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| ReplicationError::Config(format!("{error}")))?;
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            Some(_) => {
+                return Err(ReplicationError::Config(
+                    "Unix sockets are not supported for replication".into(),
+                ))
+            }
+            None => "localhost".to_owned(),
+        };
+        let user = config
+            .get_user()
+            .map(str::to_owned)
+            .ok_or_else(|| ReplicationError::Config("the URL names no user".into()))?;
+        Ok(ReplicationConfig {
+            host,
+            port: config.get_ports().first().copied().unwrap_or(5432),
+            database: config
+                .get_dbname()
+                .map(str::to_owned)
+                .unwrap_or_else(|| user.clone()),
+            user,
+            password: config.get_password().map(<[u8]>::to_vec),
+            application_name: "walflow cdc".to_owned(),
+        })
+    }
+}
+
+/// IDENTIFY_SYSTEM's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+    pub current_wal_lsn: Lsn,
+    pub database: Option<String>,
+}
+
+/// CREATE_REPLICATION_SLOT's answer. The exported snapshot lives only while this
+/// connection stays open and runs nothing else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub slot_name: String,
+    pub consistent_point: Lsn,
+    pub snapshot_name: Option<String>,
+}
+
+pub struct ReplicationConnection {
+    socket: TcpStream,
+    read_buffer: BytesMut,
+    write_buffer: BytesMut,
+}
+
+impl ReplicationConnection {
+    pub async fn connect(
+        config: &ReplicationConfig,
+    ) -> Result<ReplicationConnection, ReplicationError> {
+        let address = format!("{}:{}", config.host, config.port);
+        let socket =
+            TcpStream::connect(&address)
+                .await
+                .map_err(|source| ReplicationError::Connect {
+                    address: address.clone(),
+                    source,
+                })?;
+        socket.set_nodelay(true)?;
+        let mut connection = ReplicationConnection {
+            socket,
+            read_buffer: BytesMut::with_capacity(64 * 1024),
+            write_buffer: BytesMut::new(),
+        };
+        frontend::startup_message(
+            [
+                ("user", config.user.as_str()),
+                ("database", config.database.as_str()),
+                ("replication", "database"),
+                ("application_name", config.application_name.as_str()),
+                ("client_encoding", "UTF8"),
+            ],
+            &mut connection.write_buffer,
+        )?;
+        connection.flush().await?;
+        connection.authenticate(config).await?;
+        Ok(connection)
+    }
+
+    async fn authenticate(&mut self, config: &ReplicationConfig) -> Result<(), ReplicationError> {
+        let missing_password = || {
+            ReplicationError::Authentication(format!(
+                "Postgres asks for a password for {} and the URL has none",
+                config.user
+            ))
+        };
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            match self.read_message().await? {
+                Backend::Message(Message::AuthenticationOk) => {}
+                Backend::Message(Message::AuthenticationCleartextPassword) => {
+                    let password = config.password.as_deref().ok_or_else(missing_password)?;
+                    frontend::password_message(password, &mut self.write_buffer)?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationMd5Password(body)) => {
+                    let password = config.password.as_deref().ok_or_else(missing_password)?;
+                    let hash = postgres_protocol::authentication::md5_hash(
+                        config.user.as_bytes(),
+                        password,
+                        body.salt(),
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut self.write_buffer)?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationSasl(body)) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut offers_scram = false;
+                    while let Some(mechanism) = mechanisms.next()? {
+                        offers_scram |= mechanism == SCRAM_SHA_256;
+                    }
+                    if !offers_scram {
+                        return Err(ReplicationError::Authentication(
+                            "Postgres offers no SASL mechanism walflow speaks (SCRAM-SHA-256)"
+                                .into(),
+                        ));
+                    }
+                    let password = config.password.as_deref().ok_or_else(missing_password)?;
+                    let exchange = ScramSha256::new(password, ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(
+                        SCRAM_SHA_256,
+                        exchange.message(),
+                        &mut self.write_buffer,
+                    )?;
+                    self.flush().await?;
+                    scram = Some(exchange);
+                }
+                Backend::Message(Message::AuthenticationSaslContinue(body)) => {
+                    let exchange = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Protocol("SASL continue before SASL start".into())
+                    })?;
+                    exchange.update(body.data())?;
+                    frontend::sasl_response(exchange.message(), &mut self.write_buffer)?;
+                    self.flush().await?;
+                }
+                Backend::Message(Message::AuthenticationSaslFinal(body)) => {
+                    let exchange = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Protocol("SASL final before SASL start".into())
+                    })?;
+                    exchange.finish(body.data())?;
+                }
+                Backend::Message(
+                    Message::ParameterStatus(_)
+                    | Message::BackendKeyData(_)
+                    | Message::NoticeResponse(_),
+                ) => {}
+                Backend::Message(Message::ReadyForQuery(_)) => return Ok(()),
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    return Err(server_error(body.fields()))
+                }
+                Backend::Message(_) | Backend::CopyBothResponse => {
+                    return Err(ReplicationError::Protocol(
+                        "unexpected message during authentication".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Runs one replication command and returns its rows, each column as text.
+    pub async fn simple_query(
+        &mut self,
+        command: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+        frontend::query(command, &mut self.write_buffer)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut failure = None;
+        loop {
+            match self.read_message().await? {
+                Backend::Message(Message::DataRow(row)) => {
+                    let buffer = row.buffer();
+                    let mut ranges = row.ranges();
+                    let mut values = Vec::new();
+                    while let Some(range) = ranges.next()? {
+                        values.push(
+                            range.map(|range| String::from_utf8_lossy(&buffer[range]).into_owned()),
+                        );
+                    }
+                    rows.push(values);
+                }
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    failure = Some(server_error(body.fields()))
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    return match failure {
+                        Some(error) => Err(error),
+                        None => Ok(rows),
+                    };
+                }
+                Backend::Message(_) => {}
+                Backend::CopyBothResponse => {
+                    return Err(ReplicationError::Protocol(format!(
+                        "{command:?} started a copy stream"
+                    )));
+                }
+            }
+        }
+    }
+
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity, ReplicationError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let column = |index: usize| row.get(index).cloned().flatten();
+        let lsn = column(2).ok_or_else(|| {
+            ReplicationError::Protocol("IDENTIFY_SYSTEM returned no xlogpos".into())
+        })?;
+        Ok(SystemIdentity {
+            system_id: column(0).unwrap_or_default(),
+            timeline: column(1)
+                .and_then(|timeline| timeline.parse().ok())
+                .unwrap_or_default(),
+            current_wal_lsn: lsn
+                .parse()
+                .map_err(|error| ReplicationError::Protocol(format!("{error}")))?,
+            database: column(3),
+        })
+    }
+
+    /// Creates a pgoutput slot. With `export_snapshot`, the answer names a snapshot that
+    /// sees exactly the data before the slot's consistent point.
+    pub async fn create_logical_slot(
+        &mut self,
+        slot_name: &str,
+        export_snapshot: bool,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let snapshot = if export_snapshot {
+            "EXPORT_SNAPSHOT"
+        } else {
+            "NOEXPORT_SNAPSHOT"
+        };
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
+                quote_identifier(slot_name)
+            ))
+            .await?;
+        let row = rows.first().ok_or_else(|| {
+            ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
+        })?;
+        let column = |index: usize| row.get(index).cloned().flatten();
+        let consistent_point =
+            column(1).ok_or_else(|| ReplicationError::Protocol("no consistent point".into()))?;
+        Ok(CreatedSlot {
+            slot_name: column(0).unwrap_or_else(|| slot_name.to_owned()),
+            consistent_point: consistent_point
+                .parse()
+                .map_err(|error| ReplicationError::Protocol(format!("{error}")))?,
+            snapshot_name: column(2),
+        })
+    }
+
+    /// Starts streaming from `start_lsn` (0/0: from the slot's confirmed position).
+    pub async fn start_replication(
+        mut self,
+        slot_name: &str,
+        start_lsn: Lsn,
+        publication_names: &[&str],
+        protocol_version: u32,
+    ) -> Result<ReplicationStream, ReplicationError> {
+        let publications: Vec<String> = publication_names
+            .iter()
+            .map(|name| quote_identifier(name))
+            .collect();
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start_lsn} (proto_version '{protocol_version}', publication_names {})",
+            quote_identifier(slot_name),
+            quote_literal(&publications.join(",")),
+        );
+        frontend::query(&command, &mut self.write_buffer)?;
+        self.flush().await?;
+        let mut failure = None;
+        loop {
+            match self.read_message().await? {
+                Backend::CopyBothResponse => return Ok(ReplicationStream { connection: self }),
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    failure = Some(server_error(body.fields()))
+                }
+                Backend::Message(Message::ReadyForQuery(_)) => {
+                    return Err(failure.unwrap_or_else(|| {
+                        ReplicationError::Protocol("START_REPLICATION did not start".into())
+                    }));
+                }
+                Backend::Message(_) => {}
+            }
+        }
+    }
+
+    async fn read_message(&mut self) -> Result<Backend, ReplicationError> {
+        loop {
+            if let Some(message) = next_message(&mut self.read_buffer)? {
+                return Ok(message);
+            }
+            if self.socket.read_buf(&mut self.read_buffer).await? == 0 {
+                return Err(ReplicationError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "Postgres closed the replication connection",
+                )));
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ReplicationError> {
+        self.socket.write_all(&self.write_buffer).await?;
+        self.write_buffer.clear();
+        Ok(())
+    }
+}
+
+/// The CopyBoth phase: replication messages in, status updates out.
+pub struct ReplicationStream {
+    connection: ReplicationConnection,
+}
+
+impl ReplicationStream {
+    /// The next message, or `None` when the server ended the stream (CopyDone).
+    pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, ReplicationError> {
+        loop {
+            match self.connection.read_message().await? {
+                Backend::Message(Message::CopyData(body)) => {
+                    let payload: Bytes = body.into_bytes();
+                    return Ok(Some(ReplicationMessage::parse(payload)?));
+                }
+                Backend::Message(Message::CopyDone) => return Ok(None),
+                Backend::Message(Message::ErrorResponse(body)) => {
+                    return Err(server_error(body.fields()))
+                }
+                Backend::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
+                Backend::Message(_) | Backend::CopyBothResponse => {
+                    return Err(ReplicationError::Protocol(
+                        "unexpected message in the replication stream".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Tells the server how far walflow got: WAL up to `flushed` may be recycled.
+    pub async fn send_status(
+        &mut self,
+        update: StandbyStatusUpdate,
+    ) -> Result<(), ReplicationError> {
+        let payload = update.encode();
+        frontend::CopyData::new(&payload[..])?.write(&mut self.connection.write_buffer);
+        self.connection.flush().await
+    }
+}
+
+/// A double-quoted identifier, as `quote_ident` would write it.
+pub fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_and_literals_are_quoted_safely() {
+        assert_eq!(quote_identifier("users"), "\"users\"");
+        assert_eq!(quote_identifier("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn configs_come_from_urls_without_showing_passwords() {
+        let config =
+            ReplicationConfig::from_url("postgres://walflow:s3cret@db.example:6543/source")
+                .unwrap();
+        assert_eq!(
+            (
+                config.host.as_str(),
+                config.port,
+                config.user.as_str(),
+                config.database.as_str()
+            ),
+            ("db.example", 6543, "walflow", "source")
+        );
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+}
