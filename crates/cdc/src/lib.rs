@@ -1,4 +1,6 @@
 //! walflow's second hop: committed changes read from Postgres's write-ahead log through a
 //! logical replication slot (pgoutput), on their way to Kafka.
 
+pub mod envelope;
 pub mod replication;
+pub mod types;

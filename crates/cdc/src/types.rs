@@ -1,0 +1,105 @@
+//! Column values, as pgoutput sends them in text form, to JSON the way Debezium's
+//! PostgreSQL connector writes them with its JSON converter (docs/events.md has the table).
+
+use base64::Engine;
+use serde_json::{Number, Value};
+
+/// Debezium's marker for a TOASTed value the change did not touch (its value is not in the
+/// WAL). Consumers that know Debezium already handle it; walflow never turns it into null.
+pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
+
+pub mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const OID: u32 = 26;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const NUMERIC: u32 = 1700;
+}
+
+/// The JSON form of one non-null value in Postgres's text output format.
+pub fn text_to_json(type_oid: u32, text: &str) -> Value {
+    match type_oid {
+        oid::BOOL => Value::Bool(text == "t"),
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => text
+            .parse::<i64>()
+            .map(|number| Value::Number(number.into()))
+            .unwrap_or_else(|_| Value::String(text.to_owned())),
+        // Finite floats are numbers; NaN and the infinities have no JSON number and stay
+        // strings ("NaN", "Infinity", "-Infinity"), as Debezium writes them.
+        oid::FLOAT4 | oid::FLOAT8 => text
+            .parse::<f64>()
+            .ok()
+            .and_then(Number::from_f64)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(text.to_owned())),
+        // Exact: numeric keeps every digit as a string (Debezium's decimal.handling.mode=string),
+        // including "NaN" and "Infinity".
+        oid::NUMERIC => Value::String(text.to_owned()),
+        // Bytes as base64, like Debezium's binary.handling.mode=base64.
+        oid::BYTEA => Value::String(bytea_text_to_base64(text)),
+        // Everything else in Postgres's own text form: text, varchar, uuid, json/jsonb (the
+        // document as a string, as Debezium's io.debezium.data.Json), dates, times and
+        // timestamps (ISO 8601 in the server's DateStyle), intervals, network types, arrays,
+        // enums, domains.
+        _ => Value::String(text.to_owned()),
+    }
+}
+
+fn bytea_text_to_base64(text: &str) -> String {
+    let Some(hex) = text.strip_prefix("\\x") else {
+        // The escape output format: rare (bytea_output = escape); kept as sent.
+        return base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    };
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|index| {
+            hex.get(index..index + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+        })
+        .collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn numbers_stay_numbers_and_exact_values_stay_exact() {
+        assert_eq!(text_to_json(oid::INT4, "42"), json!(42));
+        assert_eq!(
+            text_to_json(oid::INT8, "-9223372036854775808"),
+            json!(i64::MIN)
+        );
+        assert_eq!(text_to_json(oid::FLOAT8, "1.5"), json!(1.5));
+        assert_eq!(text_to_json(oid::FLOAT8, "NaN"), json!("NaN"));
+        assert_eq!(text_to_json(oid::FLOAT4, "-Infinity"), json!("-Infinity"));
+        assert_eq!(
+            text_to_json(oid::NUMERIC, "12345678901234567890.000000001"),
+            json!("12345678901234567890.000000001")
+        );
+        assert_eq!(text_to_json(oid::BOOL, "t"), json!(true));
+        assert_eq!(text_to_json(oid::BOOL, "f"), json!(false));
+    }
+
+    #[test]
+    fn bytes_are_base64() {
+        assert_eq!(text_to_json(oid::BYTEA, "\\x48656c6c6f"), json!("SGVsbG8="));
+    }
+
+    #[test]
+    fn other_types_keep_their_text_form() {
+        assert_eq!(
+            text_to_json(2950, "7a0eed16-9430-4d68-901f-c0d4c1c3bf00"),
+            json!("7a0eed16-9430-4d68-901f-c0d4c1c3bf00")
+        );
+        assert_eq!(text_to_json(1184, "infinity"), json!("infinity"));
+        assert_eq!(text_to_json(1007, "{1,2,3}"), json!("{1,2,3}"));
+    }
+}
