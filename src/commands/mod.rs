@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod bench;
+mod cdc;
 mod doctor;
 mod fake_api;
 mod ingest;
@@ -23,6 +24,8 @@ pub enum Command {
     Ingest(ingest::IngestArgs),
     /// Serve a randomuser-compatible API locally, with faults to inject
     FakeApi(fake_api::FakeApiArgs),
+    /// Stream every committed change from Postgres to Kafka (Debezium-compatible events)
+    Cdc(cdc::CdcArgs),
     /// Measure speed against a baseline in the same run (see docs/benchmarks.md)
     Bench(bench::BenchArgs),
 }
@@ -33,9 +36,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Doctor(_) => "error,scylla=off,rdkafka=off",
-            Command::Migrate(_) | Command::Ingest(_) | Command::FakeApi(_) | Command::Bench(_) => {
-                "info"
-            }
+            _ => "info",
         }
     }
 }
@@ -47,5 +48,6 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
         Command::Ingest(args) => ingest::run(args, global).await,
         Command::FakeApi(args) => fake_api::run(args).await,
         Command::Bench(args) => bench::run(args, global).await,
+        Command::Cdc(args) => cdc::run(args, global).await,
     }
 }

@@ -5,6 +5,7 @@
 mod harness;
 
 mod airflow;
+mod cdc;
 mod compose;
 mod config;
 mod doctor;

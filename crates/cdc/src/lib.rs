@@ -2,5 +2,8 @@
 //! logical replication slot (pgoutput), on their way to Kafka.
 
 pub mod envelope;
+pub mod pipeline;
+pub mod publication;
 pub mod replication;
+pub mod sink;
 pub mod types;

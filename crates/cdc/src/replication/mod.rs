@@ -7,6 +7,7 @@ mod error;
 mod framing;
 
 pub use connection::{
-    CreatedSlot, ReplicationConfig, ReplicationConnection, ReplicationStream, SystemIdentity,
+    quote_identifier, CreatedSlot, ReplicationConfig, ReplicationConnection, ReplicationStream,
+    SystemIdentity,
 };
 pub use error::ReplicationError;

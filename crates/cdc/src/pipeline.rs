@@ -1,0 +1,329 @@
+//! `walflow cdc`'s loop: read the slot, turn each committed change into an event, hand it to
+//! the sink, and confirm to Postgres only what the sink has acknowledged.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+use walflow_pgoutput::{
+    LogicalDecoder, LogicalMessage, Lsn, PgTimestamp, ReplicationMessage, StandbyStatusUpdate,
+};
+
+use crate::envelope::{self, Operation, RelationCache, Source};
+use crate::publication::{self, SetupError};
+use crate::replication::{
+    ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream,
+};
+use crate::sink::{Sink, SinkError};
+
+/// pgoutput protocol 1: every change arrives after its transaction committed.
+const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct CdcOptions {
+    pub postgres_url: String,
+    pub slot: String,
+    pub publication: String,
+    /// Tables for a new publication (`schema.table`); empty: all tables.
+    pub tables: Vec<String>,
+    pub topic_prefix: String,
+    pub tombstones: bool,
+    pub status_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CdcError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(tokio_postgres::Error),
+    #[error("a change for relation {0} arrived before its Relation message")]
+    UnknownRelation(u32),
+    #[error("{0}")]
+    Delivery(String),
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CdcSummary {
+    pub transactions: u64,
+    pub events: u64,
+    pub confirmed_lsn: Lsn,
+}
+
+struct Transaction {
+    xid: u32,
+    commit_time: PgTimestamp,
+}
+
+/// Runs until `stop` turns true (then drains the sink and confirms what it acknowledged) or
+/// an error ends it (then nothing unacknowledged is confirmed: a restart resumes there).
+pub async fn run(
+    options: &CdcOptions,
+    mut sink: Sink,
+    mut stop: watch::Receiver<bool>,
+) -> Result<CdcSummary, CdcError> {
+    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
+        .await
+        .map_err(CdcError::Connect)?;
+    tokio::spawn(connection);
+    publication::check_wal_level(&client).await?;
+    if publication::ensure_publication(&client, &options.publication, &options.tables).await? {
+        tracing::info!(publication = %options.publication, "publication created");
+    }
+    publication::check_replica_identities(&client, &options.publication).await?;
+
+    let config = ReplicationConfig::from_url(&options.postgres_url)?;
+    let mut replication = ReplicationConnection::connect(&config).await?;
+    let identity = replication.identify_system().await?;
+    let database = identity
+        .database
+        .clone()
+        .unwrap_or_else(|| config.database.clone());
+    if publication::ensure_slot(&client, &mut replication, &options.slot, &database).await? {
+        tracing::info!(slot = %options.slot, "replication slot created");
+    }
+    let mut stream = replication
+        .start_replication(
+            &options.slot,
+            Lsn(0),
+            &[options.publication.as_str()],
+            PROTOCOL_VERSION,
+        )
+        .await?;
+    tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
+
+    let mut state = StreamState {
+        decoder: LogicalDecoder::new(),
+        relations: RelationCache::default(),
+        transaction: None,
+        last_commit_end: Lsn(0),
+        confirmed: Lsn(0),
+        summary: CdcSummary::default(),
+        database,
+        change_lsn: Lsn(0),
+    };
+    let mut ticker = tokio::time::interval(options.status_interval);
+    loop {
+        tokio::select! {
+            message = stream.next() => {
+                let Some(message) = message? else { break };
+                match message {
+                    ReplicationMessage::XLogData(data) => {
+                        state.change_lsn = data.wal_start;
+                        let message = state.decoder.decode(data.data).map_err(ReplicationError::from)?;
+                        state.handle(message, options, &mut sink).await?;
+                    }
+                    ReplicationMessage::PrimaryKeepalive(keepalive) => {
+                        // Idle and fully acknowledged: all WAL the server has sent so far is
+                        // done with, published tables or not (the heartbeat that keeps an
+                        // idle slot from holding WAL back).
+                        let idle = state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
+                        let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
+                        if keepalive.reply_requested || position > state.confirmed {
+                            state.confirm(&mut stream, position).await?;
+                        }
+                    }
+                }
+            }
+            _ = ticker.tick() => {
+                if let Some(failure) = sink.failure() {
+                    return Err(CdcError::Delivery(failure));
+                }
+                let acked = sink.acked_lsn();
+                if acked > state.confirmed {
+                    state.confirm(&mut stream, acked).await?;
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    sink.drain(state.last_commit_end, Duration::from_secs(30))
+        .await;
+    if let Some(failure) = sink.failure() {
+        return Err(CdcError::Delivery(failure));
+    }
+    let acked = sink.acked_lsn();
+    if acked > state.confirmed {
+        state.confirm(&mut stream, acked).await?;
+    }
+    tracing::info!(
+        transactions = state.summary.transactions,
+        events = state.summary.events,
+        confirmed_lsn = %state.summary.confirmed_lsn,
+        "stopped"
+    );
+    Ok(state.summary)
+}
+
+struct StreamState {
+    decoder: LogicalDecoder,
+    relations: RelationCache,
+    transaction: Option<Transaction>,
+    last_commit_end: Lsn,
+    confirmed: Lsn,
+    summary: CdcSummary,
+    database: String,
+    /// The WAL position of the change being handled: each event's `source.lsn`.
+    change_lsn: Lsn,
+}
+
+impl StreamState {
+    async fn handle(
+        &mut self,
+        message: LogicalMessage,
+        options: &CdcOptions,
+        sink: &mut Sink,
+    ) -> Result<(), CdcError> {
+        match message {
+            LogicalMessage::Begin(begin) => {
+                self.transaction = Some(Transaction {
+                    xid: begin.xid,
+                    commit_time: begin.commit_time,
+                });
+            }
+            LogicalMessage::Relation(relation) => self.relations.update(relation),
+            LogicalMessage::Insert(insert) => {
+                self.emit(
+                    insert.relation_oid,
+                    Operation::Create,
+                    None,
+                    Some(&insert.new),
+                    options,
+                    sink,
+                )
+                .await?
+            }
+            LogicalMessage::Update(update) => {
+                let before = update.old.as_ref().map(envelope::old_tuple);
+                self.emit(
+                    update.relation_oid,
+                    Operation::Update,
+                    before,
+                    Some(&update.new),
+                    options,
+                    sink,
+                )
+                .await?
+            }
+            LogicalMessage::Delete(delete) => {
+                let before = envelope::old_tuple(&delete.old);
+                self.emit(
+                    delete.relation_oid,
+                    Operation::Delete,
+                    Some(before),
+                    None,
+                    options,
+                    sink,
+                )
+                .await?
+            }
+            LogicalMessage::Truncate(truncate) => {
+                for oid in &truncate.relation_oids {
+                    let relation = self
+                        .relations
+                        .get(*oid)
+                        .ok_or(CdcError::UnknownRelation(*oid))?;
+                    let event = envelope::truncate_event(
+                        relation,
+                        &self.source(),
+                        &options.topic_prefix,
+                        now_ms(),
+                    );
+                    sink.send(&event).await?;
+                    self.summary.events += 1;
+                }
+            }
+            LogicalMessage::Commit(commit) => {
+                sink.commit(commit.end_lsn).await?;
+                self.last_commit_end = commit.end_lsn;
+                self.transaction = None;
+                self.summary.transactions += 1;
+            }
+            // Origins, types, logical messages and the streaming and two-phase messages
+            // (not requested under protocol 1) carry no row change.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn source(&self) -> Source<'_> {
+        let (xid, commit_time) = match &self.transaction {
+            Some(transaction) => (transaction.xid, transaction.commit_time),
+            None => (0, PgTimestamp(0)),
+        };
+        Source {
+            name: "",
+            database: &self.database,
+            commit_time,
+            xid,
+            lsn: self.change_lsn,
+            snapshot: false,
+        }
+    }
+
+    async fn emit(
+        &mut self,
+        relation_oid: u32,
+        operation: Operation,
+        before: Option<&walflow_pgoutput::TupleData>,
+        after: Option<&walflow_pgoutput::TupleData>,
+        options: &CdcOptions,
+        sink: &mut Sink,
+    ) -> Result<(), CdcError> {
+        let relation = self
+            .relations
+            .get(relation_oid)
+            .ok_or(CdcError::UnknownRelation(relation_oid))?;
+        let mut source = self.source();
+        source.name = &options.topic_prefix;
+        let event = envelope::row_event(
+            relation,
+            operation,
+            before,
+            after,
+            &source,
+            &options.topic_prefix,
+            now_ms(),
+        );
+        sink.send(&event).await?;
+        self.summary.events += 1;
+        if operation == Operation::Delete && options.tombstones {
+            if let Some(tombstone) = envelope::tombstone(&event) {
+                sink.send(&tombstone).await?;
+                self.summary.events += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn confirm(
+        &mut self,
+        stream: &mut ReplicationStream,
+        position: Lsn,
+    ) -> Result<(), CdcError> {
+        stream
+            .send_status(StandbyStatusUpdate {
+                written: position,
+                flushed: position,
+                applied: position,
+                client_time: PgTimestamp::from_unix_micros(now_ms() * 1000),
+                reply_requested: false,
+            })
+            .await?;
+        tracing::debug!(%position, "confirmed to Postgres");
+        self.confirmed = position;
+        self.summary.confirmed_lsn = position;
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,233 @@
+//! The publication and the slot: created when missing, reused when present, dropped on
+//! request; and the checks that turn a silent misconfiguration into an error saying what
+//! to run.
+
+use tokio_postgres::Client;
+
+use crate::replication::{quote_identifier, ReplicationConnection, ReplicationError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{context}: {source}")]
+    Postgres {
+        context: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("{0}")]
+    Unfit(String),
+}
+
+fn failed(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
+    let context = context.into();
+    move |source| SetupError::Postgres { context, source }
+}
+
+/// A table name as given on the command line: `schema.table` or `table` (public).
+pub fn qualified_table(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, table)) => {
+            format!("{}.{}", quote_identifier(schema), quote_identifier(table))
+        }
+        None => format!("{}.{}", quote_identifier("public"), quote_identifier(name)),
+    }
+}
+
+pub async fn check_wal_level(client: &Client) -> Result<(), SetupError> {
+    let wal_level: String = client
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(failed("cannot read wal_level"))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(SetupError::Unfit(format!(
+            "wal_level is {wal_level}: set wal_level = logical (ALTER SYSTEM SET wal_level = logical) and restart Postgres"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the publication when it does not exist: for `tables`, or for all tables when
+/// the list is empty. An existing publication is used as it is.
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[String],
+) -> Result<bool, SetupError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(failed("cannot read pg_publication"))?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    let target = if tables.is_empty() {
+        "ALL TABLES".to_owned()
+    } else {
+        format!(
+            "TABLE {}",
+            tables
+                .iter()
+                .map(|table| qualified_table(table))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR {target}",
+            quote_identifier(publication)
+        ))
+        .await
+        .map_err(failed(format!("cannot create publication {publication}")))?;
+    Ok(true)
+}
+
+/// Published tables whose updates and deletes Postgres would refuse to decode: no primary
+/// key and REPLICA IDENTITY DEFAULT, or REPLICA IDENTITY NOTHING.
+pub async fn check_replica_identities(
+    client: &Client,
+    publication: &str,
+) -> Result<(), SetupError> {
+    let rows = client
+        .query(
+            "SELECT format('%I.%I', t.schemaname, t.tablename), c.relreplident::text
+               FROM pg_publication_tables t
+               JOIN pg_namespace n ON n.nspname = t.schemaname
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+              WHERE t.pubname = $1
+                AND (c.relreplident = 'n'
+                     OR (c.relreplident = 'd' AND NOT EXISTS (
+                         SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))",
+            &[&publication],
+        )
+        .await
+        .map_err(failed("cannot read the published tables"))?;
+    if let Some(row) = rows.first() {
+        let table: String = row.get(0);
+        return Err(SetupError::Unfit(format!(
+            "table {table} has no primary key to identify its rows, so its updates and deletes cannot be \
+             captured: add a primary key, or run ALTER TABLE {table} REPLICA IDENTITY FULL"
+        )));
+    }
+    Ok(())
+}
+
+/// The slot as Postgres reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotState {
+    pub active_pid: Option<i32>,
+    pub plugin: Option<String>,
+    pub database: Option<String>,
+}
+
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, SetupError> {
+    let row = client
+        .query_opt(
+            "SELECT active_pid, plugin::text, database::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .map_err(failed("cannot read pg_replication_slots"))?;
+    Ok(row.map(|row| SlotState {
+        active_pid: row.get(0),
+        plugin: row.get(1),
+        database: row.get(2),
+    }))
+}
+
+/// Creates the slot when missing (returns true), or checks that the existing one is a free
+/// pgoutput slot of this database.
+pub async fn ensure_slot(
+    client: &Client,
+    connection: &mut ReplicationConnection,
+    slot: &str,
+    database: &str,
+) -> Result<bool, SetupError> {
+    match slot_state(client, slot).await? {
+        None => {
+            connection.create_logical_slot(slot, false).await?;
+            Ok(true)
+        }
+        Some(state) => {
+            if let Some(pid) = state.active_pid {
+                return Err(SetupError::Unfit(format!(
+                    "slot {slot} is in use by another connection (pid {pid}): is another walflow cdc running? \
+                     Stop it, or give this one its own --slot"
+                )));
+            }
+            if state.plugin.as_deref() != Some("pgoutput") {
+                return Err(SetupError::Unfit(format!(
+                    "slot {slot} uses the {} plugin, not pgoutput: choose another --slot",
+                    state.plugin.unwrap_or_else(|| "physical".into())
+                )));
+            }
+            if state.database.as_deref() != Some(database) {
+                return Err(SetupError::Unfit(format!(
+                    "slot {slot} belongs to database {}, not {database}: choose another --slot",
+                    state.database.unwrap_or_default()
+                )));
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Drops the slot and the publication (what `walflow cdc drop` does).
+pub async fn drop_slot_and_publication(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+) -> Result<(bool, bool), SetupError> {
+    let slot_dropped = match slot_state(client, slot).await? {
+        Some(state) if state.active_pid.is_some() => {
+            return Err(SetupError::Unfit(format!(
+                "slot {slot} is in use (pid {:?}): stop walflow cdc first",
+                state.active_pid
+            )));
+        }
+        Some(_) => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await
+                .map_err(failed(format!("cannot drop slot {slot}")))?;
+            true
+        }
+        None => false,
+    };
+    let publication_dropped = client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(failed("cannot read pg_publication"))?
+        .is_some();
+    if publication_dropped {
+        client
+            .batch_execute(&format!(
+                "DROP PUBLICATION {}",
+                quote_identifier(publication)
+            ))
+            .await
+            .map_err(failed(format!("cannot drop publication {publication}")))?;
+    }
+    Ok((slot_dropped, publication_dropped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_quoted_with_their_schema() {
+        assert_eq!(qualified_table("users"), "\"public\".\"users\"");
+        assert_eq!(qualified_table("sales.Orders"), "\"sales\".\"Orders\"");
+    }
+}

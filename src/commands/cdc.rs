@@ -1,0 +1,134 @@
+//! `walflow cdc`: Postgres's committed changes to Kafka, through a pgoutput slot.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use tokio_postgres::NoTls;
+use walflow_cdc::pipeline::{self, CdcOptions};
+use walflow_cdc::publication;
+use walflow_cdc::sink::Sink;
+
+use crate::config::{Config, GlobalArgs};
+use crate::exit::Failure;
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Reads every committed change from Postgres's write-ahead log through a logical \
+        replication slot (the built-in pgoutput plugin) and publishes it to Kafka as a \
+        Debezium-compatible event: topic <prefix>.<schema>.<table>, key = the primary key, value = \
+        {before, after, source, op, ts_ms}; a tombstone follows each delete (docs/events.md).\n\n\
+        The publication and the slot are created when missing and reused when present; the slot's \
+        position is confirmed to Postgres only up to the newest transaction Kafka has fully \
+        acknowledged, so a crash never loses a committed change (some may be sent twice after a \
+        restart). Ctrl-C or SIGTERM stops after draining what was sent.\n\n\
+        Not yet: the initial snapshot of existing rows (changes are captured from the moment the \
+        slot is created).",
+    after_help = "Examples:\n  walflow cdc --tables public.users\n  walflow cdc --sink stdout\n  walflow cdc drop"
+)]
+pub struct CdcArgs {
+    #[command(subcommand)]
+    action: Option<CdcAction>,
+
+    /// Replication slot to read (created when missing)
+    #[arg(long, default_value = "walflow", global = true)]
+    slot: String,
+
+    /// Publication naming the captured tables (created when missing)
+    #[arg(long, default_value = "walflow", global = true)]
+    publication: String,
+
+    /// Tables of a new publication, comma-separated schema.table; all tables when empty
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    tables: Vec<String>,
+
+    /// Topic prefix, and the `source.name` of events
+    #[arg(long, default_value = "walflow")]
+    topic_prefix: String,
+
+    /// Where events go
+    #[arg(long, value_enum, default_value_t = SinkKind::Kafka)]
+    sink: SinkKind,
+
+    /// No tombstone after deletes
+    #[arg(long)]
+    no_tombstones: bool,
+
+    /// How often the acknowledged position is confirmed to Postgres, in milliseconds
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    status_interval_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum CdcAction {
+    /// Drop the slot and the publication (Postgres stops retaining WAL for walflow)
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SinkKind {
+    Kafka,
+    /// One JSON object per event on stdout, for debugging
+    Stdout,
+}
+
+pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
+    let config = Config::load(global)?;
+    if let Some(CdcAction::Drop) = args.action {
+        return drop_slot(&args, &config).await;
+    }
+    let options = CdcOptions {
+        postgres_url: config.postgres_url.expose().to_owned(),
+        slot: args.slot.clone(),
+        publication: args.publication.clone(),
+        tables: args.tables.clone(),
+        topic_prefix: args.topic_prefix.clone(),
+        tombstones: !args.no_tombstones,
+        status_interval: Duration::from_millis(args.status_interval_ms.max(10)),
+    };
+    let sink = match args.sink {
+        SinkKind::Kafka => {
+            Sink::kafka(&config.kafka_brokers).context("cannot create the Kafka producer")?
+        }
+        SinkKind::Stdout => Sink::stdout(),
+    };
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping: draining what was sent");
+        let _ = stop_sender.send(true);
+    });
+    pipeline::run(&options, sink, stop)
+        .await
+        .map_err(|error| Failure::Runtime(error.into()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure> {
+    let (client, connection) = tokio_postgres::connect(config.postgres_url.expose(), NoTls)
+        .await
+        .with_context(|| format!("cannot connect to Postgres at {}", config.postgres_url))?;
+    tokio::spawn(connection);
+    let (slot, publication) =
+        publication::drop_slot_and_publication(&client, &args.slot, &args.publication)
+            .await
+            .map_err(|error| Failure::Runtime(error.into()))?;
+    let said = |dropped: bool| if dropped { "dropped" } else { "not there" };
+    println!(
+        "cdc drop: slot {} {}, publication {} {}",
+        args.slot,
+        said(slot),
+        args.publication,
+        said(publication)
+    );
+    Ok(ExitCode::SUCCESS)
+}

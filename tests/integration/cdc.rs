@@ -1,0 +1,266 @@
+//! `walflow cdc` against the real Postgres and Kafka, checked with kcat, a consumer that
+//! shares no code with walflow's producer.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use walflow_pgoutput::Lsn;
+
+use crate::harness::{
+    run, services, stderr, unique_name, walflow, ScratchPostgres, TestDatabase, TestTopics,
+};
+
+struct Cdc {
+    child: Child,
+}
+
+impl Cdc {
+    fn start(database: &TestDatabase, slot: &str, topics: &TestTopics, tables: &str) -> Cdc {
+        let child = walflow(&database.url)
+            .args([
+                "cdc",
+                "--slot",
+                slot,
+                "--publication",
+                "walflow_test",
+                "--topic-prefix",
+                &topics.prefix,
+            ])
+            .args(["--tables", tables, "--status-interval-ms", "100"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn walflow cdc");
+        Cdc { child }
+    }
+
+    /// SIGTERM, then the exit status and what it logged.
+    fn stop(mut self) -> (Option<i32>, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let output = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Cdc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_for_active_slot(database: &TestDatabase, slot: &str) {
+    let client = database.client().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let active: Option<bool> = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0));
+        if active == Some(true) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slot {slot} not active after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads `count` messages of `topic` from the beginning with kcat, as JSON envelopes.
+/// The topic appears with walflow's first event, so kcat may have to wait for it.
+fn kcat_messages(topic: &str, count: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let output = loop {
+        let output = Command::new("timeout")
+            .args([
+                "60",
+                "kcat",
+                "-C",
+                "-b",
+                &services().kafka_brokers,
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+            ])
+            .args(["-c", &count.to_string(), "-J", "-q"])
+            .output()
+            .expect("kcat");
+        let unknown_topic = String::from_utf8_lossy(&output.stderr).contains("Unknown topic");
+        if !unknown_topic || Instant::now() > deadline {
+            break output;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        output.status.success(),
+        "kcat: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn parsed(text: &Value) -> Value {
+    text.as_str()
+        .map(|text| serde_json::from_str(text).unwrap())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn inserts_updates_and_deletes_reach_kafka_with_tombstones_and_the_slot_advances() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric, active bool)",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.accounts");
+    wait_for_active_slot(&database, &slot).await;
+
+    client
+        .batch_execute("INSERT INTO accounts VALUES (1, 'ada', 10.50, true)")
+        .await
+        .unwrap();
+    client
+        .batch_execute("UPDATE accounts SET balance = 99.99 WHERE id = 1")
+        .await
+        .unwrap();
+    let before_delete: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute("DELETE FROM accounts WHERE id = 1")
+        .await
+        .unwrap();
+
+    let messages = kcat_messages(&format!("{}.public.accounts", topics.prefix), 4);
+    let keys: Vec<Value> = messages
+        .iter()
+        .map(|message| parsed(&message["key"]))
+        .collect();
+    assert!(
+        keys.iter().all(|key| *key == serde_json::json!({"id": 1})),
+        "{keys:?}"
+    );
+    let values: Vec<Value> = messages
+        .iter()
+        .map(|message| parsed(&message["payload"]))
+        .collect();
+    let ops: Vec<&str> = values[..3]
+        .iter()
+        .map(|value| value["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["c", "u", "d"]);
+    assert_eq!(
+        values[0]["after"],
+        serde_json::json!({"id": 1, "owner": "ada", "balance": "10.50", "active": true})
+    );
+    assert_eq!(values[1]["after"]["balance"], "99.99");
+    assert_eq!(values[2]["before"]["id"], 1);
+    assert_eq!(values[2]["after"], Value::Null);
+    assert_eq!(values[3], Value::Null, "a tombstone follows the delete");
+    assert_eq!(values[0]["source"]["table"], "accounts");
+    assert_eq!(values[0]["source"]["db"], database.name.as_str());
+
+    // The slot's confirmed position moves past the delete once Kafka has acknowledged it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let confirmed: String = client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed.parse::<Lsn>().unwrap() > before_delete.parse::<Lsn>().unwrap() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "confirmed_flush_lsn stayed at {confirmed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let output = run(walflow(&database.url).args([
+        "cdc",
+        "drop",
+        "--slot",
+        &slot,
+        "--publication",
+        "walflow_test",
+    ]));
+    assert_eq!(output.status.code(), Some(0));
+    let slots: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "cdc drop removed the slot");
+}
+
+#[tokio::test]
+async fn a_table_without_a_key_is_refused_with_what_to_run() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE logs (line text)")
+        .await
+        .unwrap();
+    let output = run(walflow(&database.url).args([
+        "cdc",
+        "--slot",
+        &unique_name("walflow_slot"),
+        "--tables",
+        "public.logs",
+        "--topic-prefix",
+        &topics.prefix,
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("public.logs"), "{message}");
+    assert!(message.contains("REPLICA IDENTITY FULL"), "{message}");
+}
+
+#[tokio::test]
+async fn wal_level_replica_is_refused_with_the_setting_named() {
+    let scratch = ScratchPostgres::start(&["wal_level=replica"]);
+    let output = run(walflow(&scratch.url).args(["cdc", "--slot", "walflow_x"]));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("wal_level = logical"),
+        "{}",
+        stderr(&output)
+    );
+}
