@@ -264,3 +264,164 @@ async fn wal_level_replica_is_refused_with_the_setting_named() {
         stderr(&output)
     );
 }
+
+/// How many times `kill -9` hits cdc in the crash test: a few in the suite,
+/// `WALFLOW_CRASH_TRIALS=12 cargo test --test integration cdc::crash` for the long trial
+/// (scripts/trial-cdc-crash).
+fn crash_trials() -> usize {
+    std::env::var("WALFLOW_CRASH_TRIALS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(3)
+}
+
+#[tokio::test]
+async fn crash_kill_9_at_random_points_loses_no_committed_change() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY, amount int)")
+        .await
+        .unwrap();
+    // The slot exists before the first write (there is no initial snapshot yet).
+    let mut cdc = Cdc::start(&database, &slot, &topics, "public.ledger");
+    wait_for_active_slot(&database, &slot).await;
+
+    // The writer: transactions of inserts, updates and deletes, each recorded once committed.
+    let writer_url = database.url.clone();
+    let (stop_writer, mut writer_stopped) = tokio::sync::watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let client = crate::harness::connect(&writer_url).await;
+        let mut committed: Vec<(i32, &'static str)> = Vec::new();
+        let mut next_id = 1;
+        while !*writer_stopped.borrow_and_update() {
+            let id = next_id;
+            next_id += 1;
+            let statements = format!(
+                "BEGIN; INSERT INTO ledger VALUES ({id}, {id}); UPDATE ledger SET amount = amount + 1 WHERE id = {id}; {} COMMIT;",
+                if id % 3 == 0 { format!("DELETE FROM ledger WHERE id = {};", id - 1) } else { String::new() }
+            );
+            client.batch_execute(&statements).await.unwrap();
+            committed.push((id, "c"));
+            committed.push((id, "u"));
+            if id % 3 == 0 {
+                committed.push((id - 1, "d"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        committed
+    });
+
+    for trial in 0..crash_trials() {
+        wait_for_active_slot(&database, &slot).await;
+        // A random moment: between 0.2 and 1.5 s of streaming.
+        let delay_ms = 200 + (std::process::id() as u64 * 7919 + trial as u64 * 104_729) % 1300;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        cdc.child.kill().unwrap(); // SIGKILL
+        cdc.child.wait().unwrap();
+        // The walsender notices the dead client before the slot can be taken again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let active: bool = client
+                .query_one(
+                    "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if !active {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the slot stayed active after kill -9"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        cdc = Cdc::start(&database, &slot, &topics, "public.ledger");
+    }
+    let _ = stop_writer.send(true);
+    let committed = writer.await.unwrap();
+
+    // Let the last cdc catch up with everything written, then stop it cleanly.
+    let end: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let confirmed: Option<String> = client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed
+            .and_then(|lsn| lsn.parse::<Lsn>().ok())
+            .is_some_and(|lsn| lsn >= end.parse::<Lsn>().unwrap())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cdc did not catch up with {end}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    // Everything in the topic, read by kcat up to its end.
+    let output = Command::new("timeout")
+        .args([
+            "60",
+            "kcat",
+            "-C",
+            "-b",
+            &services().kafka_brokers,
+            "-t",
+            &format!("{}.public.ledger", topics.prefix),
+        ])
+        .args(["-o", "beginning", "-e", "-J", "-q"])
+        .output()
+        .unwrap();
+    let mut seen: std::collections::HashMap<(i64, String), usize> =
+        std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let message: Value = serde_json::from_str(line).unwrap();
+        let value = parsed(&message["payload"]);
+        if value.is_null() {
+            continue; // tombstone
+        }
+        let row = if value["op"] == "d" {
+            &value["before"]
+        } else {
+            &value["after"]
+        };
+        *seen
+            .entry((
+                row["id"].as_i64().unwrap(),
+                value["op"].as_str().unwrap().to_owned(),
+            ))
+            .or_default() += 1;
+    }
+    let missing: Vec<_> = committed
+        .iter()
+        .filter(|(id, op)| !seen.contains_key(&(i64::from(*id), op.to_string())))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} committed changes never reached Kafka, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let duplicates: usize = seen.values().map(|count| count - 1).sum();
+    eprintln!(
+        "crash trial: {} kill -9, {} committed changes, all in Kafka, {duplicates} duplicates (re-sent after restarts)",
+        crash_trials(),
+        committed.len()
+    );
+}
