@@ -425,3 +425,52 @@ async fn crash_kill_9_at_random_points_loses_no_committed_change() {
         committed.len()
     );
 }
+
+#[tokio::test]
+async fn every_type_arrives_as_documented_in_docs_events() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TYPE mood AS ENUM ('sad', 'happy');
+             CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+             CREATE TABLE typed (
+                 id int PRIMARY KEY, small smallint, big bigint, exact numeric, exact_nan numeric,
+                 real_value float4, double_nan float8, double_infinite float8, flag bool, words text,
+                 raw bytea, uid uuid, document jsonb, day date, moment timestamp, instant timestamptz,
+                 instant_infinite timestamptz, span interval, address inet, numbers int[], feeling mood,
+                 count positive, nothing text)",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.typed");
+    wait_for_active_slot(&database, &slot).await;
+    client
+        .batch_execute(
+            "INSERT INTO typed VALUES (1, -32768, 9223372036854775807, 12345678901234567890.123456789, 'NaN',
+                 1.5, 'NaN', '-Infinity', true, 'héllo \"quoted\"', '\\x48656c6c6f', '7a0eed16-9430-4d68-901f-c0d4c1c3bf00',
+                 '{\"a\": [1, 2]}', '2000-01-02', '1970-01-01 00:00:01.5', '2026-11-25 05:30:00+05:30', 'infinity',
+                 '1 day 02:00:00', '192.168.0.1/24', '{1,2,3}', 'happy', 5, NULL)",
+        )
+        .await
+        .unwrap();
+    let messages = kcat_messages(&format!("{}.public.typed", topics.prefix), 1);
+    let after = parsed(&messages[0]["payload"])["after"].clone();
+    let expected = serde_json::json!({
+        "id": 1, "small": -32768, "big": 9223372036854775807i64,
+        "exact": "12345678901234567890.123456789", "exact_nan": "NaN",
+        "real_value": 1.5, "double_nan": "NaN", "double_infinite": "-Infinity",
+        "flag": true, "words": "héllo \"quoted\"", "raw": "SGVsbG8=",
+        "uid": "7a0eed16-9430-4d68-901f-c0d4c1c3bf00", "document": "{\"a\": [1, 2]}",
+        "day": 10958, "moment": 1_500_000, "instant": "2026-11-25T00:00:00Z", "instant_infinite": "infinity",
+        "span": "1 day 02:00:00", "address": "192.168.0.1/24", "numbers": "{1,2,3}", "feeling": "happy",
+        "count": 5, "nothing": null,
+    });
+    for (column, value) in expected.as_object().unwrap() {
+        assert_eq!(&after[column], value, "column {column}");
+    }
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

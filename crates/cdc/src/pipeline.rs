@@ -115,7 +115,7 @@ pub async fn run(
                     ReplicationMessage::XLogData(data) => {
                         state.change_lsn = data.wal_start;
                         let message = state.decoder.decode(data.data).map_err(ReplicationError::from)?;
-                        state.handle(message, options, &mut sink).await?;
+                        state.handle(message, &client, options, &mut sink).await?;
                     }
                     ReplicationMessage::PrimaryKeepalive(keepalive) => {
                         // Idle and fully acknowledged: all WAL the server has sent so far is
@@ -175,6 +175,7 @@ impl StreamState {
     async fn handle(
         &mut self,
         message: LogicalMessage,
+        client: &tokio_postgres::Client,
         options: &CdcOptions,
         sink: &mut Sink,
     ) -> Result<(), CdcError> {
@@ -185,7 +186,10 @@ impl StreamState {
                     commit_time: begin.commit_time,
                 });
             }
-            LogicalMessage::Relation(relation) => self.relations.update(relation),
+            LogicalMessage::Relation(mut relation) => {
+                resolve_domains(client, &mut relation).await?;
+                self.relations.update(relation)
+            }
             LogicalMessage::Insert(insert) => {
                 self.emit(
                     insert.relation_oid,
@@ -319,6 +323,36 @@ impl StreamState {
         self.summary.confirmed_lsn = position;
         Ok(())
     }
+}
+
+/// pgoutput names a domain column's own type; its values are those of the base type, which
+/// is what decides their JSON form. User-defined types only (OIDs from 16384) are looked up.
+async fn resolve_domains(
+    client: &tokio_postgres::Client,
+    relation: &mut walflow_pgoutput::Relation,
+) -> Result<(), CdcError> {
+    const FIRST_USER_OID: u32 = 16384;
+    for column in relation
+        .columns
+        .iter_mut()
+        .filter(|column| column.type_oid >= FIRST_USER_OID)
+    {
+        let row = client
+            .query_opt(
+                "WITH RECURSIVE base(oid, basetype) AS (
+                     SELECT oid, typbasetype FROM pg_type WHERE oid = $1 AND typtype = 'd'
+                     UNION ALL
+                     SELECT t.oid, t.typbasetype FROM pg_type t JOIN base ON t.oid = base.basetype WHERE t.typtype = 'd')
+                 SELECT basetype FROM base ORDER BY oid = $1 LIMIT 1",
+                &[&column.type_oid],
+            )
+            .await
+            .map_err(|source| SetupError::Postgres { context: format!("cannot resolve the type of column {}", column.name), source })?;
+        if let Some(row) = row {
+            column.type_oid = row.get(0);
+        }
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {

@@ -18,6 +18,9 @@ pub mod oid {
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
     pub const NUMERIC: u32 = 1700;
+    pub const DATE: u32 = 1082;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
 }
 
 /// The JSON form of one non-null value in Postgres's text output format.
@@ -41,10 +44,27 @@ pub fn text_to_json(type_oid: u32, text: &str) -> Value {
         oid::NUMERIC => Value::String(text.to_owned()),
         // Bytes as base64, like Debezium's binary.handling.mode=base64.
         oid::BYTEA => Value::String(bytea_text_to_base64(text)),
+        // Debezium's time types (time.precision.mode=adaptive): io.debezium.time.Date (days
+        // since 1970-01-01), MicroTimestamp (microseconds since the epoch, no zone) and
+        // ZonedTimestamp (ISO 8601 in UTC). 'infinity' and '-infinity' stay strings.
+        oid::DATE => chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map(|date| Value::Number((date - chrono::NaiveDate::default()).num_days().into()))
+            .unwrap_or_else(|_| Value::String(text.to_owned())),
+        oid::TIMESTAMP => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
+            .map(|timestamp| Value::Number(timestamp.and_utc().timestamp_micros().into()))
+            .unwrap_or_else(|_| Value::String(text.to_owned())),
+        oid::TIMESTAMPTZ => chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+            .map(|timestamp| {
+                Value::String(
+                    timestamp
+                        .with_timezone(&chrono::Utc)
+                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                )
+            })
+            .unwrap_or_else(|_| Value::String(text.to_owned())),
         // Everything else in Postgres's own text form: text, varchar, uuid, json/jsonb (the
-        // document as a string, as Debezium's io.debezium.data.Json), dates, times and
-        // timestamps (ISO 8601 in the server's DateStyle), intervals, network types, arrays,
-        // enums, domains.
+        // document as a string, as Debezium's io.debezium.data.Json), times, intervals,
+        // network types, arrays, enums, domains.
         _ => Value::String(text.to_owned()),
     }
 }
