@@ -474,3 +474,51 @@ async fn every_type_arrives_as_documented_in_docs_events() {
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[tokio::test]
+async fn toast_placeholders_new_columns_and_truncates_reach_kafka() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, title text, body text)")
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.notes");
+    wait_for_active_slot(&database, &slot).await;
+    for statement in [
+        // Large and incompressible enough to be stored out of line.
+        "INSERT INTO notes VALUES (1, 'draft', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 5000) i))",
+        "UPDATE notes SET title = 'final' WHERE id = 1",
+        "ALTER TABLE notes ADD COLUMN pages int",
+        "INSERT INTO notes VALUES (2, 'second', 'short', 42)",
+        "TRUNCATE notes",
+    ] {
+        client.batch_execute(statement).await.unwrap();
+    }
+    let messages = kcat_messages(&format!("{}.public.notes", topics.prefix), 4);
+    let values: Vec<Value> = messages
+        .iter()
+        .map(|message| parsed(&message["payload"]))
+        .collect();
+    assert_eq!(values[0]["after"]["body"].as_str().unwrap().len(), 160_000);
+    assert_eq!(values[1]["op"], "u");
+    assert_eq!(values[1]["after"]["title"], "final");
+    assert_eq!(
+        values[1]["after"]["body"], "__debezium_unavailable_value",
+        "the untouched TOASTed body is marked, not turned into null"
+    );
+    assert!(
+        values[1]["after"].get("pages").is_none(),
+        "before the ALTER, no such column"
+    );
+    assert_eq!(
+        values[2]["after"]["pages"], 42,
+        "the added column appears from that change on"
+    );
+    assert_eq!(values[3]["op"], "t");
+    assert_eq!(messages[3]["key"], Value::Null);
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
