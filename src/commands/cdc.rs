@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use tokio_postgres::NoTls;
-use walflow_cdc::pipeline::{self, CdcOptions};
+use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
 use walflow_cdc::publication;
 use walflow_cdc::sink::Sink;
 
@@ -23,8 +23,10 @@ use crate::exit::Failure;
         position is confirmed to Postgres only up to the newest transaction Kafka has fully \
         acknowledged, so a crash never loses a committed change (some may be sent twice after a \
         restart). Ctrl-C or SIGTERM stops after draining what was sent.\n\n\
-        Not yet: the initial snapshot of existing rows (changes are captured from the moment the \
-        slot is created).",
+        When the slot is created, the rows that already exist are copied first through the \
+        snapshot the slot exports (op \"r\" events), then the stream starts where the snapshot \
+        ends: no gap, no overlap. A snapshot cut short by a crash is taken again at the next \
+        start (progress is kept in the table walflow_cdc_snapshot of the source database).",
     after_help = "Examples:\n  walflow cdc --tables public.users\n  walflow cdc --sink stdout\n  walflow cdc drop"
 )]
 pub struct CdcArgs {
@@ -55,6 +57,11 @@ pub struct CdcArgs {
     #[arg(long)]
     no_tombstones: bool,
 
+    /// When to copy the existing rows first (op "r" events): when the slot is created
+    /// (initial), never, or at every start (always)
+    #[arg(long, value_enum, default_value_t = SnapshotArg::Initial)]
+    snapshot: SnapshotArg,
+
     /// How often the acknowledged position is confirmed to Postgres, in milliseconds
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     status_interval_ms: u64,
@@ -64,6 +71,13 @@ pub struct CdcArgs {
 enum CdcAction {
     /// Drop the slot and the publication (Postgres stops retaining WAL for walflow)
     Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SnapshotArg {
+    Initial,
+    Never,
+    Always,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,6 +100,11 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         topic_prefix: args.topic_prefix.clone(),
         tombstones: !args.no_tombstones,
         status_interval: Duration::from_millis(args.status_interval_ms.max(10)),
+        snapshot: match args.snapshot {
+            SnapshotArg::Initial => SnapshotMode::Initial,
+            SnapshotArg::Never => SnapshotMode::Never,
+            SnapshotArg::Always => SnapshotMode::Always,
+        },
     };
     let sink = match args.sink {
         SinkKind::Kafka => {

@@ -6,4 +6,5 @@ pub mod pipeline;
 pub mod publication;
 pub mod replication;
 pub mod sink;
+pub mod snapshot;
 pub mod types;

@@ -15,9 +15,21 @@ use crate::replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream,
 };
 use crate::sink::{Sink, SinkError};
+use crate::snapshot::{self, SnapshotProgress};
 
 /// pgoutput protocol 1: every change arrives after its transaction committed.
 const PROTOCOL_VERSION: u32 = 1;
+
+/// When to copy the rows that exist before streaming starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotMode {
+    /// When the slot is created, and again when an earlier snapshot was cut short.
+    Initial,
+    /// Never: changes from the slot's creation on only.
+    Never,
+    /// At every start (the slot is recreated): a full copy each time, then the stream.
+    Always,
+}
 
 #[derive(Debug, Clone)]
 pub struct CdcOptions {
@@ -29,6 +41,7 @@ pub struct CdcOptions {
     pub topic_prefix: String,
     pub tombstones: bool,
     pub status_interval: Duration,
+    pub snapshot: SnapshotMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +58,8 @@ pub enum CdcError {
     UnknownRelation(u32),
     #[error("{0}")]
     Delivery(String),
+    #[error("the snapshot failed: {0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -83,7 +98,35 @@ pub async fn run(
         .database
         .clone()
         .unwrap_or_else(|| config.database.clone());
-    if publication::ensure_slot(&client, &mut replication, &options.slot, &database).await? {
+    let slot_exists = publication::slot_state(&client, &options.slot)
+        .await?
+        .is_some();
+    let take_snapshot = match options.snapshot {
+        SnapshotMode::Never => false,
+        SnapshotMode::Always => true,
+        SnapshotMode::Initial => {
+            !slot_exists
+                || snapshot::progress(&client, &options.slot).await? == SnapshotProgress::Started
+        }
+    };
+    if take_snapshot {
+        if slot_exists {
+            tracing::warn!(slot = %options.slot, "recreating the slot to take the snapshot (again)");
+            publication::drop_slot(&client, &options.slot).await?;
+        }
+        let created = replication.create_logical_slot(&options.slot, true).await?;
+        tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
+        snapshot::record_started(&client, &options.slot, created.consistent_point).await?;
+        let rows = copy_snapshot(options, &mut sink, &database, &created).await?;
+        sink.commit(created.consistent_point).await?;
+        sink.drain(created.consistent_point, Duration::from_secs(600))
+            .await;
+        if let Some(failure) = sink.failure() {
+            return Err(CdcError::Delivery(failure));
+        }
+        snapshot::record_completed(&client, &options.slot).await?;
+        tracing::info!(rows, "snapshot complete");
+    } else if publication::ensure_slot(&client, &mut replication, &options.slot, &database).await? {
         tracing::info!(slot = %options.slot, "replication slot created");
     }
     let mut stream = replication
@@ -323,6 +366,47 @@ impl StreamState {
         self.summary.confirmed_lsn = position;
         Ok(())
     }
+}
+
+/// Reads the exported snapshot on a connection of its own (the replication connection that
+/// exported it must stay idle until it is imported).
+async fn copy_snapshot(
+    options: &CdcOptions,
+    sink: &mut Sink,
+    database: &str,
+    created: &crate::replication::CreatedSlot,
+) -> Result<u64, CdcError> {
+    let snapshot_name = created.snapshot_name.as_deref().ok_or_else(|| {
+        ReplicationError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
+    })?;
+    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
+        .await
+        .map_err(CdcError::Connect)?;
+    tokio::spawn(connection);
+    let setup_failed = |source| SetupError::Postgres {
+        context: "cannot open the exported snapshot".into(),
+        source,
+    };
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            snapshot_name.replace('\'', "''")
+        ))
+        .await
+        .map_err(setup_failed)?;
+    let relations = snapshot::published_relations(&client, &options.publication).await?;
+    let rows = snapshot::copy_tables(
+        &client,
+        &relations,
+        sink,
+        &options.topic_prefix,
+        database,
+        created.consistent_point,
+        now_ms,
+    )
+    .await?;
+    client.batch_execute("COMMIT").await.map_err(setup_failed)?;
+    Ok(rows)
 }
 
 /// pgoutput names a domain column's own type; its values are those of the base type, which

@@ -179,6 +179,24 @@ pub async fn ensure_slot(
     }
 }
 
+/// Drops an idle slot.
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), SetupError> {
+    if let Some(SlotState {
+        active_pid: Some(pid),
+        ..
+    }) = slot_state(client, slot).await?
+    {
+        return Err(SetupError::Unfit(format!(
+            "slot {slot} is in use (pid {pid}): stop walflow cdc first"
+        )));
+    }
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .map_err(failed(format!("cannot drop slot {slot}")))?;
+    Ok(())
+}
+
 /// Drops the slot and the publication (what `walflow cdc drop` does).
 pub async fn drop_slot_and_publication(
     client: &Client,
@@ -186,17 +204,8 @@ pub async fn drop_slot_and_publication(
     publication: &str,
 ) -> Result<(bool, bool), SetupError> {
     let slot_dropped = match slot_state(client, slot).await? {
-        Some(state) if state.active_pid.is_some() => {
-            return Err(SetupError::Unfit(format!(
-                "slot {slot} is in use (pid {:?}): stop walflow cdc first",
-                state.active_pid
-            )));
-        }
         Some(_) => {
-            client
-                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
-                .await
-                .map_err(failed(format!("cannot drop slot {slot}")))?;
+            drop_slot(client, slot).await?;
             true
         }
         None => false,

@@ -1,0 +1,264 @@
+//! The initial snapshot: the rows that existed when the slot was created, read through the
+//! snapshot the slot exported (so they are exactly the state at the slot's consistent
+//! point), sent as `op: r` events before the stream starts at that point: no gap, no
+//! overlap. Its progress is recorded in a small table of the source database, so a snapshot
+//! cut short by a crash is started over instead of being taken for done.
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio_postgres::{Client, SimpleQueryMessage};
+use walflow_pgoutput::{
+    encode, Column, Lsn, PgTimestamp, Relation, RelationColumn, ReplicaIdentity,
+};
+
+use crate::envelope::{self, Operation, Source};
+use crate::publication::SetupError;
+use crate::replication::quote_identifier;
+use crate::sink::{Sink, SinkError};
+
+/// walflow's own bookkeeping table; its changes are never turned into events.
+pub const STATE_TABLE: &str = "walflow_cdc_snapshot";
+/// Rows per FETCH: memory stays bounded whatever the table's size.
+const FETCH_ROWS: usize = 5000;
+
+fn failed(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
+    let context = context.into();
+    move |source| SetupError::Postgres { context, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotProgress {
+    Never,
+    Started,
+    Completed,
+}
+
+async fn ensure_state_table(client: &Client) -> Result<(), SetupError> {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS public.{STATE_TABLE} (
+                 slot_name text PRIMARY KEY,
+                 consistent_point pg_lsn NOT NULL,
+                 started_at timestamptz NOT NULL DEFAULT now(),
+                 completed_at timestamptz)"
+        ))
+        .await
+        .map_err(failed(format!("cannot create {STATE_TABLE}")))
+}
+
+pub async fn progress(client: &Client, slot: &str) -> Result<SnapshotProgress, SetupError> {
+    ensure_state_table(client).await?;
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT completed_at IS NOT NULL FROM public.{STATE_TABLE} WHERE slot_name = $1"
+            ),
+            &[&slot],
+        )
+        .await
+        .map_err(failed(format!("cannot read {STATE_TABLE}")))?;
+    Ok(match row.map(|row| row.get::<_, bool>(0)) {
+        None => SnapshotProgress::Never,
+        Some(false) => SnapshotProgress::Started,
+        Some(true) => SnapshotProgress::Completed,
+    })
+}
+
+pub async fn record_started(
+    client: &Client,
+    slot: &str,
+    consistent_point: Lsn,
+) -> Result<(), SetupError> {
+    ensure_state_table(client).await?;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO public.{STATE_TABLE} (slot_name, consistent_point) VALUES ($1, $2::text::pg_lsn)
+                 ON CONFLICT (slot_name) DO UPDATE
+                 SET consistent_point = EXCLUDED.consistent_point, started_at = now(), completed_at = NULL"
+            ),
+            &[&slot, &consistent_point.to_string()],
+        )
+        .await
+        .map_err(failed(format!("cannot record the snapshot in {STATE_TABLE}")))?;
+    Ok(())
+}
+
+pub async fn record_completed(client: &Client, slot: &str) -> Result<(), SetupError> {
+    client
+        .execute(
+            &format!("UPDATE public.{STATE_TABLE} SET completed_at = now() WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(failed(format!(
+            "cannot record the snapshot in {STATE_TABLE}"
+        )))?;
+    Ok(())
+}
+
+pub async fn forget(client: &Client, slot: &str) -> Result<(), SetupError> {
+    client
+        .execute(
+            &format!("DELETE FROM public.{STATE_TABLE} WHERE slot_name = $1"),
+            &[&slot],
+        )
+        .await
+        .map_err(failed(format!("cannot update {STATE_TABLE}")))?;
+    Ok(())
+}
+
+/// The published tables, described as a Relation message would describe them.
+pub async fn published_relations(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<Relation>, SetupError> {
+    let tables = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text
+               FROM pg_publication_tables t
+               JOIN pg_namespace n ON n.nspname = t.schemaname
+               JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.tablename
+              WHERE t.pubname = $1 AND NOT (n.nspname = 'public' AND c.relname = $2)
+              ORDER BY 2, 3",
+            &[&publication, &STATE_TABLE],
+        )
+        .await
+        .map_err(failed("cannot list the published tables"))?;
+    let mut relations = Vec::with_capacity(tables.len());
+    for table in tables {
+        let oid: u32 = table.get(0);
+        let identity: String = table.get(3);
+        let columns = client
+            .query(
+                "SELECT a.attname::text,
+                        CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE a.atttypid END,
+                        a.atttypmod,
+                        EXISTS (SELECT 1 FROM pg_index i
+                                 WHERE i.indrelid = a.attrelid AND a.attnum = ANY (i.indkey)
+                                   AND CASE WHEN $2 = 'i' THEN i.indisreplident ELSE i.indisprimary END)
+                   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&oid, &identity],
+            )
+            .await
+            .map_err(failed("cannot read the columns of a published table"))?;
+        relations.push(Relation {
+            xid: None,
+            oid,
+            namespace: ByteString::from(table.get::<_, String>(1)),
+            name: ByteString::from(table.get::<_, String>(2)),
+            replica_identity: match identity.as_str() {
+                "f" => ReplicaIdentity::Full,
+                "n" => ReplicaIdentity::Nothing,
+                "i" => ReplicaIdentity::Index,
+                _ => ReplicaIdentity::Default,
+            },
+            columns: columns
+                .iter()
+                .map(|column| RelationColumn {
+                    is_key: column.get(3),
+                    name: ByteString::from(column.get::<_, String>(0)),
+                    type_oid: column.get(1),
+                    type_modifier: column.get(2),
+                })
+                .collect(),
+        });
+    }
+    Ok(relations)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// Copies every published table inside the transaction `client` has open on the exported
+/// snapshot, as `r` events. Returns the number of rows.
+pub async fn copy_tables(
+    client: &Client,
+    relations: &[Relation],
+    sink: &mut Sink,
+    topic_prefix: &str,
+    database: &str,
+    consistent_point: Lsn,
+    now_ms: impl Fn() -> i64,
+) -> Result<u64, SnapshotError> {
+    let mut total = 0;
+    for relation in relations {
+        let table = format!(
+            "{}.{}",
+            quote_identifier(&relation.namespace),
+            quote_identifier(&relation.name)
+        );
+        let columns: Vec<String> = relation
+            .columns
+            .iter()
+            .map(|column| quote_identifier(&column.name))
+            .collect();
+        client
+            .batch_execute(&format!(
+                "DECLARE walflow_snapshot NO SCROLL CURSOR FOR SELECT {} FROM {table}",
+                columns.join(", ")
+            ))
+            .await
+            .map_err(failed(format!("cannot read {table}")))?;
+        let source = Source {
+            name: topic_prefix,
+            database,
+            commit_time: PgTimestamp::from_unix_micros(now_ms() * 1000),
+            xid: 0,
+            lsn: consistent_point,
+            snapshot: true,
+        };
+        let mut rows_of_table = 0u64;
+        loop {
+            let messages = client
+                .simple_query(&format!("FETCH {FETCH_ROWS} FROM walflow_snapshot"))
+                .await
+                .map_err(failed(format!("cannot read {table}")))?;
+            let mut fetched = 0;
+            for message in messages {
+                let SimpleQueryMessage::Row(row) = message else {
+                    continue;
+                };
+                let values: Vec<Column> = (0..row.len())
+                    .map(|index| match row.get(index) {
+                        Some(text) => Column::Text(Bytes::copy_from_slice(text.as_bytes())),
+                        None => Column::Null,
+                    })
+                    .collect();
+                let tuple = encode::tuple(&values);
+                let event = envelope::row_event(
+                    relation,
+                    Operation::Read,
+                    None,
+                    Some(&tuple),
+                    &source,
+                    topic_prefix,
+                    now_ms(),
+                );
+                sink.send(&event).await?;
+                fetched += 1;
+            }
+            rows_of_table += fetched;
+            if fetched > 0 && rows_of_table % 100_000 < FETCH_ROWS as u64 {
+                tracing::info!(%table, rows = rows_of_table, "snapshot in progress");
+            }
+            if fetched < FETCH_ROWS as u64 {
+                break;
+            }
+        }
+        client
+            .batch_execute("CLOSE walflow_snapshot")
+            .await
+            .map_err(failed("cannot close the snapshot cursor"))?;
+        tracing::info!(%table, rows = rows_of_table, "table copied");
+        total += rows_of_table;
+    }
+    Ok(total)
+}
