@@ -35,6 +35,42 @@ enum BenchTarget {
         Goals: at least 20,000 users/s and at least 0.5 of the COPY baseline."
     )]
     Ingest(IngestBenchArgs),
+    /// Rows/s draining a WAL backlog from Postgres to Kafka, beside pg_recvlogical
+    #[command(long_about = "Writes a backlog of --rows rows (in transactions of \
+        --rows-per-transaction) into a scratch database with two pgoutput slots, then drains it \
+        twice: with pg_recvlogical into /dev/null (Postgres's own client, the decoding ceiling) \
+        and with walflow cdc into Kafka up to the last acknowledgement. Reports rows/s of each, \
+        their ratio, and walflow's peak RSS.\n\n\
+        Goals: at least 0.8 of pg_recvlogical and at least 50,000 rows/s; peak RSS under 64 MB.")]
+    Cdc(CdcBenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct CdcBenchArgs {
+    /// Rows in the backlog
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+
+    /// Rows per transaction
+    #[arg(long, default_value_t = 1000)]
+    rows_per_transaction: u64,
+
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct CdcBenchReport {
+    rows: u64,
+    rows_per_transaction: u64,
+    walflow_rows_per_second: f64,
+    pg_recvlogical_rows_per_second: f64,
+    ratio_to_pg_recvlogical: f64,
+    walflow_seconds: f64,
+    pg_recvlogical_seconds: f64,
+    walflow_events: u64,
+    peak_rss_mb: f64,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +113,7 @@ pub async fn run(args: BenchArgs, global: &GlobalArgs) -> Result<ExitCode, Failu
     let config = Config::load(global)?;
     match args.target {
         BenchTarget::Ingest(args) => bench_ingest(args, &config).await.map_err(Failure::Runtime),
+        BenchTarget::Cdc(args) => bench_cdc(args, &config).await.map_err(Failure::Runtime),
     }
 }
 
@@ -201,6 +238,198 @@ async fn bench_in_database(
         goal_ratio: GOAL_RATIO,
         goals_met: ingest_users_per_second >= GOAL_USERS_PER_SECOND && ratio_to_copy >= GOAL_RATIO,
     })
+}
+
+async fn bench_cdc(args: CdcBenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
+    which_psql()?;
+    let admin = connect(config.postgres_url.expose()).await?;
+    let database = format!("walflow_bench_cdc_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .with_context(|| {
+            format!("cannot create the scratch database {database} (walflow's role needs CREATEDB)")
+        })?;
+    let outcome = bench_cdc_in_database(&args, config, &database).await;
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+            &[&database],
+        )
+        .await?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await?;
+    let report = outcome?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "bench cdc: {} rows in transactions of {}\n  walflow cdc -> Kafka: {:>9.0} rows/s ({:.2} s, {} events)\n  pg_recvlogical:       {:>9.0} rows/s ({:.2} s)\n  ratio:                {:>9.2}\n  peak RSS:             {:>9.1} MB\n  goals (>= 0.8 of pg_recvlogical, >= 50,000 rows/s, < 64 MB): {}",
+            report.rows,
+            report.rows_per_transaction,
+            report.walflow_rows_per_second,
+            report.walflow_seconds,
+            report.walflow_events,
+            report.pg_recvlogical_rows_per_second,
+            report.pg_recvlogical_seconds,
+            report.ratio_to_pg_recvlogical,
+            report.peak_rss_mb,
+            if report.ratio_to_pg_recvlogical >= 0.8 && report.walflow_rows_per_second >= 50_000.0 && report.peak_rss_mb < 64.0 {
+                "met"
+            } else {
+                "MISSED"
+            },
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bench_cdc_in_database(
+    args: &CdcBenchArgs,
+    config: &Config,
+    database: &str,
+) -> anyhow::Result<CdcBenchReport> {
+    use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
+    use walflow_cdc::sink::{self, Sink};
+
+    let mut url = url::Url::parse(config.postgres_url.expose())
+        .context("the Postgres URL must be a URL for bench")?;
+    url.set_path(&format!("/{database}"));
+    let client = connect(url.as_str()).await?;
+    let walflow_slot = format!("{database}_walflow");
+    let baseline_slot = format!("{database}_recvlogical");
+    client
+        .batch_execute(
+            "CREATE TABLE bench_rows (id bigint PRIMARY KEY, payload text NOT NULL, amount numeric NOT NULL, \
+             created_at timestamptz NOT NULL DEFAULT now()); CREATE PUBLICATION walflow_bench FOR TABLE bench_rows",
+        )
+        .await?;
+    for slot in [&walflow_slot, &baseline_slot] {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[slot],
+            )
+            .await?;
+    }
+    let per_transaction = args.rows_per_transaction.max(1);
+    let transactions = args.rows.div_ceil(per_transaction);
+    let started = Instant::now();
+    // Separate statements: a DO block may COMMIT only outside a multi-statement batch.
+    client.batch_execute("SET synchronous_commit = off").await?;
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN FOR t IN 0..{last} LOOP
+                 INSERT INTO bench_rows SELECT g, md5(g::text), g / 100.0
+                   FROM generate_series(t::bigint * {per_transaction} + 1, least((t::bigint + 1) * {per_transaction}, {rows})) g;
+                 COMMIT;
+             END LOOP; END $$;",
+            last = transactions - 1,
+            rows = args.rows,
+        ))
+        .await?;
+    // The insert position: with asynchronous commit the write position can lag behind it.
+    let end: String = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await?
+        .get(0);
+    tracing::info!(rows = args.rows, seconds = started.elapsed().as_secs_f64(), end_lsn = %end, "backlog written");
+
+    // The ceiling: Postgres's own client decoding the same WAL into /dev/null.
+    let mut baseline_url = url.clone();
+    let password = baseline_url.password().map(str::to_owned);
+    let _ = baseline_url.set_password(None);
+    let mut recvlogical = Command::new("pg_recvlogical");
+    recvlogical
+        .args([
+            "-d",
+            baseline_url.as_str(),
+            "--slot",
+            &baseline_slot,
+            "--start",
+            "--no-loop",
+            "-f",
+            "/dev/null",
+        ])
+        .args([
+            "-o",
+            "proto_version=1",
+            "-o",
+            "publication_names=walflow_bench",
+            "-E",
+            &end,
+        ]);
+    if let Some(password) = &password {
+        recvlogical.env("PGPASSWORD", password);
+    }
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || recvlogical.output())
+        .await?
+        .context("cannot run pg_recvlogical (postgresql-client)")?;
+    let pg_recvlogical_seconds = started.elapsed().as_secs_f64();
+    if !output.status.success() {
+        bail!(
+            "pg_recvlogical failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+
+    let topic_prefix = database.to_owned();
+    let options = CdcOptions {
+        postgres_url: url.to_string(),
+        slot: walflow_slot,
+        publication: "walflow_bench".to_owned(),
+        tables: Vec::new(),
+        topic_prefix: topic_prefix.clone(),
+        tombstones: true,
+        status_interval: Duration::from_secs(1),
+        snapshot: SnapshotMode::Never,
+        stop_at: Some(end.parse().map_err(|error| anyhow::anyhow!("{error}"))?),
+    };
+    let sink = Sink::kafka(&config.kafka_brokers)?;
+    let (_stop_sender, stop) = tokio::sync::watch::channel(false);
+    let started = Instant::now();
+    let summary = pipeline::run(&options, sink, stop).await?;
+    let walflow_seconds = started.elapsed().as_secs_f64();
+    if summary.events != args.rows {
+        bail!(
+            "walflow cdc sent {} events for {} rows",
+            summary.events,
+            args.rows
+        );
+    }
+    let topic = format!("{topic_prefix}.public.bench_rows");
+    if let Err(error) = sink::delete_topics(&config.kafka_brokers, &[&topic]).await {
+        tracing::warn!(%topic, %error, "could not delete the benchmark topic");
+    }
+    let rows = args.rows as f64;
+    Ok(CdcBenchReport {
+        rows: args.rows,
+        rows_per_transaction: per_transaction,
+        walflow_rows_per_second: rows / walflow_seconds,
+        pg_recvlogical_rows_per_second: rows / pg_recvlogical_seconds,
+        ratio_to_pg_recvlogical: pg_recvlogical_seconds / walflow_seconds,
+        walflow_seconds,
+        pg_recvlogical_seconds,
+        walflow_events: summary.events,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+/// The process's peak resident set (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kilobytes| kilobytes.parse::<f64>().ok())
+        })
+        .map(|kilobytes| kilobytes / 1024.0)
+        .unwrap_or(f64::NAN)
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {

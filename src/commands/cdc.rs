@@ -105,6 +105,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
             SnapshotArg::Never => SnapshotMode::Never,
             SnapshotArg::Always => SnapshotMode::Always,
         },
+        stop_at: None,
     };
     let sink = match args.sink {
         SinkKind::Kafka => {

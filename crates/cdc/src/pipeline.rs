@@ -42,6 +42,9 @@ pub struct CdcOptions {
     pub tombstones: bool,
     pub status_interval: Duration,
     pub snapshot: SnapshotMode,
+    /// Stop once every transaction up to this position is acknowledged (benchmarks drain a
+    /// backlog this way); `None` runs until stopped.
+    pub stop_at: Option<Lsn>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +185,11 @@ pub async fn run(
                 }
             }
             _ = stop.changed() => break,
+        }
+        if let Some(stop_at) = options.stop_at {
+            if state.last_commit_end >= stop_at {
+                break;
+            }
         }
     }
     sink.drain(state.last_commit_end, Duration::from_secs(30))

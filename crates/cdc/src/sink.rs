@@ -168,6 +168,18 @@ impl Sink {
     }
 }
 
+/// Deletes topics (benchmarks clean up after themselves).
+pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), SinkError> {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()?;
+    admin
+        .delete_topics(topics, &rdkafka::admin::AdminOptions::new())
+        .await?;
+    Ok(())
+}
+
 async fn acknowledge_in_order(
     mut pending: mpsc::Receiver<PendingTransaction>,
     acked: Arc<AtomicU64>,
