@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use base64::Engine;
-use serde_json::{json, Map, Value};
+use serde::ser::SerializeMap;
+use serde::Serialize;
 use walflow_pgoutput::{Column, Lsn, OldTuple, PgTimestamp, Relation, RelationColumn, TupleData};
 
-use crate::types::{text_to_json, UNAVAILABLE_VALUE};
+use crate::types::{classify, UNAVAILABLE_VALUE};
 
 /// What Relation messages said about each table, by OID; a later Relation for the same
 /// table (a column added, say) replaces the earlier one from that point of the stream on.
@@ -59,52 +60,95 @@ pub struct Source<'a> {
     pub snapshot: bool,
 }
 
-/// One message for Kafka. `value: None` is a tombstone.
+/// One message for Kafka, its key and value already serialized as JSON text. `value: None`
+/// is a tombstone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent {
     pub topic: String,
-    pub key: Option<Value>,
-    pub value: Option<Value>,
+    pub key: Option<String>,
+    pub value: Option<String>,
 }
 
 pub fn topic_for(prefix: &str, relation: &Relation) -> String {
     format!("{prefix}.{}.{}", relation.namespace, relation.name)
 }
 
-/// A row as a JSON object; unchanged TOASTed values carry the unavailable-value marker.
-pub fn row_json(columns: &[RelationColumn], tuple: &TupleData) -> Value {
-    let mut row = Map::with_capacity(columns.len());
-    for (column, value) in columns.iter().zip(tuple.iter()) {
-        let json = match value {
-            Column::Null => Value::Null,
-            Column::UnchangedToast => Value::String(UNAVAILABLE_VALUE.to_owned()),
-            Column::Text(text) => text_to_json(column.type_oid, &String::from_utf8_lossy(&text)),
-            Column::Binary(bytes) => {
-                Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes))
-            }
-        };
-        row.insert(column.name.to_string(), json);
-    }
-    Value::Object(row)
+/// A row, serialized column by column straight from the decoded tuple: no JSON tree is
+/// built. Unchanged TOASTed values carry the unavailable-value marker.
+struct RowJson<'a> {
+    columns: &'a [RelationColumn],
+    tuple: &'a TupleData,
+    keys_only: bool,
 }
 
-/// The key: the replica identity's key columns of `row`, or no key when the table has none.
-pub fn key_json(columns: &[RelationColumn], row: &Value) -> Option<Value> {
-    let keys: Map<String, Value> = columns
-        .iter()
-        .filter(|column| column.is_key)
-        .map(|column| {
-            (
-                column.name.to_string(),
-                row.get(&*column.name).cloned().unwrap_or(Value::Null),
-            )
-        })
-        .collect();
-    if keys.is_empty() {
-        None
-    } else {
-        Some(Value::Object(keys))
+impl Serialize for RowJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (column, value) in self.columns.iter().zip(self.tuple.iter()) {
+            if self.keys_only && !column.is_key {
+                continue;
+            }
+            let name: &str = &column.name;
+            match value {
+                Column::Null => map.serialize_entry(name, &())?,
+                Column::UnchangedToast => map.serialize_entry(name, UNAVAILABLE_VALUE)?,
+                Column::Text(text) => {
+                    let text = String::from_utf8_lossy(&text);
+                    map.serialize_entry(name, &classify(column.type_oid, &text))?
+                }
+                Column::Binary(bytes) => map.serialize_entry(
+                    name,
+                    &base64::engine::general_purpose::STANDARD.encode(&bytes),
+                )?,
+            }
+        }
+        map.end()
     }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    before: Option<RowJson<'a>>,
+    after: Option<RowJson<'a>>,
+    source: SourceJson<'a>,
+    op: &'static str,
+    ts_ms: i64,
+    transaction: Option<()>,
+}
+
+#[derive(Serialize)]
+struct SourceJson<'a> {
+    version: &'static str,
+    connector: &'static str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'static str,
+    db: &'a str,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: u32,
+    lsn: u64,
+}
+
+fn source_json<'a>(relation: &'a Relation, source: &'a Source<'a>) -> SourceJson<'a> {
+    SourceJson {
+        version: concat!("walflow-", env!("CARGO_PKG_VERSION")),
+        connector: "postgresql",
+        name: source.name,
+        ts_ms: source.commit_time.unix_millis(),
+        snapshot: if source.snapshot { "true" } else { "false" },
+        db: source.database,
+        schema: &relation.namespace,
+        table: &relation.name,
+        tx_id: source.xid,
+        lsn: source.lsn.0,
+    }
+}
+
+fn to_json(value: &impl Serialize) -> String {
+    // Serializing these types into a String cannot fail: every map key is a string.
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 pub fn old_tuple(old: &OldTuple) -> &TupleData {
@@ -123,23 +167,30 @@ pub fn row_event(
     topic_prefix: &str,
     now_ms: i64,
 ) -> ChangeEvent {
-    let before = before.map(|tuple| row_json(&relation.columns, tuple));
-    let after = after.map(|tuple| row_json(&relation.columns, tuple));
+    fn row<'a>(relation: &'a Relation, tuple: &'a TupleData, keys_only: bool) -> RowJson<'a> {
+        RowJson {
+            columns: &relation.columns,
+            tuple,
+            keys_only,
+        }
+    }
+    let has_key = relation.columns.iter().any(|column| column.is_key);
     let key = after
-        .as_ref()
-        .or(before.as_ref())
-        .and_then(|row| key_json(&relation.columns, row));
+        .or(before)
+        .filter(|_| has_key)
+        .map(|tuple| to_json(&row(relation, tuple, true)));
+    let envelope = Envelope {
+        before: before.map(|tuple| row(relation, tuple, false)),
+        after: after.map(|tuple| row(relation, tuple, false)),
+        source: source_json(relation, source),
+        op: operation.code(),
+        ts_ms: now_ms,
+        transaction: None,
+    };
     ChangeEvent {
         topic: topic_for(topic_prefix, relation),
         key,
-        value: Some(json!({
-            "before": before,
-            "after": after,
-            "source": source_json(relation, source),
-            "op": operation.code(),
-            "ts_ms": now_ms,
-            "transaction": null,
-        })),
+        value: Some(to_json(&envelope)),
     }
 }
 
@@ -150,17 +201,18 @@ pub fn truncate_event(
     topic_prefix: &str,
     now_ms: i64,
 ) -> ChangeEvent {
+    let envelope = Envelope {
+        before: None,
+        after: None,
+        source: source_json(relation, source),
+        op: Operation::Truncate.code(),
+        ts_ms: now_ms,
+        transaction: None,
+    };
     ChangeEvent {
         topic: topic_for(topic_prefix, relation),
         key: None,
-        value: Some(json!({
-            "before": null,
-            "after": null,
-            "source": source_json(relation, source),
-            "op": Operation::Truncate.code(),
-            "ts_ms": now_ms,
-            "transaction": null,
-        })),
+        value: Some(to_json(&envelope)),
     }
 }
 
@@ -173,25 +225,11 @@ pub fn tombstone(delete: &ChangeEvent) -> Option<ChangeEvent> {
     })
 }
 
-fn source_json(relation: &Relation, source: &Source<'_>) -> Value {
-    json!({
-        "version": concat!("walflow-", env!("CARGO_PKG_VERSION")),
-        "connector": "postgresql",
-        "name": source.name,
-        "ts_ms": source.commit_time.unix_millis(),
-        "snapshot": if source.snapshot { "true" } else { "false" },
-        "db": source.database,
-        "schema": &*relation.namespace,
-        "table": &*relation.name,
-        "txId": source.xid,
-        "lsn": source.lsn.0,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
     use bytestring::ByteString;
+    use serde_json::{json, Value};
     use walflow_pgoutput::{encode, ReplicaIdentity};
 
     use super::*;
@@ -215,6 +253,10 @@ mod tests {
                 column("bio", false, 25),
             ],
         }
+    }
+
+    fn parse(json: &Option<String>) -> Value {
+        serde_json::from_str(json.as_deref().unwrap()).unwrap()
     }
 
     fn text(value: &str) -> Column {
@@ -246,8 +288,8 @@ mod tests {
             5,
         );
         assert_eq!(event.topic, "walflow.public.users");
-        assert_eq!(event.key, Some(json!({"id": 1})));
-        let value = event.value.unwrap();
+        assert_eq!(parse(&event.key), json!({"id": 1}));
+        let value = parse(&event.value);
         assert_eq!(value["op"], "u");
         assert_eq!(
             value["before"],
@@ -276,9 +318,9 @@ mod tests {
             "walflow",
             5,
         );
-        assert_eq!(event.value.as_ref().unwrap()["after"], Value::Null);
+        assert_eq!(parse(&event.value)["after"], Value::Null);
         let tombstone = tombstone(&event).unwrap();
-        assert_eq!(tombstone.key, Some(json!({"id": 7})));
+        assert_eq!(parse(&tombstone.key), json!({"id": 7}));
         assert_eq!(tombstone.value, None);
     }
 }

@@ -59,6 +59,8 @@ impl Sink {
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "300000")
+            // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog.
+            .set("queue.buffering.max.kbytes", "16384")
             .create()?;
         let acked = Arc::new(AtomicU64::new(0));
         // A bounded queue of transactions: when Kafka falls behind, reading the WAL waits.
@@ -96,23 +98,25 @@ impl Sink {
     }
 
     pub async fn send(&mut self, event: &ChangeEvent) -> Result<(), SinkError> {
-        let key = event.key.as_ref().map(|key| key.to_string());
-        let value = event.value.as_ref().map(|value| value.to_string());
+        let key = event.key.as_ref();
+        let value = event.value.as_ref();
         match self {
             Sink::Stdout { .. } => {
                 let mut stdout = std::io::stdout().lock();
                 writeln!(
                     stdout,
-                    "{}",
-                    serde_json::json!({"topic": event.topic, "key": event.key, "value": event.value})
+                    "{{\"topic\":{},\"key\":{},\"value\":{}}}",
+                    serde_json::Value::String(event.topic.clone()),
+                    key.map_or("null", String::as_str),
+                    value.map_or("null", String::as_str),
                 )?;
             }
             Sink::Kafka(kafka) => loop {
                 let mut record: FutureRecord<'_, String, String> = FutureRecord::to(&event.topic);
-                if let Some(key) = &key {
+                if let Some(key) = key {
                     record = record.key(key);
                 }
-                if let Some(value) = &value {
+                if let Some(value) = value {
                     record = record.payload(value);
                 }
                 match kafka.producer.send_result(record) {

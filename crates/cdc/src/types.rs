@@ -23,49 +23,87 @@ pub mod oid {
     pub const TIMESTAMPTZ: u32 = 1184;
 }
 
+/// One non-null value's JSON form, decided once and written either as a `serde_json::Value`
+/// or straight into the serialized event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonScalar<'a> {
+    Bool(bool),
+    Integer(i64),
+    Float(f64),
+    Text(std::borrow::Cow<'a, str>),
+}
+
+impl serde::Serialize for JsonScalar<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            JsonScalar::Bool(value) => serializer.serialize_bool(*value),
+            JsonScalar::Integer(value) => serializer.serialize_i64(*value),
+            JsonScalar::Float(value) => serializer.serialize_f64(*value),
+            JsonScalar::Text(value) => serializer.serialize_str(value),
+        }
+    }
+}
+
+impl From<JsonScalar<'_>> for Value {
+    fn from(scalar: JsonScalar<'_>) -> Value {
+        match scalar {
+            JsonScalar::Bool(value) => Value::Bool(value),
+            JsonScalar::Integer(value) => Value::Number(value.into()),
+            JsonScalar::Float(value) => Number::from_f64(value)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            JsonScalar::Text(value) => Value::String(value.into_owned()),
+        }
+    }
+}
+
 /// The JSON form of one non-null value in Postgres's text output format.
 pub fn text_to_json(type_oid: u32, text: &str) -> Value {
+    classify(type_oid, text).into()
+}
+
+/// Decides the JSON form of one non-null value in Postgres's text output format.
+pub fn classify(type_oid: u32, text: &str) -> JsonScalar<'_> {
+    let as_text = || JsonScalar::Text(std::borrow::Cow::Borrowed(text));
     match type_oid {
-        oid::BOOL => Value::Bool(text == "t"),
+        oid::BOOL => JsonScalar::Bool(text == "t"),
         oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => text
             .parse::<i64>()
-            .map(|number| Value::Number(number.into()))
-            .unwrap_or_else(|_| Value::String(text.to_owned())),
+            .map(JsonScalar::Integer)
+            .unwrap_or_else(|_| as_text()),
         // Finite floats are numbers; NaN and the infinities have no JSON number and stay
         // strings ("NaN", "Infinity", "-Infinity"), as Debezium writes them.
-        oid::FLOAT4 | oid::FLOAT8 => text
-            .parse::<f64>()
-            .ok()
-            .and_then(Number::from_f64)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(text.to_owned())),
+        oid::FLOAT4 | oid::FLOAT8 => match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => JsonScalar::Float(value),
+            _ => as_text(),
+        },
         // Exact: numeric keeps every digit as a string (Debezium's decimal.handling.mode=string),
         // including "NaN" and "Infinity".
-        oid::NUMERIC => Value::String(text.to_owned()),
+        oid::NUMERIC => as_text(),
         // Bytes as base64, like Debezium's binary.handling.mode=base64.
-        oid::BYTEA => Value::String(bytea_text_to_base64(text)),
+        oid::BYTEA => JsonScalar::Text(std::borrow::Cow::Owned(bytea_text_to_base64(text))),
         // Debezium's time types (time.precision.mode=adaptive): io.debezium.time.Date (days
         // since 1970-01-01), MicroTimestamp (microseconds since the epoch, no zone) and
         // ZonedTimestamp (ISO 8601 in UTC). 'infinity' and '-infinity' stay strings.
         oid::DATE => chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map(|date| Value::Number((date - chrono::NaiveDate::default()).num_days().into()))
-            .unwrap_or_else(|_| Value::String(text.to_owned())),
+            .map(|date| JsonScalar::Integer((date - chrono::NaiveDate::default()).num_days()))
+            .unwrap_or_else(|_| as_text()),
         oid::TIMESTAMP => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-            .map(|timestamp| Value::Number(timestamp.and_utc().timestamp_micros().into()))
-            .unwrap_or_else(|_| Value::String(text.to_owned())),
+            .map(|timestamp| JsonScalar::Integer(timestamp.and_utc().timestamp_micros()))
+            .unwrap_or_else(|_| as_text()),
         oid::TIMESTAMPTZ => chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
             .map(|timestamp| {
-                Value::String(
+                JsonScalar::Text(std::borrow::Cow::Owned(
                     timestamp
                         .with_timezone(&chrono::Utc)
                         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                )
+                ))
             })
-            .unwrap_or_else(|_| Value::String(text.to_owned())),
+            .unwrap_or_else(|_| as_text()),
         // Everything else in Postgres's own text form: text, varchar, uuid, json/jsonb (the
         // document as a string, as Debezium's io.debezium.data.Json), times, intervals,
         // network types, arrays, enums, domains.
-        _ => Value::String(text.to_owned()),
+        _ => as_text(),
     }
 }
 
