@@ -120,18 +120,9 @@ pub async fn run(args: BenchArgs, global: &GlobalArgs) -> Result<ExitCode, Failu
 async fn bench_ingest(args: IngestBenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     which_psql()?;
     let admin = connect(config.postgres_url.expose()).await?;
-    let database = format!("walflow_bench_{}", std::process::id());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .with_context(|| {
-            format!("cannot create the scratch database {database} (walflow's role needs CREATEDB)")
-        })?;
+    let database = create_scratch_database(&admin, "walflow_bench").await?;
     let outcome = bench_in_database(&args, config, &database).await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await
-        .with_context(|| format!("cannot drop the scratch database {database}"))?;
+    drop_scratch_database(&admin, &database).await?;
     let report = outcome?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -243,23 +234,9 @@ async fn bench_in_database(
 async fn bench_cdc(args: CdcBenchArgs, config: &Config) -> anyhow::Result<ExitCode> {
     which_psql()?;
     let admin = connect(config.postgres_url.expose()).await?;
-    let database = format!("walflow_bench_cdc_{}", std::process::id());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {database}"))
-        .await
-        .with_context(|| {
-            format!("cannot create the scratch database {database} (walflow's role needs CREATEDB)")
-        })?;
+    let database = create_scratch_database(&admin, "walflow_bench_cdc").await?;
     let outcome = bench_cdc_in_database(&args, config, &database).await;
-    admin
-        .execute(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
-            &[&database],
-        )
-        .await?;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .await?;
+    drop_scratch_database(&admin, &database).await?;
     let report = outcome?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -362,6 +339,12 @@ async fn bench_cdc_in_database(
             args.rows
         );
     }
+    if summary.confirmed_lsn < end.parse().map_err(|error| anyhow::anyhow!("{error}"))? {
+        bail!(
+            "walflow cdc stopped with {} acknowledged, short of {end}",
+            summary.confirmed_lsn
+        );
+    }
     // The ceiling: Postgres's own client decoding the same WAL into /dev/null.
     let mut baseline_url = url.clone();
     let password = baseline_url.password().map(str::to_owned);
@@ -432,6 +415,34 @@ fn peak_rss_mb() -> f64 {
         })
         .map(|kilobytes| kilobytes / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// A database of its own for one benchmark run, named after `prefix` and this process.
+async fn create_scratch_database(admin: &Client, prefix: &str) -> anyhow::Result<String> {
+    let database = format!("{prefix}_{}", std::process::id());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {database}"))
+        .await
+        .with_context(|| {
+            format!("cannot create the scratch database {database} (walflow's role needs CREATEDB)")
+        })?;
+    Ok(database)
+}
+
+/// Drops a scratch database, and first its idle replication slots, which would keep it.
+async fn drop_scratch_database(admin: &Client, database: &str) -> anyhow::Result<()> {
+    admin
+        .execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",
+            &[&database],
+        )
+        .await
+        .with_context(|| format!("cannot drop the slots of {database}"))?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await
+        .with_context(|| format!("cannot drop the scratch database {database}"))?;
+    Ok(())
 }
 
 async fn connect(url: &str) -> anyhow::Result<Client> {

@@ -49,6 +49,17 @@ pub async fn check_wal_level(client: &Client) -> Result<(), SetupError> {
     Ok(())
 }
 
+async fn publication_exists(client: &Client, publication: &str) -> Result<bool, SetupError> {
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
+        .await
+        .map_err(failed("cannot read pg_publication"))?
+        .is_some())
+}
+
 /// Creates the publication when it does not exist: for `tables`, or for all tables when
 /// the list is empty. An existing publication is used as it is.
 pub async fn ensure_publication(
@@ -56,15 +67,7 @@ pub async fn ensure_publication(
     publication: &str,
     tables: &[String],
 ) -> Result<bool, SetupError> {
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(failed("cannot read pg_publication"))?
-        .is_some();
-    if exists {
+    if publication_exists(client, publication).await? {
         return Ok(false);
     }
     let target = if tables.is_empty() {
@@ -210,14 +213,7 @@ pub async fn drop_slot_and_publication(
         }
         None => false,
     };
-    let publication_dropped = client
-        .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
-            &[&publication],
-        )
-        .await
-        .map_err(failed("cannot read pg_publication"))?
-        .is_some();
+    let publication_dropped = publication_exists(client, publication).await?;
     if publication_dropped {
         client
             .batch_execute(&format!(
