@@ -2,15 +2,16 @@
 //! Each sink tells, transaction by transaction, up to which commit everything is
 //! acknowledged: only that position is ever confirmed to Postgres.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rdkafka::client::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientConfig;
-use tokio::sync::{mpsc, watch};
 use walflow_pgoutput::Lsn;
 
 use crate::envelope::ChangeEvent;
@@ -19,16 +20,78 @@ use crate::envelope::ChangeEvent;
 pub enum SinkError {
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("Kafka did not acknowledge an event of the transaction ending at {lsn}: {error}")]
-    Delivery { lsn: Lsn, error: KafkaError },
     #[error("cannot write to stdout: {0}")]
     Stdout(#[from] std::io::Error),
 }
 
-/// Transactions waiting for their acknowledgements, in commit order.
-struct PendingTransaction {
-    end_lsn: Lsn,
-    deliveries: Vec<DeliveryFuture>,
+/// What is still unacknowledged, per transaction in commit order: a count, not a handle per
+/// message, so memory stays the same whatever a transaction's size.
+#[derive(Default)]
+struct AckLedger {
+    open: BTreeMap<u64, OpenTransaction>,
+    failure: Option<String>,
+}
+
+#[derive(Default)]
+struct OpenTransaction {
+    outstanding: u64,
+    /// Set at commit: until then more events may come.
+    end_lsn: Option<Lsn>,
+}
+
+impl AckLedger {
+    /// Moves `acked` past every leading transaction that is committed and fully delivered.
+    fn release(&mut self, acked: &AtomicU64) {
+        while let Some((&index, open)) = self.open.first_key_value() {
+            match open.end_lsn {
+                Some(end_lsn) if open.outstanding == 0 => {
+                    acked.fetch_max(end_lsn.0, Ordering::SeqCst);
+                    self.open.remove(&index);
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// librdkafka calls `delivery` for every message, from its own thread.
+struct AckContext {
+    ledger: Arc<Mutex<AckLedger>>,
+    acked: Arc<AtomicU64>,
+}
+
+fn lock(ledger: &Mutex<AckLedger>) -> MutexGuard<'_, AckLedger> {
+    // A panic while holding the lock leaves counts that are still valid.
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    /// The index of the transaction the message belongs to.
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, transaction: usize) {
+        let mut ledger = lock(&self.ledger);
+        match result {
+            Ok(_) => {
+                if let Some(open) = ledger.open.get_mut(&(transaction as u64)) {
+                    open.outstanding = open.outstanding.saturating_sub(1);
+                }
+                ledger.release(&self.acked);
+            }
+            Err((error, _)) => {
+                let message = format!(
+                    "Kafka did not acknowledge an event of transaction #{transaction}: {error}; \
+                     nothing from it on is confirmed to Postgres"
+                );
+                tracing::error!(%message, "stopping");
+                ledger.failure.get_or_insert(message);
+            }
+        }
+    }
 }
 
 pub enum Sink {
@@ -37,11 +100,10 @@ pub enum Sink {
 }
 
 pub struct KafkaSink {
-    producer: FutureProducer,
-    deliveries: Vec<DeliveryFuture>,
-    pending: mpsc::Sender<PendingTransaction>,
+    producer: ThreadedProducer<AckContext>,
+    ledger: Arc<Mutex<AckLedger>>,
     acked: Arc<AtomicU64>,
-    failure: watch::Receiver<Option<String>>,
+    transaction: u64,
 }
 
 impl Sink {
@@ -52,31 +114,28 @@ impl Sink {
     }
 
     pub fn kafka(brokers: &str) -> Result<Sink, SinkError> {
-        let producer: FutureProducer = ClientConfig::new()
+        let ledger = Arc::new(Mutex::new(AckLedger::default()));
+        let acked = Arc::new(AtomicU64::new(0));
+        let context = AckContext {
+            ledger: ledger.clone(),
+            acked: acked.clone(),
+        };
+        let producer: ThreadedProducer<AckContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
             .set("linger.ms", "5")
             .set("message.timeout.ms", "300000")
-            // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog.
+            // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog,
+            // and reading the WAL waits when Kafka falls behind.
             .set("queue.buffering.max.kbytes", "16384")
-            .create()?;
-        let acked = Arc::new(AtomicU64::new(0));
-        // A bounded queue of transactions: when Kafka falls behind, reading the WAL waits.
-        let (pending, receiver) = mpsc::channel(1024);
-        let (failure_sender, failure) = watch::channel(None);
-        tokio::spawn(acknowledge_in_order(
-            receiver,
-            acked.clone(),
-            failure_sender,
-        ));
+            .create_with_context(context)?;
         Ok(Sink::Kafka(KafkaSink {
             producer,
-            deliveries: Vec::new(),
-            pending,
+            ledger,
             acked,
-            failure,
+            transaction: 0,
         }))
     }
 
@@ -92,7 +151,7 @@ impl Sink {
     /// Set when an acknowledgement failed: the process must stop without confirming more.
     pub fn failure(&self) -> Option<String> {
         match self {
-            Sink::Kafka(kafka) => kafka.failure.borrow().clone(),
+            Sink::Kafka(kafka) => lock(&kafka.ledger).failure.clone(),
             Sink::Stdout { .. } => None,
         }
     }
@@ -111,26 +170,32 @@ impl Sink {
                     value.map_or("null", String::as_str),
                 )?;
             }
-            Sink::Kafka(kafka) => loop {
-                let mut record: FutureRecord<'_, String, String> = FutureRecord::to(&event.topic);
-                if let Some(key) = key {
-                    record = record.key(key);
-                }
-                if let Some(value) = value {
-                    record = record.payload(value);
-                }
-                match kafka.producer.send_result(record) {
-                    Ok(delivery) => {
-                        kafka.deliveries.push(delivery);
-                        break;
+            Sink::Kafka(kafka) => {
+                // Counted before sending, so a fast acknowledgement never finds it missing.
+                lock(&kafka.ledger)
+                    .open
+                    .entry(kafka.transaction)
+                    .or_default()
+                    .outstanding += 1;
+                loop {
+                    let mut record: BaseRecord<'_, String, String, usize> =
+                        BaseRecord::with_opaque_to(&event.topic, kafka.transaction as usize);
+                    if let Some(key) = key {
+                        record = record.key(key);
                     }
-                    // librdkafka's queue is full: wait for deliveries to drain it.
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    if let Some(value) = value {
+                        record = record.payload(value);
                     }
-                    Err((error, _)) => return Err(error.into()),
+                    match kafka.producer.send(record) {
+                        Ok(()) => break,
+                        // librdkafka's queue is full: wait for deliveries to drain it.
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err((error, _)) => return Err(error.into()),
+                    }
                 }
-            },
+            }
         }
         Ok(())
     }
@@ -144,14 +209,10 @@ impl Sink {
                 acked.store(end_lsn.0, Ordering::SeqCst);
             }
             Sink::Kafka(kafka) => {
-                let deliveries = std::mem::take(&mut kafka.deliveries);
-                let transaction = PendingTransaction {
-                    end_lsn,
-                    deliveries,
-                };
-                if kafka.pending.send(transaction).await.is_err() {
-                    return Err(SinkError::Kafka(KafkaError::Canceled));
-                }
+                let mut ledger = lock(&kafka.ledger);
+                ledger.open.entry(kafka.transaction).or_default().end_lsn = Some(end_lsn);
+                ledger.release(&kafka.acked);
+                kafka.transaction += 1;
             }
         }
         Ok(())
@@ -184,29 +245,48 @@ pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), SinkErr
     Ok(())
 }
 
-async fn acknowledge_in_order(
-    mut pending: mpsc::Receiver<PendingTransaction>,
-    acked: Arc<AtomicU64>,
-    failure: watch::Sender<Option<String>>,
-) {
-    while let Some(transaction) = pending.recv().await {
-        for delivery in transaction.deliveries {
-            let outcome = match delivery.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((error, _))) => Err(error),
-                Err(_) => Err(KafkaError::Canceled),
-            };
-            if let Err(error) = outcome {
-                let message = SinkError::Delivery {
-                    lsn: transaction.end_lsn,
-                    error,
-                }
-                .to_string();
-                tracing::error!(%message, "stopping: nothing after this transaction will be confirmed");
-                let _ = failure.send(Some(message));
-                return;
-            }
-        }
-        acked.fetch_max(transaction.end_lsn.0, Ordering::SeqCst);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_leading_committed_and_delivered_transactions_are_acknowledged() {
+        let acked = AtomicU64::new(0);
+        let mut ledger = AckLedger::default();
+        ledger.open.insert(
+            0,
+            OpenTransaction {
+                outstanding: 1,
+                end_lsn: Some(Lsn(100)),
+            },
+        );
+        ledger.open.insert(
+            1,
+            OpenTransaction {
+                outstanding: 0,
+                end_lsn: Some(Lsn(200)),
+            },
+        );
+        ledger.open.insert(
+            2,
+            OpenTransaction {
+                outstanding: 0,
+                end_lsn: None,
+            },
+        );
+        ledger.release(&acked);
+        assert_eq!(
+            acked.load(Ordering::SeqCst),
+            0,
+            "transaction 0 still waits for a delivery"
+        );
+        ledger.open.get_mut(&0).unwrap().outstanding = 0;
+        ledger.release(&acked);
+        assert_eq!(
+            acked.load(Ordering::SeqCst),
+            200,
+            "0 and 1 are done; 2 is not committed yet"
+        );
+        assert_eq!(ledger.open.len(), 1);
     }
 }
