@@ -55,6 +55,15 @@ struct CdcBenchArgs {
     #[arg(long, default_value_t = 1000)]
     rows_per_transaction: u64,
 
+    /// Instead of a backlog: commit single-row transactions at this steady rate while cdc
+    /// streams, and report commit-to-acknowledgement latency percentiles
+    #[arg(long, value_name = "ROWS_PER_SECOND")]
+    steady_rate: Option<u64>,
+
+    /// How long the steady run lasts
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    steady_seconds: u64,
+
     /// Print one JSON object
     #[arg(long)]
     json: bool,
@@ -235,6 +244,21 @@ async fn bench_cdc(args: CdcBenchArgs, config: &Config) -> anyhow::Result<ExitCo
     which_psql()?;
     let admin = connect(config.postgres_url.expose()).await?;
     let database = create_scratch_database(&admin, "walflow_bench_cdc").await?;
+    if let Some(rate) = args.steady_rate {
+        let outcome = bench_cdc_latency(rate, args.steady_seconds, config, &database).await;
+        drop_scratch_database(&admin, &database).await?;
+        let report = outcome?;
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!(
+                "bench cdc latency: {} rows/s for {} s ({} transactions acknowledged)\n  commit to Kafka acknowledgement: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n  goal (p99 < 20 ms): {}",
+                report.rate, report.seconds, report.samples, report.p50_ms, report.p99_ms, report.max_ms,
+                if report.p99_ms < 20.0 { "met" } else { "MISSED" },
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let outcome = bench_cdc_in_database(&args, config, &database).await;
     drop_scratch_database(&admin, &database).await?;
     let report = outcome?;
@@ -402,6 +426,108 @@ async fn bench_cdc_in_database(
     })
 }
 
+#[derive(Debug, Serialize)]
+struct LatencyReport {
+    rate: u64,
+    seconds: u64,
+    samples: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    peak_rss_mb: f64,
+}
+
+/// Single-row transactions at a steady rate while cdc streams them to Kafka; the latency of
+/// each is from its commit time in Postgres to the moment Kafka acknowledged it.
+async fn bench_cdc_latency(
+    rate: u64,
+    seconds: u64,
+    config: &Config,
+    database: &str,
+) -> anyhow::Result<LatencyReport> {
+    use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
+    use walflow_cdc::sink::{self, Sink};
+
+    let mut url = url::Url::parse(config.postgres_url.expose())
+        .context("the Postgres URL must be a URL for bench")?;
+    url.set_path(&format!("/{database}"));
+    let client = connect(url.as_str()).await?;
+    client
+        .batch_execute(
+            "CREATE TABLE bench_rows (id bigint PRIMARY KEY, payload text NOT NULL); \
+             CREATE PUBLICATION walflow_bench FOR TABLE bench_rows",
+        )
+        .await?;
+    let options = CdcOptions {
+        postgres_url: url.to_string(),
+        slot: format!("{database}_walflow"),
+        publication: "walflow_bench".to_owned(),
+        tables: Vec::new(),
+        topic_prefix: database.to_owned(),
+        tombstones: true,
+        status_interval: Duration::from_millis(100),
+        snapshot: SnapshotMode::Never,
+        stop_at: None,
+    };
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let sink = Sink::kafka(&config.kafka_brokers)?;
+    let cdc = tokio::spawn(async move { pipeline::run(&options, sink, stop).await });
+    // Give cdc time to create its slot: rows committed before it are not streamed.
+    let slot = format!("{database}_walflow");
+    for _ in 0..200 {
+        let active: Option<bool> = client
+            .query_opt(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .map(|row| row.get(0));
+        if active == Some(true) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let insert = client
+        .prepare("INSERT INTO bench_rows VALUES ($1, md5($1::bigint::text))")
+        .await?;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let total = rate * seconds;
+    for id in 0..total as i64 {
+        ticker.tick().await;
+        client.execute(&insert, &[&id]).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop_sender.send(true);
+    let summary = cdc.await??;
+    if let Err(error) = sink::delete_topics(
+        &config.kafka_brokers,
+        &[&format!("{database}.public.bench_rows")],
+    )
+    .await
+    {
+        tracing::warn!(%error, "could not delete the benchmark topic");
+    }
+    let mut latencies = summary.latencies_us;
+    latencies.sort_unstable();
+    let percentile = |share: f64| {
+        latencies
+            .get(((latencies.len() as f64 * share) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    Ok(LatencyReport {
+        rate,
+        seconds,
+        samples: latencies.len(),
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
 /// The process's peak resident set (VmHWM), in MB.
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -429,8 +555,22 @@ async fn create_scratch_database(admin: &Client, prefix: &str) -> anyhow::Result
     Ok(database)
 }
 
-/// Drops a scratch database, and first its idle replication slots, which would keep it.
+/// Drops a scratch database, and first its replication slots, which would keep it (ending
+/// the connections that still hold them).
 async fn drop_scratch_database(admin: &Client, database: &str) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        let active: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(active_pid)) FROM pg_replication_slots WHERE database = $1 AND active",
+                &[&database],
+            )
+            .await?
+            .get(0);
+        if active == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     admin
         .execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = $1 AND NOT active",

@@ -65,11 +65,13 @@ pub enum CdcError {
     Snapshot(#[from] snapshot::SnapshotError),
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CdcSummary {
     pub transactions: u64,
     pub events: u64,
     pub confirmed_lsn: Lsn,
+    /// Commit-to-acknowledgement latencies of recent transactions, in microseconds.
+    pub latencies_us: Vec<u64>,
 }
 
 struct Transaction {
@@ -121,7 +123,7 @@ pub async fn run(
         tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
         snapshot::record_started(&client, &options.slot, created.consistent_point).await?;
         let rows = copy_snapshot(options, &mut sink, &database, &created).await?;
-        sink.commit(created.consistent_point).await?;
+        sink.commit(created.consistent_point, None).await?;
         sink.drain(created.consistent_point, Duration::from_secs(600))
             .await;
         if let Some(failure) = sink.failure() {
@@ -201,6 +203,7 @@ pub async fn run(
     if acked > state.confirmed {
         state.confirm(&mut stream, acked).await?;
     }
+    state.summary.latencies_us = sink.latencies_us();
     tracing::info!(
         transactions = state.summary.transactions,
         events = state.summary.events,
@@ -293,7 +296,8 @@ impl StreamState {
                 }
             }
             LogicalMessage::Commit(commit) => {
-                sink.commit(commit.end_lsn).await?;
+                sink.commit(commit.end_lsn, Some(commit.commit_time.unix_micros()))
+                    .await?;
                 self.last_commit_end = commit.end_lsn;
                 self.transaction = None;
                 self.summary.transactions += 1;

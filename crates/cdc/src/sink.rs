@@ -30,13 +30,20 @@ pub enum SinkError {
 struct AckLedger {
     open: BTreeMap<u64, OpenTransaction>,
     failure: Option<String>,
+    /// Commit-to-acknowledgement times of the most recent transactions, in microseconds.
+    latencies_us: std::collections::VecDeque<u64>,
 }
+
+/// Enough recent samples for percentiles, bounded so memory stays flat.
+const LATENCY_SAMPLES: usize = 100_000;
 
 #[derive(Default)]
 struct OpenTransaction {
     outstanding: u64,
     /// Set at commit: until then more events may come.
     end_lsn: Option<Lsn>,
+    /// The transaction's commit time in Postgres, Unix microseconds.
+    commit_time_us: Option<i64>,
 }
 
 impl AckLedger {
@@ -46,12 +53,26 @@ impl AckLedger {
             match open.end_lsn {
                 Some(end_lsn) if open.outstanding == 0 => {
                     acked.fetch_max(end_lsn.0, Ordering::SeqCst);
+                    if let Some(commit_time_us) = open.commit_time_us {
+                        let latency_us = (unix_micros() - commit_time_us).max(0) as u64;
+                        if self.latencies_us.len() == LATENCY_SAMPLES {
+                            self.latencies_us.pop_front();
+                        }
+                        self.latencies_us.push_back(latency_us);
+                    }
                     self.open.remove(&index);
                 }
                 _ => break,
             }
         }
     }
+}
+
+fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as i64)
+        .unwrap_or_default()
 }
 
 /// librdkafka calls `delivery` for every message, from its own thread.
@@ -125,7 +146,7 @@ impl Sink {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5")
+            .set("linger.ms", "1")
             .set("message.timeout.ms", "300000")
             // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog,
             // and reading the WAL waits when Kafka falls behind.
@@ -200,9 +221,23 @@ impl Sink {
         Ok(())
     }
 
+    /// Commit-to-acknowledgement latencies of recent transactions, in microseconds (Kafka
+    /// sink only; `commit_time_us` as given to `commit`).
+    pub fn latencies_us(&self) -> Vec<u64> {
+        match self {
+            Sink::Kafka(kafka) => lock(&kafka.ledger).latencies_us.iter().copied().collect(),
+            Sink::Stdout { .. } => Vec::new(),
+        }
+    }
+
     /// Closes the current transaction: its events count as acknowledged once Kafka has
-    /// them all, and every earlier transaction too.
-    pub async fn commit(&mut self, end_lsn: Lsn) -> Result<(), SinkError> {
+    /// them all, and every earlier transaction too. `commit_time_us` (Unix microseconds)
+    /// feeds the latency figures.
+    pub async fn commit(
+        &mut self,
+        end_lsn: Lsn,
+        commit_time_us: Option<i64>,
+    ) -> Result<(), SinkError> {
         match self {
             Sink::Stdout { acked } => {
                 std::io::stdout().flush()?;
@@ -210,7 +245,9 @@ impl Sink {
             }
             Sink::Kafka(kafka) => {
                 let mut ledger = lock(&kafka.ledger);
-                ledger.open.entry(kafka.transaction).or_default().end_lsn = Some(end_lsn);
+                let open = ledger.open.entry(kafka.transaction).or_default();
+                open.end_lsn = Some(end_lsn);
+                open.commit_time_us = commit_time_us;
                 ledger.release(&kafka.acked);
                 kafka.transaction += 1;
             }
