@@ -606,3 +606,48 @@ async fn existing_rows_arrive_as_a_snapshot_then_the_stream_goes_on_without_gap_
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+#[tokio::test]
+async fn an_idle_slot_keeps_up_with_wal_written_by_other_tables() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE busy (id int PRIMARY KEY, payload text)")
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.watched");
+    wait_for_active_slot(&database, &slot).await;
+    // WAL grows, but nothing of it is published.
+    client
+        .batch_execute("INSERT INTO busy SELECT i, md5(i::text) FROM generate_series(1, 20000) i")
+        .await
+        .unwrap();
+    let written: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let confirmed: String = client
+            .query_one(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if confirmed.parse::<Lsn>().unwrap() >= written.parse::<Lsn>().unwrap() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the idle slot stayed at {confirmed}, WAL is at {written}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

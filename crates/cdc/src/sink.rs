@@ -290,27 +290,14 @@ mod tests {
     fn only_leading_committed_and_delivered_transactions_are_acknowledged() {
         let acked = AtomicU64::new(0);
         let mut ledger = AckLedger::default();
-        ledger.open.insert(
-            0,
-            OpenTransaction {
-                outstanding: 1,
-                end_lsn: Some(Lsn(100)),
-            },
-        );
-        ledger.open.insert(
-            1,
-            OpenTransaction {
-                outstanding: 0,
-                end_lsn: Some(Lsn(200)),
-            },
-        );
-        ledger.open.insert(
-            2,
-            OpenTransaction {
-                outstanding: 0,
-                end_lsn: None,
-            },
-        );
+        let open = |outstanding, end_lsn| OpenTransaction {
+            outstanding,
+            end_lsn,
+            commit_time_us: Some(0),
+        };
+        ledger.open.insert(0, open(1, Some(Lsn(100))));
+        ledger.open.insert(1, open(0, Some(Lsn(200))));
+        ledger.open.insert(2, open(0, None));
         ledger.release(&acked);
         assert_eq!(
             acked.load(Ordering::SeqCst),
@@ -325,5 +312,10 @@ mod tests {
             "0 and 1 are done; 2 is not committed yet"
         );
         assert_eq!(ledger.open.len(), 1);
+        assert_eq!(
+            ledger.latencies_us.len(),
+            2,
+            "one latency per released transaction"
+        );
     }
 }
