@@ -134,16 +134,6 @@ pub async fn run(
     } else if publication::ensure_slot(&client, &mut replication, &options.slot, &database).await? {
         tracing::info!(slot = %options.slot, "replication slot created");
     }
-    let mut stream = replication
-        .start_replication(
-            &options.slot,
-            Lsn(0),
-            &[options.publication.as_str()],
-            PROTOCOL_VERSION,
-        )
-        .await?;
-    tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
-
     let mut state = StreamState {
         decoder: LogicalDecoder::new(),
         relations: RelationCache::default(),
@@ -154,16 +144,127 @@ pub async fn run(
         database,
         change_lsn: Lsn(0),
     };
+    // Sessions: a lost connection to Postgres (a restart, a network cut) is followed by a new
+    // one that resumes from the slot's confirmed position, after a growing pause.
+    let mut client = client;
+    let mut replication = Some(replication);
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    loop {
+        let session = match replication.take() {
+            Some(connection) => {
+                stream_session(
+                    connection, &client, options, &mut sink, &mut stop, &mut state,
+                )
+                .await
+            }
+            None => match reconnect(options, &config).await {
+                Ok((new_client, connection)) => {
+                    client = new_client;
+                    tracing::info!(slot = %options.slot, "reconnected to Postgres; resuming from the slot");
+                    stream_session(
+                        connection, &client, options, &mut sink, &mut stop, &mut state,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            },
+        };
+        match session {
+            Ok(()) => break,
+            Err(error) if is_transient(&error) => {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "lost Postgres; will resume from the slot");
+                sink.abandon_open_transaction();
+                state.start_new_session();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    state.summary.latencies_us = sink.latencies_us();
+    tracing::info!(
+        transactions = state.summary.transactions,
+        events = state.summary.events,
+        confirmed_lsn = %state.summary.confirmed_lsn,
+        "stopped"
+    );
+    Ok(state.summary)
+}
+
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+async fn reconnect(
+    options: &CdcOptions,
+    config: &ReplicationConfig,
+) -> Result<(tokio_postgres::Client, ReplicationConnection), CdcError> {
+    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
+        .await
+        .map_err(CdcError::Connect)?;
+    tokio::spawn(connection);
+    let replication = ReplicationConnection::connect(config).await?;
+    Ok((client, replication))
+}
+
+/// Errors after which a new connection may well succeed: the server went away, restarts, or
+/// refuses connections for now.
+fn is_transient(error: &CdcError) -> bool {
+    match error {
+        CdcError::Connect(_) => true,
+        // A message out of place is what a session cut short looks like; a new session
+        // starts clean from the slot.
+        CdcError::Replication(
+            ReplicationError::Io(_)
+            | ReplicationError::Connect { .. }
+            | ReplicationError::Protocol(_),
+        ) => true,
+        CdcError::Replication(replication) => replication
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        CdcError::Setup(SetupError::Postgres { source, .. }) => source.is_closed(),
+        _ => false,
+    }
+}
+
+/// One replication session: stream until stopped (then drain the sink and confirm what it
+/// acknowledged) or until an error.
+async fn stream_session(
+    replication: ReplicationConnection,
+    client: &tokio_postgres::Client,
+    options: &CdcOptions,
+    sink: &mut Sink,
+    stop: &mut watch::Receiver<bool>,
+    state: &mut StreamState,
+) -> Result<(), CdcError> {
+    let mut stream = replication
+        .start_replication(
+            &options.slot,
+            Lsn(0),
+            &[options.publication.as_str()],
+            PROTOCOL_VERSION,
+        )
+        .await?;
+    tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
     let mut ticker = tokio::time::interval(options.status_interval);
     loop {
         tokio::select! {
             message = stream.next() => {
-                let Some(message) = message? else { break };
+                // The server ends the stream when it shuts down: a new session will follow.
+                let Some(message) = message? else {
+                    return Err(ReplicationError::Io(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "Postgres ended the replication stream",
+                    ))
+                    .into());
+                };
                 match message {
                     ReplicationMessage::XLogData(data) => {
                         state.change_lsn = data.wal_start;
                         let message = state.decoder.decode(data.data).map_err(ReplicationError::from)?;
-                        state.handle(message, &client, options, &mut sink).await?;
+                        state.handle(message, client, options, sink).await?;
                     }
                     ReplicationMessage::PrimaryKeepalive(keepalive) => {
                         // Idle and fully acknowledged: all WAL the server has sent so far is
@@ -203,14 +304,7 @@ pub async fn run(
     if acked > state.confirmed {
         state.confirm(&mut stream, acked).await?;
     }
-    state.summary.latencies_us = sink.latencies_us();
-    tracing::info!(
-        transactions = state.summary.transactions,
-        events = state.summary.events,
-        confirmed_lsn = %state.summary.confirmed_lsn,
-        "stopped"
-    );
-    Ok(state.summary)
+    Ok(())
 }
 
 struct StreamState {
@@ -226,6 +320,14 @@ struct StreamState {
 }
 
 impl StreamState {
+    /// A new session resends Relation messages and starts outside any transaction; a
+    /// transaction cut off by the lost connection will come again whole.
+    fn start_new_session(&mut self) {
+        self.decoder = LogicalDecoder::new();
+        self.relations = RelationCache::default();
+        self.transaction = None;
+    }
+
     async fn handle(
         &mut self,
         message: LogicalMessage,

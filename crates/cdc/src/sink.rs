@@ -255,6 +255,23 @@ impl Sink {
         Ok(())
     }
 
+    /// Gives up on the transaction being sent when the connection to Postgres was lost in its
+    /// middle: its events still count for nothing (no position moves past them), and the
+    /// server sends the whole transaction again on the next connection.
+    pub fn abandon_open_transaction(&mut self) {
+        if let Sink::Kafka(kafka) = self {
+            let mut ledger = lock(&kafka.ledger);
+            if let Some(open) = ledger.open.get_mut(&kafka.transaction) {
+                if open.end_lsn.is_none() {
+                    // Lsn(0) releases the entry in order without moving `acked`.
+                    open.end_lsn = Some(Lsn(0));
+                    ledger.release(&kafka.acked);
+                    kafka.transaction += 1;
+                }
+            }
+        }
+    }
+
     /// Waits (up to `timeout`) until everything sent so far is acknowledged.
     pub async fn drain(&mut self, target: Lsn, timeout: Duration) {
         if let Sink::Kafka(kafka) = self {

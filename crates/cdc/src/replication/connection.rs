@@ -379,6 +379,10 @@ impl ReplicationStream {
                     return Err(server_error(body.fields()))
                 }
                 Backend::Message(Message::NoticeResponse(_) | Message::ParameterStatus(_)) => {}
+                // After CopyDone or a shutdown the server closes the session: the stream is over.
+                Backend::Message(Message::CommandComplete(_) | Message::ReadyForQuery(_)) => {
+                    return Ok(None)
+                }
                 Backend::Message(_) | Backend::CopyBothResponse => {
                     return Err(ReplicationError::Protocol(
                         "unexpected message in the replication stream".into(),
