@@ -35,6 +35,18 @@ impl Cdc {
         Cdc { child }
     }
 
+    /// Starts cdc and waits until its slot is streaming.
+    async fn started(
+        database: &TestDatabase,
+        slot: &str,
+        topics: &TestTopics,
+        tables: &str,
+    ) -> Cdc {
+        let cdc = Cdc::start(database, slot, topics, tables);
+        wait_for_active_slot(database, slot).await;
+        cdc
+    }
+
     /// SIGTERM, then the exit status and what it logged.
     fn stop(mut self) -> (Option<i32>, String) {
         Command::new("kill")
@@ -173,6 +185,17 @@ fn kcat_all(topic: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Runs scripts/services (the restart trials stop and start one service).
+fn scripts_services(arguments: &[&str]) {
+    let status = Command::new("bash")
+        .arg("scripts/services")
+        .args(arguments)
+        .current_dir(crate::harness::repo_root())
+        .status()
+        .unwrap();
+    assert!(status.success(), "scripts/services {arguments:?}");
+}
+
 fn parsed(text: &Value) -> Value {
     text.as_str()
         .map(|text| serde_json::from_str(text).unwrap())
@@ -191,8 +214,7 @@ async fn inserts_updates_and_deletes_reach_kafka_with_tombstones_and_the_slot_ad
         )
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.accounts");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.accounts").await;
 
     client
         .batch_execute("INSERT INTO accounts VALUES (1, 'ada', 10.50, true)")
@@ -341,8 +363,7 @@ async fn crash_kill_9_at_random_points_loses_no_committed_change() {
         .await
         .unwrap();
     // The slot exists before the first write (there is no initial snapshot yet).
-    let mut cdc = Cdc::start(&database, &slot, &topics, "public.ledger");
-    wait_for_active_slot(&database, &slot).await;
+    let mut cdc = Cdc::started(&database, &slot, &topics, "public.ledger").await;
 
     // The writer: transactions of inserts, updates and deletes, each recorded once committed.
     let writer_url = database.url.clone();
@@ -464,8 +485,7 @@ async fn every_type_arrives_as_documented_in_docs_events() {
         )
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.typed");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.typed").await;
     client
         .batch_execute(
             "INSERT INTO typed VALUES (1, -32768, 9223372036854775807, 12345678901234567890.123456789, 'NaN',
@@ -504,8 +524,7 @@ async fn toast_placeholders_new_columns_and_truncates_reach_kafka() {
         .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, title text, body text)")
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.notes");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.notes").await;
     for statement in [
         // Large and incompressible enough to be stored out of line.
         "INSERT INTO notes VALUES (1, 'draft', (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 5000) i))",
@@ -552,8 +571,7 @@ async fn existing_rows_arrive_as_a_snapshot_then_the_stream_goes_on_without_gap_
         .batch_execute("CREATE TABLE cities (id int PRIMARY KEY, name text); INSERT INTO cities VALUES (1, 'Lyon'), (2, 'Natal'), (3, 'Ulm')")
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.cities");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.cities").await;
     client
         .batch_execute("INSERT INTO cities VALUES (4, 'York')")
         .await
@@ -586,8 +604,7 @@ async fn existing_rows_arrive_as_a_snapshot_then_the_stream_goes_on_without_gap_
     assert_eq!(code, Some(0), "{log}");
 
     // A restart streams on from where it stopped: no second snapshot.
-    let cdc = Cdc::start(&database, &slot, &topics, "public.cities");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.cities").await;
     client
         .batch_execute("INSERT INTO cities VALUES (5, 'Bath')")
         .await
@@ -610,8 +627,7 @@ async fn existing_rows_arrive_as_a_snapshot_then_the_stream_goes_on_without_gap_
         )
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.cities");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.cities").await;
     let values: Vec<Value> = kcat_messages(&topic, 10)
         .iter()
         .map(|message| parsed(&message["payload"]))
@@ -636,8 +652,7 @@ async fn an_idle_slot_keeps_up_with_wal_written_by_other_tables() {
         .batch_execute("CREATE TABLE watched (id int PRIMARY KEY); CREATE TABLE busy (id int PRIMARY KEY, payload text)")
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.watched");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.watched").await;
     // WAL grows, but nothing of it is published.
     client
         .batch_execute("INSERT INTO busy SELECT i, md5(i::text) FROM generate_series(1, 20000) i")
@@ -684,8 +699,7 @@ async fn kafka_restarted_mid_stream_loses_nothing() {
         .batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
         .await
         .unwrap();
-    let cdc = Cdc::start(&database, &slot, &topics, "public.orders");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.orders").await;
 
     let writer_url = database.url.clone();
     let writer = tokio::spawn(async move {
@@ -699,18 +713,9 @@ async fn kafka_restarted_mid_stream_loses_nothing() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let services = |arguments: &[&str]| {
-        let status = Command::new("bash")
-            .arg("scripts/services")
-            .args(arguments)
-            .current_dir(crate::harness::repo_root())
-            .status()
-            .unwrap();
-        assert!(status.success(), "scripts/services {arguments:?}");
-    };
-    services(&["down", "kafka"]);
+    scripts_services(&["down", "kafka"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    services(&["up"]);
+    scripts_services(&["up"]);
     writer.await.unwrap();
 
     let messages = kcat_messages(&format!("{}.public.orders", topics.prefix), 3000);
@@ -741,8 +746,7 @@ async fn postgres_restarted_mid_stream_is_followed_and_loses_nothing() {
         .await
         .unwrap();
     drop(client);
-    let cdc = Cdc::start(&database, &slot, &topics, "public.payments");
-    wait_for_active_slot(&database, &slot).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.payments").await;
 
     // The writer reconnects when Postgres goes away and retries the same row, so the table
     // ends with every id exactly once.
@@ -774,18 +778,9 @@ async fn postgres_restarted_mid_stream_is_followed_and_loses_nothing() {
         }
     });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let services = |arguments: &[&str]| {
-        let status = Command::new("bash")
-            .arg("scripts/services")
-            .args(arguments)
-            .current_dir(crate::harness::repo_root())
-            .status()
-            .unwrap();
-        assert!(status.success(), "scripts/services {arguments:?}");
-    };
-    services(&["down", "postgres"]);
+    scripts_services(&["down", "postgres"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    services(&["up"]);
+    scripts_services(&["up"]);
     writer.await.unwrap();
 
     let client = database.client().await;
