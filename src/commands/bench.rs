@@ -350,6 +350,7 @@ async fn bench_cdc_in_database(
         status_interval: Duration::from_secs(1),
         snapshot: SnapshotMode::Never,
         stop_at: Some(end.parse().map_err(|error| anyhow::anyhow!("{error}"))?),
+        snapshot_progress: None,
     };
     let sink = Sink::kafka(&config.kafka_brokers)?;
     let (_stop_sender, stop) = tokio::sync::watch::channel(false);
@@ -468,6 +469,7 @@ async fn bench_cdc_latency(
         status_interval: Duration::from_millis(100),
         snapshot: SnapshotMode::Never,
         stop_at: None,
+        snapshot_progress: None,
     };
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
     let sink = Sink::kafka(&config.kafka_brokers)?;

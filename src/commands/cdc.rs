@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use tokio_postgres::NoTls;
-use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
+use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode, SnapshotProgressHook};
 use walflow_cdc::publication;
 use walflow_cdc::sink::Sink;
 
@@ -106,6 +106,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
             SnapshotArg::Always => SnapshotMode::Always,
         },
         stop_at: None,
+        snapshot_progress: snapshot_progress_bars(),
     };
     let sink = match args.sink {
         SinkKind::Kafka => {
@@ -131,6 +132,36 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         .await
         .map_err(|error| Failure::Runtime(error.into()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One progress bar per table while the initial snapshot copies it, on a terminal only.
+fn snapshot_progress_bars() -> Option<SnapshotProgressHook> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bars = indicatif::MultiProgress::new();
+    let open: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>> =
+        Default::default();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/~{len} rows ({per_sec})",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let hook = move |table: &str, rows: u64, estimated_rows: u64, done: bool| {
+        let mut open = open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bar = open.entry(table.to_owned()).or_insert_with(|| {
+            let bar = bars.add(indicatif::ProgressBar::new(estimated_rows.max(1)));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("snapshot {table}"));
+            bar
+        });
+        bar.set_length(estimated_rows.max(rows).max(1));
+        bar.set_position(rows);
+        if done {
+            bar.finish();
+        }
+    };
+    Some(SnapshotProgressHook(std::sync::Arc::new(hook)))
 }
 
 async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure> {

@@ -45,6 +45,18 @@ pub struct CdcOptions {
     /// Stop once every transaction up to this position is acknowledged (benchmarks drain a
     /// backlog this way); `None` runs until stopped.
     pub stop_at: Option<Lsn>,
+    /// Called as the initial snapshot copies each table (a progress bar on a terminal).
+    pub snapshot_progress: Option<SnapshotProgressHook>,
+}
+
+/// A [`snapshot::SnapshotProgressFn`] that can sit in the options.
+#[derive(Clone)]
+pub struct SnapshotProgressHook(pub std::sync::Arc<snapshot::SnapshotProgressFn>);
+
+impl std::fmt::Debug for SnapshotProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotProgressHook")
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -517,6 +529,7 @@ async fn copy_snapshot(
         database,
         created.consistent_point,
         now_ms,
+        options.snapshot_progress.as_ref().map(|hook| &*hook.0),
     )
     .await?;
     client.batch_execute("COMMIT").await.map_err(setup_failed)?;

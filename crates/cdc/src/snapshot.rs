@@ -169,6 +169,11 @@ pub async fn published_relations(
     Ok(relations)
 }
 
+/// Told, table by table, how far the snapshot got: the table, rows copied so far, the
+/// planner's estimate of its rows (0 when unknown), and whether the table is done. The CLI
+/// draws a progress bar per table with it.
+pub type SnapshotProgressFn = dyn Fn(&str, u64, u64, bool) + Send + Sync;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
@@ -187,9 +192,19 @@ pub async fn copy_tables(
     database: &str,
     consistent_point: Lsn,
     now_ms: impl Fn() -> i64,
+    progress: Option<&SnapshotProgressFn>,
 ) -> Result<u64, SnapshotError> {
     let mut total = 0;
     for relation in relations {
+        let estimated_rows: i64 = client
+            .query_one(
+                "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = $1",
+                &[&relation.oid],
+            )
+            .await
+            .map_err(failed("cannot read the table's size estimate"))?
+            .get(0);
+        let estimated_rows = estimated_rows.max(0) as u64;
         let table = format!(
             "{}.{}",
             quote_identifier(&relation.namespace),
@@ -246,6 +261,9 @@ pub async fn copy_tables(
                 fetched += 1;
             }
             rows_of_table += fetched;
+            if let Some(progress) = progress {
+                progress(&table, rows_of_table, estimated_rows, false);
+            }
             if fetched > 0 && rows_of_table % 100_000 < FETCH_ROWS as u64 {
                 tracing::info!(%table, rows = rows_of_table, "snapshot in progress");
             }
@@ -257,6 +275,9 @@ pub async fn copy_tables(
             .batch_execute("CLOSE walflow_snapshot")
             .await
             .map_err(failed("cannot close the snapshot cursor"))?;
+        if let Some(progress) = progress {
+            progress(&table, rows_of_table, estimated_rows, true);
+        }
         tracing::info!(%table, rows = rows_of_table, "table copied");
         total += rows_of_table;
     }
