@@ -8,7 +8,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use tokio_postgres::NoTls;
 use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode, SnapshotProgressHook};
 use walflow_cdc::publication;
-use walflow_cdc::sink::Sink;
+use walflow_cdc::sink::{KafkaSettings, Sink};
 
 use crate::config::{Config, GlobalArgs};
 use crate::exit::Failure;
@@ -65,6 +65,12 @@ pub struct CdcArgs {
     /// How often the acknowledged position is confirmed to Postgres, in milliseconds
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     status_interval_ms: u64,
+
+    /// How long Kafka may refuse an event before cdc starts a new producer and resends from
+    /// the slot's confirmed position (it keeps doing so, with growing pauses, while Kafka is
+    /// down), in seconds
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    kafka_message_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,7 +116,9 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     };
     let sink = match args.sink {
         SinkKind::Kafka => {
-            Sink::kafka(&config.kafka_brokers).context("cannot create the Kafka producer")?
+            let mut settings = KafkaSettings::new(&config.kafka_brokers);
+            settings.message_timeout = Duration::from_secs(args.kafka_message_timeout.max(1));
+            Sink::kafka_with(settings).context("cannot create the Kafka producer")?
         }
         SinkKind::Stdout => Sink::stdout(),
     };

@@ -162,6 +162,7 @@ pub async fn run(
     let mut replication = Some(replication);
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
+        let transactions_before = state.summary.transactions;
         let session = match replication.take() {
             Some(connection) => {
                 stream_session(
@@ -181,8 +182,25 @@ pub async fn run(
                 Err(error) => Err(error),
             },
         };
+        if state.summary.transactions > transactions_before {
+            // The last session got somewhere: the next failure starts with a short pause.
+            backoff = RECONNECT_BACKOFF_MIN;
+        }
         match session {
             Ok(()) => break,
+            Err(error) if is_undelivered(&error) => {
+                // Kafka stayed unreachable past the message timeout: nothing after the
+                // acknowledged position was confirmed, so a new producer and a new session
+                // from the slot send it again, after a growing pause, for as long as it takes.
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Kafka did not take the events; will resend from the slot");
+                sink.reset()?;
+                state.start_new_session();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
             Err(error) if is_transient(&error) => {
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "lost Postgres; will resume from the slot");
                 sink.abandon_open_transaction();
@@ -219,6 +237,14 @@ async fn reconnect(
     tokio::spawn(connection);
     let replication = ReplicationConnection::connect(config).await?;
     Ok((client, replication))
+}
+
+/// Kafka did not acknowledge an event in time (it is down or unreachable).
+fn is_undelivered(error: &CdcError) -> bool {
+    matches!(
+        error,
+        CdcError::Delivery(_) | CdcError::Sink(SinkError::Undelivered(_))
+    )
 }
 
 /// Errors after which a new connection may well succeed: the server went away, restarts, or

@@ -22,6 +22,8 @@ pub enum SinkError {
     Kafka(#[from] KafkaError),
     #[error("cannot write to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    #[error("{0}")]
+    Undelivered(String),
 }
 
 /// What is still unacknowledged, per transaction in commit order: a count, not a handle per
@@ -104,15 +106,61 @@ impl ProducerContext for AckContext {
                 ledger.release(&self.acked);
             }
             Err((error, _)) => {
-                let message = format!(
-                    "Kafka did not acknowledge an event of transaction #{transaction}: {error}; \
-                     nothing from it on is confirmed to Postgres"
-                );
-                tracing::error!(%message, "stopping");
-                ledger.failure.get_or_insert(message);
+                if ledger.failure.is_none() {
+                    let message = format!(
+                        "Kafka did not acknowledge an event of transaction #{transaction}: {error}; \
+                         nothing from it on is confirmed to Postgres"
+                    );
+                    tracing::warn!(%message, "delivery failed");
+                    ledger.failure = Some(message);
+                }
             }
         }
     }
+}
+
+/// How the Kafka producer is set up.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    /// How long librdkafka keeps retrying one event before giving up on it; then cdc starts a
+    /// new producer and a new replication session from the slot's confirmed position.
+    pub message_timeout: Duration,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: &str) -> KafkaSettings {
+        KafkaSettings {
+            brokers: brokers.to_owned(),
+            message_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+fn create_producer(
+    settings: &KafkaSettings,
+    acked: Arc<AtomicU64>,
+) -> Result<(ThreadedProducer<AckContext>, Arc<Mutex<AckLedger>>), SinkError> {
+    let ledger = Arc::new(Mutex::new(AckLedger::default()));
+    let context = AckContext {
+        ledger: ledger.clone(),
+        acked,
+    };
+    let producer: ThreadedProducer<AckContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", "lz4")
+        .set("linger.ms", "1")
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout.as_millis().max(1).to_string(),
+        )
+        // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog,
+        // and reading the WAL waits when Kafka falls behind.
+        .set("queue.buffering.max.kbytes", "16384")
+        .create_with_context(context)?;
+    Ok((producer, ledger))
 }
 
 pub enum Sink {
@@ -122,6 +170,7 @@ pub enum Sink {
 
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
+    settings: KafkaSettings,
     ledger: Arc<Mutex<AckLedger>>,
     acked: Arc<AtomicU64>,
     transaction: u64,
@@ -135,29 +184,34 @@ impl Sink {
     }
 
     pub fn kafka(brokers: &str) -> Result<Sink, SinkError> {
-        let ledger = Arc::new(Mutex::new(AckLedger::default()));
+        Sink::kafka_with(KafkaSettings::new(brokers))
+    }
+
+    pub fn kafka_with(settings: KafkaSettings) -> Result<Sink, SinkError> {
         let acked = Arc::new(AtomicU64::new(0));
-        let context = AckContext {
-            ledger: ledger.clone(),
-            acked: acked.clone(),
-        };
-        let producer: ThreadedProducer<AckContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "300000")
-            // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog,
-            // and reading the WAL waits when Kafka falls behind.
-            .set("queue.buffering.max.kbytes", "16384")
-            .create_with_context(context)?;
+        let (producer, ledger) = create_producer(&settings, acked.clone())?;
         Ok(Sink::Kafka(KafkaSink {
             producer,
+            settings,
             ledger,
             acked,
             transaction: 0,
         }))
+    }
+
+    /// Starts over with a new producer after a delivery failure: everything not yet
+    /// acknowledged is dropped (the replication session that sent it is restarted from the
+    /// slot, so Postgres sends it again). The acknowledged position is kept.
+    pub fn reset(&mut self) -> Result<(), SinkError> {
+        if let Sink::Kafka(kafka) = self {
+            let (producer, ledger) = create_producer(&kafka.settings, kafka.acked.clone())?;
+            // The old producer purges its queue when dropped; its callbacks land in the old
+            // ledger, which nobody reads any more.
+            kafka.producer = producer;
+            kafka.ledger = ledger;
+            kafka.transaction = 0;
+        }
+        Ok(())
     }
 
     /// The end LSN of the newest transaction acknowledged along with all earlier ones.
@@ -211,6 +265,10 @@ impl Sink {
                         Ok(()) => break,
                         // librdkafka's queue is full: wait for deliveries to drain it.
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            // A failed delivery empties the queue too: no point sending more.
+                            if let Some(failure) = lock(&kafka.ledger).failure.clone() {
+                                return Err(SinkError::Undelivered(failure));
+                            }
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                         Err((error, _)) => return Err(error.into()),
