@@ -136,10 +136,46 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         tracing::info!("stopping: draining what was sent");
         let _ = stop_sender.send(true);
     });
-    pipeline::run(&options, sink, stop)
-        .await
+    let metrics = sink.metrics().clone();
+    let reporter = tokio::spawn(report_progress(metrics));
+    let result = pipeline::run(&options, sink, stop).await;
+    reporter.abort();
+    result
         .map_err(|error| Failure::Runtime(error.into()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A log line every 10 seconds: what was sent, what Kafka acknowledged, how far behind
+/// Postgres's commits the acknowledgements are.
+async fn report_progress(metrics: std::sync::Arc<walflow_cdc::metrics::CdcMetrics>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    ticker.tick().await;
+    let mut previous = metrics.snapshot();
+    loop {
+        ticker.tick().await;
+        let now = metrics.snapshot();
+        if now == previous {
+            continue;
+        }
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_micros() as u64)
+            .unwrap_or_default();
+        let acked_lag_ms = (now.acked_commit_time_us > 0)
+            .then(|| now_us.saturating_sub(now.acked_commit_time_us) / 1000);
+        tracing::info!(
+            events = now.events,
+            events_per_s = (now.events - previous.events) / 10,
+            bytes = now.bytes,
+            acked_transactions = now.acked_transactions,
+            acked_lsn = %walflow_pgoutput::Lsn(now.acked_lsn),
+            acked_lag_ms,
+            delivery_failures = now.delivery_failures,
+            reconnects = now.reconnects,
+            "progress"
+        );
+        previous = now;
+    }
 }
 
 /// One progress bar per table while the initial snapshot copies it, on a terminal only.

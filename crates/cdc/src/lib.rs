@@ -2,6 +2,7 @@
 //! logical replication slot (pgoutput), on their way to Kafka.
 
 pub mod envelope;
+pub mod metrics;
 pub mod pipeline;
 pub mod publication;
 pub mod replication;

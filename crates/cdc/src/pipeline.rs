@@ -173,6 +173,7 @@ pub async fn run(
             None => match reconnect(options, &config).await {
                 Ok((new_client, connection)) => {
                     client = new_client;
+                    sink.metrics().record_reconnect();
                     tracing::info!(slot = %options.slot, "reconnected to Postgres; resuming from the slot");
                     stream_session(
                         connection, &client, options, &mut sink, &mut stop, &mut state,

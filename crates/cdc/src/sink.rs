@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use rdkafka::ClientConfig;
 use walflow_pgoutput::Lsn;
 
 use crate::envelope::ChangeEvent;
+use crate::metrics::CdcMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -49,12 +49,15 @@ struct OpenTransaction {
 }
 
 impl AckLedger {
-    /// Moves `acked` past every leading transaction that is committed and fully delivered.
-    fn release(&mut self, acked: &AtomicU64) {
+    /// Acknowledges every leading transaction that is committed and fully delivered.
+    fn release(&mut self, metrics: &CdcMetrics) {
         while let Some((&index, open)) = self.open.first_key_value() {
             match open.end_lsn {
                 Some(end_lsn) if open.outstanding == 0 => {
-                    acked.fetch_max(end_lsn.0, Ordering::SeqCst);
+                    // Lsn(0) marks an abandoned transaction: released in order, acknowledges nothing.
+                    if end_lsn.0 != 0 {
+                        metrics.record_acked(end_lsn.0, open.commit_time_us);
+                    }
                     if let Some(commit_time_us) = open.commit_time_us {
                         let latency_us = (unix_micros() - commit_time_us).max(0) as u64;
                         if self.latencies_us.len() == LATENCY_SAMPLES {
@@ -80,7 +83,7 @@ fn unix_micros() -> i64 {
 /// librdkafka calls `delivery` for every message, from its own thread.
 struct AckContext {
     ledger: Arc<Mutex<AckLedger>>,
-    acked: Arc<AtomicU64>,
+    metrics: Arc<CdcMetrics>,
 }
 
 fn lock(ledger: &Mutex<AckLedger>) -> MutexGuard<'_, AckLedger> {
@@ -103,7 +106,7 @@ impl ProducerContext for AckContext {
                 if let Some(open) = ledger.open.get_mut(&(transaction as u64)) {
                     open.outstanding = open.outstanding.saturating_sub(1);
                 }
-                ledger.release(&self.acked);
+                ledger.release(&self.metrics);
             }
             Err((error, _)) => {
                 if ledger.failure.is_none() {
@@ -139,12 +142,12 @@ impl KafkaSettings {
 
 fn create_producer(
     settings: &KafkaSettings,
-    acked: Arc<AtomicU64>,
+    metrics: Arc<CdcMetrics>,
 ) -> Result<(ThreadedProducer<AckContext>, Arc<Mutex<AckLedger>>), SinkError> {
     let ledger = Arc::new(Mutex::new(AckLedger::default()));
     let context = AckContext {
         ledger: ledger.clone(),
-        acked,
+        metrics,
     };
     let producer: ThreadedProducer<AckContext> = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
@@ -165,21 +168,21 @@ fn create_producer(
 
 pub enum Sink {
     Kafka(KafkaSink),
-    Stdout { acked: Arc<AtomicU64> },
+    Stdout { metrics: Arc<CdcMetrics> },
 }
 
 pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
     settings: KafkaSettings,
     ledger: Arc<Mutex<AckLedger>>,
-    acked: Arc<AtomicU64>,
+    metrics: Arc<CdcMetrics>,
     transaction: u64,
 }
 
 impl Sink {
     pub fn stdout() -> Sink {
         Sink::Stdout {
-            acked: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::default(),
         }
     }
 
@@ -188,13 +191,13 @@ impl Sink {
     }
 
     pub fn kafka_with(settings: KafkaSettings) -> Result<Sink, SinkError> {
-        let acked = Arc::new(AtomicU64::new(0));
-        let (producer, ledger) = create_producer(&settings, acked.clone())?;
+        let metrics = Arc::<CdcMetrics>::default();
+        let (producer, ledger) = create_producer(&settings, metrics.clone())?;
         Ok(Sink::Kafka(KafkaSink {
             producer,
             settings,
             ledger,
-            acked,
+            metrics,
             transaction: 0,
         }))
     }
@@ -204,7 +207,8 @@ impl Sink {
     /// slot, so Postgres sends it again). The acknowledged position is kept.
     pub fn reset(&mut self) -> Result<(), SinkError> {
         if let Sink::Kafka(kafka) = self {
-            let (producer, ledger) = create_producer(&kafka.settings, kafka.acked.clone())?;
+            let (producer, ledger) = create_producer(&kafka.settings, kafka.metrics.clone())?;
+            kafka.metrics.record_delivery_failure();
             // The old producer purges its queue when dropped; its callbacks land in the old
             // ledger, which nobody reads any more.
             kafka.producer = producer;
@@ -216,11 +220,15 @@ impl Sink {
 
     /// The end LSN of the newest transaction acknowledged along with all earlier ones.
     pub fn acked_lsn(&self) -> Lsn {
-        let acked = match self {
-            Sink::Kafka(kafka) => &kafka.acked,
-            Sink::Stdout { acked } => acked,
-        };
-        Lsn(acked.load(Ordering::SeqCst))
+        Lsn(self.metrics().acked_lsn())
+    }
+
+    /// The counters this sink and the pipeline feeding it keep.
+    pub fn metrics(&self) -> &Arc<CdcMetrics> {
+        match self {
+            Sink::Kafka(kafka) => &kafka.metrics,
+            Sink::Stdout { metrics } => metrics,
+        }
     }
 
     /// Set when an acknowledgement failed: the process must stop without confirming more.
@@ -234,6 +242,8 @@ impl Sink {
     pub async fn send(&mut self, event: &ChangeEvent) -> Result<(), SinkError> {
         let key = event.key.as_ref();
         let value = event.value.as_ref();
+        self.metrics()
+            .record_event(key.map_or(0, String::len) + value.map_or(0, String::len));
         match self {
             Sink::Stdout { .. } => {
                 let mut stdout = std::io::stdout().lock();
@@ -297,16 +307,16 @@ impl Sink {
         commit_time_us: Option<i64>,
     ) -> Result<(), SinkError> {
         match self {
-            Sink::Stdout { acked } => {
+            Sink::Stdout { metrics } => {
                 std::io::stdout().flush()?;
-                acked.store(end_lsn.0, Ordering::SeqCst);
+                metrics.record_acked(end_lsn.0, commit_time_us);
             }
             Sink::Kafka(kafka) => {
                 let mut ledger = lock(&kafka.ledger);
                 let open = ledger.open.entry(kafka.transaction).or_default();
                 open.end_lsn = Some(end_lsn);
                 open.commit_time_us = commit_time_us;
-                ledger.release(&kafka.acked);
+                ledger.release(&kafka.metrics);
                 kafka.transaction += 1;
             }
         }
@@ -321,9 +331,9 @@ impl Sink {
             let mut ledger = lock(&kafka.ledger);
             if let Some(open) = ledger.open.get_mut(&kafka.transaction) {
                 if open.end_lsn.is_none() {
-                    // Lsn(0) releases the entry in order without moving `acked`.
+                    // Lsn(0) releases the entry in order without acknowledging anything.
                     open.end_lsn = Some(Lsn(0));
-                    ledger.release(&kafka.acked);
+                    ledger.release(&kafka.metrics);
                     kafka.transaction += 1;
                 }
             }
@@ -363,7 +373,7 @@ mod tests {
 
     #[test]
     fn only_leading_committed_and_delivered_transactions_are_acknowledged() {
-        let acked = AtomicU64::new(0);
+        let metrics = CdcMetrics::default();
         let mut ledger = AckLedger::default();
         let open = |outstanding, end_lsn| OpenTransaction {
             outstanding,
@@ -373,16 +383,16 @@ mod tests {
         ledger.open.insert(0, open(1, Some(Lsn(100))));
         ledger.open.insert(1, open(0, Some(Lsn(200))));
         ledger.open.insert(2, open(0, None));
-        ledger.release(&acked);
+        ledger.release(&metrics);
         assert_eq!(
-            acked.load(Ordering::SeqCst),
+            metrics.acked_lsn(),
             0,
             "transaction 0 still waits for a delivery"
         );
         ledger.open.get_mut(&0).unwrap().outstanding = 0;
-        ledger.release(&acked);
+        ledger.release(&metrics);
         assert_eq!(
-            acked.load(Ordering::SeqCst),
+            metrics.acked_lsn(),
             200,
             "0 and 1 are done; 2 is not committed yet"
         );
