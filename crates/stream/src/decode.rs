@@ -1,0 +1,212 @@
+//! Debezium JSON change events (what `walflow cdc` writes, docs/events.md) to rows of a
+//! source's declared columns. An event that does not fit is an error with the reason; the
+//! runner sends it to the dead-letter topic.
+
+use serde::Deserialize;
+use serde_json::{Map, Value as Json};
+
+use crate::definition::SourceTable;
+use crate::operators::normalize::SourceChange;
+use crate::value::{ColumnType, Row, Value};
+
+/// Debezium's marker for a TOASTed value Postgres did not send.
+pub const UNAVAILABLE_MARKER: &str = "__debezium_unavailable_value";
+
+#[derive(Debug, Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    before: Option<Map<String, Json>>,
+    #[serde(default)]
+    after: Option<Map<String, Json>>,
+    op: String,
+    #[serde(default)]
+    source: Option<SourceBlock>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SourceBlock {
+    #[serde(default)]
+    ts_ms: Option<i64>,
+}
+
+/// A decoded event: the change and its commit time (milliseconds), when the event says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedEvent {
+    pub change: SourceChange,
+    pub commit_time_ms: Option<i64>,
+}
+
+/// `Ok(None)` for a tombstone (a null value after a delete: nothing to do).
+pub fn decode(source: &SourceTable, payload: Option<&[u8]>) -> Result<Option<DecodedEvent>, String> {
+    let Some(payload) = payload else {
+        return Ok(None);
+    };
+    let envelope: Envelope = serde_json::from_slice(payload)
+        .map_err(|error| format!("not a Debezium JSON change event: {error}"))?;
+    let commit_time_ms = envelope.source.as_ref().and_then(|source| source.ts_ms);
+    let change = match envelope.op.as_str() {
+        "c" | "r" | "u" => {
+            let after = envelope
+                .after
+                .as_ref()
+                .ok_or_else(|| format!("op '{}' without an `after` row", envelope.op))?;
+            let (after, unavailable) = row(source, after, "after")?;
+            let before = match &envelope.before {
+                Some(before) if envelope.op == "u" => Some(row(source, before, "before")?.0),
+                _ => None,
+            };
+            SourceChange::Upsert {
+                before,
+                after,
+                unavailable,
+            }
+        }
+        "d" => {
+            let before = envelope
+                .before
+                .as_ref()
+                .ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
+            SourceChange::Delete {
+                before: row(source, before, "before")?.0,
+            }
+        }
+        "t" => SourceChange::Truncate,
+        other => return Err(format!("unknown op '{other}' (expected c, r, u, d or t)")),
+    };
+    Ok(Some(DecodedEvent {
+        change,
+        commit_time_ms,
+    }))
+}
+
+/// The declared columns of one image. A column the event lacks reads as NULL (a column the
+/// table does not have, or one dropped since); a key column must be there.
+fn row(
+    source: &SourceTable,
+    image: &Map<String, Json>,
+    image_name: &str,
+) -> Result<(Row, Vec<usize>), String> {
+    let mut row = Vec::with_capacity(source.columns.len());
+    let mut unavailable = Vec::new();
+    for (index, column) in source.columns.iter().enumerate() {
+        let json = image.get(&column.name).unwrap_or(&Json::Null);
+        if json.as_str() == Some(UNAVAILABLE_MARKER) {
+            unavailable.push(index);
+            row.push(Value::Text(UNAVAILABLE_MARKER.to_owned()));
+            continue;
+        }
+        let value = json_to_value(json, column.column_type).ok_or_else(|| {
+            format!(
+                "`{image_name}.{}` is {json}, which is not a {} value",
+                column.name,
+                column.column_type.sql()
+            )
+        })?;
+        if value.is_null() && source.primary_key.contains(&index) {
+            return Err(format!(
+                "`{image_name}.{}` (a key column of {}) is missing or null",
+                column.name, source.name
+            ));
+        }
+        row.push(value);
+    }
+    Ok((row, unavailable))
+}
+
+/// One JSON value in the declared type, as docs/events.md maps Postgres types.
+pub fn json_to_value(json: &Json, column_type: ColumnType) -> Option<Value> {
+    if json.is_null() {
+        return Some(Value::Null);
+    }
+    Some(match column_type {
+        ColumnType::Boolean => Value::Boolean(json.as_bool()?),
+        ColumnType::Int32 => Value::Int32(i32::try_from(json.as_i64()?).ok()?),
+        ColumnType::Int64 => Value::Int64(json.as_i64()?),
+        ColumnType::Float64 => match json {
+            Json::Number(number) => Value::Float64(number.as_f64()?),
+            Json::String(text) => match text.as_str() {
+                "NaN" => Value::Float64(f64::NAN),
+                "Infinity" => Value::Float64(f64::INFINITY),
+                "-Infinity" => Value::Float64(f64::NEG_INFINITY),
+                // numeric arrives as a string with every digit.
+                other => Value::Float64(other.parse().ok()?),
+            },
+            _ => return None,
+        },
+        ColumnType::Text => match json {
+            Json::String(text) => Value::Text(text.clone()),
+            Json::Number(number) => Value::Text(number.to_string()),
+            Json::Bool(flag) => Value::Text(flag.to_string()),
+            _ => return None,
+        },
+        ColumnType::Timestamp => match json {
+            // timestamptz: ISO 8601 in UTC; timestamp: microseconds since the epoch.
+            Json::String(text) => Value::Timestamp(
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .ok()?
+                    .timestamp_micros(),
+            ),
+            Json::Number(number) => Value::Timestamp(number.as_i64()?),
+            _ => return None,
+        },
+        ColumnType::Date => match json {
+            Json::Number(number) => Value::Date(i32::try_from(number.as_i64()?).ok()?),
+            Json::String(text) => {
+                let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+                Value::Date(date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+            }
+            _ => return None,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::{Column, Position, SourceFormat};
+
+    fn source() -> SourceTable {
+        SourceTable {
+            name: "users".into(),
+            columns: vec![
+                Column { name: "id".into(), column_type: ColumnType::Text },
+                Column { name: "age".into(), column_type: ColumnType::Int32 },
+                Column { name: "dob".into(), column_type: ColumnType::Timestamp },
+                Column { name: "bio".into(), column_type: ColumnType::Text },
+            ],
+            primary_key: vec![0],
+            topic: "t".into(),
+            format: SourceFormat::DebeziumJson,
+            position: Position::default(),
+        }
+    }
+
+    #[test]
+    fn updates_carry_both_images_and_mark_unavailable_values() {
+        let event = br#"{"before":{"id":"a","age":30,"dob":"1990-01-02T03:04:05Z","bio":"x"},
+            "after":{"id":"a","age":31,"dob":"1990-01-02T03:04:05.5Z","bio":"__debezium_unavailable_value"},
+            "source":{"ts_ms":1700000000000},"op":"u","ts_ms":1}"#;
+        let decoded = decode(&source(), Some(event)).unwrap().unwrap();
+        assert_eq!(decoded.commit_time_ms, Some(1_700_000_000_000));
+        let SourceChange::Upsert { before, after, unavailable } = decoded.change else {
+            panic!("an update is an upsert");
+        };
+        assert_eq!(before.unwrap()[1], Value::Int32(30));
+        assert_eq!(after[1], Value::Int32(31));
+        assert_eq!(after[2], Value::Timestamp(631_249_445_500_000));
+        assert_eq!(unavailable, vec![3]);
+    }
+
+    #[test]
+    fn tombstones_are_skipped_and_bad_events_say_why() {
+        assert_eq!(decode(&source(), None).unwrap(), None);
+        let error = decode(&source(), Some(b"{not json")).unwrap_err();
+        assert!(error.contains("not a Debezium JSON change event"), "{error}");
+        let error = decode(&source(), Some(br#"{"after":{"id":"a","age":"old"},"op":"c"}"#)).unwrap_err();
+        assert_eq!(error, r#"`after.age` is "old", which is not a INT value"#);
+        let error = decode(&source(), Some(br#"{"after":{"age":3},"op":"c"}"#)).unwrap_err();
+        assert!(error.contains("key column"), "{error}");
+        let error = decode(&source(), Some(br#"{"after":{"id":"a"},"op":"x"}"#)).unwrap_err();
+        assert!(error.contains("unknown op 'x'"), "{error}");
+    }
+}

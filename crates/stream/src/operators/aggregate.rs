@@ -1,0 +1,158 @@
+//! The changelog aggregate: GROUP BY over an updating table. Per group it keeps the number
+//! of rows and one retractable accumulator per aggregate call. A batch touches some groups;
+//! for each, the group's row as it was before the batch is retracted and its row after the
+//! batch is added, so downstream (and Cassandra) always hold the current result. The work
+//! per batch grows with the batch, never with the history.
+
+use std::collections::HashMap;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::error::DataFusionError;
+use serde::{Deserialize, Serialize};
+
+use super::accumulator::Accumulator;
+use super::Changes;
+use crate::plan::AggregatePlan;
+use crate::value::{value_at, Row, Value};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AggregateState {
+    groups: HashMap<Row, GroupState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct GroupState {
+    /// Rows currently in the group; at zero the group is gone (unless the aggregate is
+    /// global, which always has its one row).
+    rows: i64,
+    accumulators: Vec<Accumulator>,
+}
+
+impl AggregateState {
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Applies a batch of input changes; returns the changes of the aggregate's output.
+    pub fn apply(
+        &mut self,
+        plan: &AggregatePlan,
+        input: &Changes,
+    ) -> Result<Changes, DataFusionError> {
+        let rows = input.len();
+        let evaluate = |expr: &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>| {
+            expr.evaluate(&input.batch)?.into_array(rows)
+        };
+        let group_arrays: Vec<ArrayRef> = if rows == 0 {
+            Vec::new()
+        } else {
+            plan.group_exprs
+                .iter()
+                .map(evaluate)
+                .collect::<Result<_, _>>()?
+        };
+        let mut argument_arrays: Vec<Option<ArrayRef>> = Vec::new();
+        let mut filter_arrays: Vec<Option<ArrayRef>> = Vec::new();
+        if rows > 0 {
+            for call in &plan.calls {
+                argument_arrays.push(call.argument.as_ref().map(evaluate).transpose()?);
+                filter_arrays.push(call.filter.as_ref().map(evaluate).transpose()?);
+            }
+        }
+
+        // The output row of each touched group before this batch, in first-touch order.
+        let mut touched: Vec<(Row, Option<Row>)> = Vec::new();
+        let mut touched_index: HashMap<Row, usize> = HashMap::new();
+        if plan.global && self.groups.is_empty() {
+            // A global aggregate has its row from the start, even over no input.
+            self.groups.insert(Vec::new(), new_group(plan));
+            touched_index.insert(Vec::new(), 0);
+            touched.push((Vec::new(), None));
+        }
+        for row in 0..rows {
+            let key = group_arrays
+                .iter()
+                .map(|array| cell(array.as_ref(), row))
+                .collect::<Result<Row, _>>()?;
+            if !touched_index.contains_key(&key) {
+                let before = self
+                    .groups
+                    .get(&key)
+                    .filter(|group| plan.global || group.rows > 0)
+                    .map(|group| output_row(plan, &key, group));
+                touched_index.insert(key.clone(), touched.len());
+                touched.push((key.clone(), before));
+            }
+            let weight = input.weights[row];
+            let group = self.groups.entry(key).or_insert_with(|| new_group(plan));
+            group.rows += i64::from(weight);
+            for (index, accumulator) in group.accumulators.iter_mut().enumerate() {
+                if let Some(filter) = &filter_arrays[index] {
+                    let passes = filter
+                        .as_any()
+                        .downcast_ref::<BooleanArray>()
+                        .is_some_and(|mask| mask.is_valid(row) && mask.value(row));
+                    if !passes {
+                        continue;
+                    }
+                }
+                match &argument_arrays[index] {
+                    Some(array) => {
+                        let value = cell(array.as_ref(), row)?;
+                        accumulator.update(Some(&value), weight);
+                    }
+                    None => accumulator.update(None, weight),
+                }
+            }
+        }
+
+        let mut retractions = Vec::new();
+        let mut insertions = Vec::new();
+        for (key, before) in touched {
+            let after = match self.groups.get(&key) {
+                Some(group) if plan.global || group.rows > 0 => {
+                    Some(output_row(plan, &key, group))
+                }
+                _ => {
+                    self.groups.remove(&key);
+                    None
+                }
+            };
+            if before == after {
+                continue;
+            }
+            if let Some(before) = before {
+                retractions.push((before, -1));
+            }
+            if let Some(after) = after {
+                insertions.push((after, 1));
+            }
+        }
+        retractions.extend(insertions);
+        Changes::from_rows(plan.output_schema.clone(), &retractions)
+    }
+}
+
+fn new_group(plan: &AggregatePlan) -> GroupState {
+    GroupState {
+        rows: 0,
+        accumulators: plan.calls.iter().map(Accumulator::new).collect(),
+    }
+}
+
+fn output_row(plan: &AggregatePlan, key: &Row, group: &GroupState) -> Row {
+    let mut row = key.clone();
+    for (call, accumulator) in plan.calls.iter().zip(&group.accumulators) {
+        row.push(accumulator.result(call.kind, call.output_type));
+    }
+    row
+}
+
+fn cell(array: &dyn Array, row: usize) -> Result<Value, DataFusionError> {
+    value_at(array, row).ok_or_else(|| {
+        DataFusionError::Internal(format!(
+            "a grouping or aggregate argument has type {}, which walflow does not keep",
+            array.data_type()
+        ))
+    })
+}

@@ -1,0 +1,185 @@
+//! Turns a source's change events into weighted rows. Two modes:
+//!
+//! - **keyed** (when a stateful query such as an aggregate reads the source): the current row
+//!   of every key is kept, so a retraction removes exactly what was added, whatever the
+//!   events' `before` images hold; replayed events (cdc delivers at least once) change
+//!   nothing, unchanged TOAST values are filled in from the kept row.
+//! - **images** (when only stateless queries read it): the event's own `before` and `after`
+//!   images are used, and nothing is kept. Replays are harmless because the sink writes the
+//!   same rows again.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::Row;
+
+/// One change event of a source, decoded to the declared columns.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceChange {
+    /// Insert, snapshot read, or update: the new row (and the old one when the event has it).
+    Upsert {
+        before: Option<Row>,
+        after: Row,
+        /// Columns whose value Postgres did not send (unchanged TOAST).
+        unavailable: Vec<usize>,
+    },
+    /// The old row: complete under REPLICA IDENTITY FULL, only the key columns otherwise.
+    Delete { before: Row },
+    Truncate,
+}
+
+/// What one batch of a source's changes becomes.
+#[derive(Debug, Default)]
+pub struct SourceOutput {
+    pub changes: Vec<(Row, i8)>,
+    /// The source was truncated before `changes` (images mode: sinks fed only by it are
+    /// emptied first).
+    pub truncated_first: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceState {
+    /// `None` in images mode.
+    rows: Option<HashMap<Row, Row>>,
+}
+
+impl SourceState {
+    pub fn new(keyed: bool) -> SourceState {
+        SourceState {
+            rows: keyed.then(HashMap::new),
+        }
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        self.rows.is_some()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows.as_ref().map_or(0, HashMap::len)
+    }
+
+    pub fn apply(&mut self, key_columns: &[usize], change: SourceChange, output: &mut SourceOutput) {
+        let key_of = |row: &Row| -> Row { key_columns.iter().map(|&index| row[index].clone()).collect() };
+        match (&mut self.rows, change) {
+            (Some(rows), SourceChange::Upsert { before, mut after, unavailable }) => {
+                // An update that changes the key moves the row: the old key goes.
+                if let Some(before) = &before {
+                    let old_key = key_of(before);
+                    if old_key != key_of(&after) {
+                        if let Some(old) = rows.remove(&old_key) {
+                            output.changes.push((old, -1));
+                        }
+                    }
+                }
+                let key = key_of(&after);
+                let old = rows.get(&key);
+                for &index in &unavailable {
+                    if let Some(old) = old {
+                        after[index] = old[index].clone();
+                    }
+                }
+                if old == Some(&after) {
+                    return;
+                }
+                if let Some(old) = rows.insert(key, after.clone()) {
+                    output.changes.push((old, -1));
+                }
+                output.changes.push((after, 1));
+            }
+            (Some(rows), SourceChange::Delete { before }) => {
+                if let Some(old) = rows.remove(&key_of(&before)) {
+                    output.changes.push((old, -1));
+                }
+            }
+            (Some(rows), SourceChange::Truncate) => {
+                output
+                    .changes
+                    .extend(rows.drain().map(|(_, row)| (row, -1)));
+            }
+            (None, SourceChange::Upsert { before, after, .. }) => {
+                if let Some(before) = before {
+                    if before == after {
+                        return;
+                    }
+                    output.changes.push((before, -1));
+                }
+                output.changes.push((after, 1));
+            }
+            (None, SourceChange::Delete { before }) => output.changes.push((before, -1)),
+            (None, SourceChange::Truncate) => {
+                output.changes.clear();
+                output.truncated_first = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn row(id: i32, name: &str) -> Row {
+        vec![Value::Int32(id), Value::Text(name.into())]
+    }
+
+    fn upsert(after: Row) -> SourceChange {
+        SourceChange::Upsert {
+            before: None,
+            after,
+            unavailable: vec![],
+        }
+    }
+
+    #[test]
+    fn keyed_mode_retracts_what_it_holds_and_ignores_replays() {
+        let mut state = SourceState::new(true);
+        let mut output = SourceOutput::default();
+        state.apply(&[0], upsert(row(1, "a")), &mut output);
+        state.apply(&[0], upsert(row(1, "b")), &mut output);
+        // A replayed event: cdc sends it again after a crash.
+        state.apply(&[0], upsert(row(1, "b")), &mut output);
+        state.apply(
+            &[0],
+            SourceChange::Delete {
+                before: vec![Value::Int32(1), Value::Null],
+            },
+            &mut output,
+        );
+        state.apply(&[0], SourceChange::Delete { before: row(1, "b") }, &mut output);
+        assert_eq!(
+            output.changes,
+            vec![(row(1, "a"), 1), (row(1, "a"), -1), (row(1, "b"), 1), (row(1, "b"), -1)]
+        );
+        assert_eq!(state.rows(), 0);
+    }
+
+    #[test]
+    fn keyed_mode_fills_unchanged_toast_values_from_the_kept_row() {
+        let mut state = SourceState::new(true);
+        let mut output = SourceOutput::default();
+        state.apply(&[0], upsert(row(1, "long text")), &mut output);
+        state.apply(
+            &[0],
+            SourceChange::Upsert {
+                before: None,
+                after: vec![Value::Int32(1), Value::Text("__debezium_unavailable_value".into())],
+                unavailable: vec![1],
+            },
+            &mut output,
+        );
+        assert_eq!(output.changes, vec![(row(1, "long text"), 1)]);
+    }
+
+    #[test]
+    fn images_mode_truncate_drops_earlier_changes_and_says_so() {
+        let mut state = SourceState::new(false);
+        let mut output = SourceOutput::default();
+        state.apply(&[0], upsert(row(1, "a")), &mut output);
+        state.apply(&[0], SourceChange::Truncate, &mut output);
+        state.apply(&[0], upsert(row(2, "b")), &mut output);
+        assert!(output.truncated_first);
+        assert_eq!(output.changes, vec![(row(2, "b"), 1)]);
+    }
+}
