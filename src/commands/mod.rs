@@ -6,6 +6,7 @@ mod doctor;
 mod fake_api;
 mod ingest;
 mod migrate;
+mod process;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,8 @@ pub enum Command {
     FakeApi(fake_api::FakeApiArgs),
     /// Stream every committed change from Postgres to Kafka (Debezium-compatible events)
     Cdc(cdc::CdcArgs),
+    /// Run streaming SQL pipelines (sql/pipelines/*.sql) from Kafka into Cassandra
+    Process(process::ProcessArgs),
     /// Measure speed against a baseline in the same run (see docs/benchmarks.md)
     Bench(bench::BenchArgs),
 }
@@ -49,5 +52,6 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
         Command::FakeApi(args) => fake_api::run(args).await,
         Command::Bench(args) => bench::run(args, global).await,
         Command::Cdc(args) => cdc::run(args, global).await,
+        Command::Process(args) => process::run(args, global).await,
     }
 }

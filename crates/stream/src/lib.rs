@@ -1,8 +1,11 @@
 //! walflow's third hop: pipelines written in SQL files that keep Cassandra tables equal to
 //! queries over Kafka change streams (updating tables), on DataFusion and Arrow.
 
+pub mod checkpoint;
 pub mod decode;
 pub mod definition;
 pub mod operators;
 pub mod plan;
+pub mod runner;
+pub mod sink;
 pub mod value;

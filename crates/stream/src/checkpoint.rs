@@ -1,0 +1,163 @@
+//! A pipeline's checkpoint: the Kafka offsets it has fully written to Cassandra and the
+//! operator state as of those offsets, in one file replaced atomically (write, fsync,
+//! rename, fsync the directory). After a crash the pipeline restores both and replays what
+//! follows; since sink writes are absolute, replaying converges to the same tables.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::operators::aggregate::AggregateState;
+use crate::operators::normalize::SourceState;
+
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format_version: u32,
+    /// Fingerprint of the pipeline file the state belongs to.
+    pub fingerprint: u64,
+    /// Next offset to read, per topic and partition.
+    pub offsets: BTreeMap<(String, i32), i64>,
+    pub sources: BTreeMap<String, SourceState>,
+    /// One per query, in file order; `None` for a stateless query.
+    pub aggregates: Vec<Option<AggregateState>>,
+    pub written_at_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot {action} checkpoint {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {} is damaged or from another walflow version ({message}); remove it and run with --rebuild", path.display())]
+    Corrupt { path: PathBuf, message: String },
+}
+
+pub fn path_for(directory: &Path, pipeline: &str) -> PathBuf {
+    directory.join(format!("{pipeline}.checkpoint"))
+}
+
+/// A stable fingerprint of a pipeline's text (FNV-1a), to notice that the file changed
+/// since the state was taken.
+pub fn fingerprint(text: &str) -> u64 {
+    let normalized: String = text
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    normalized.bytes().fold(0xcbf29ce484222325u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let checkpoint: Checkpoint =
+        postcard::from_bytes(&bytes).map_err(|error| CheckpointError::Corrupt {
+            path: path.to_owned(),
+            message: error.to_string(),
+        })?;
+    if checkpoint.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::Corrupt {
+            path: path.to_owned(),
+            message: format!("format {}", checkpoint.format_version),
+        });
+    }
+    Ok(Some(checkpoint))
+}
+
+/// Replaces the checkpoint atomically; returns its size in bytes.
+pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<usize, CheckpointError> {
+    let io = |action: &'static str| {
+        move |source| CheckpointError::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let mut checkpoint = checkpoint.clone();
+    checkpoint.format_version = FORMAT_VERSION;
+    let bytes = postcard::to_stdvec(&checkpoint).map_err(|error| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        message: error.to_string(),
+    })?;
+    let directory = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(directory).map_err(io("create the directory of"))?;
+    let temporary = path.with_extension("checkpoint.tmp");
+    {
+        let mut file = std::fs::File::create(&temporary).map_err(io("write"))?;
+        file.write_all(&bytes).map_err(io("write"))?;
+        file.sync_all().map_err(io("sync"))?;
+    }
+    std::fs::rename(&temporary, path).map_err(io("replace"))?;
+    if let Ok(directory) = std::fs::File::open(directory) {
+        let _ = directory.sync_all();
+    }
+    Ok(bytes.len())
+}
+
+pub fn remove(path: &Path) -> Result<(), CheckpointError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(CheckpointError::Io {
+            action: "remove",
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_checkpoint_loads_back_and_a_damaged_one_says_what_to_do() {
+        let directory = std::env::temp_dir().join(format!("walflow-ckpt-{}", std::process::id()));
+        let path = path_for(&directory, "users");
+        assert_eq!(load(&path).unwrap(), None);
+        let mut checkpoint = Checkpoint {
+            fingerprint: fingerprint("SELECT 1"),
+            ..Checkpoint::default()
+        };
+        checkpoint.offsets.insert(("t".into(), 0), 42);
+        checkpoint.sources.insert("users".into(), SourceState::new(true));
+        checkpoint.aggregates.push(Some(AggregateState::default()));
+        checkpoint.aggregates.push(None);
+        save(&path, &checkpoint).unwrap();
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded.offsets, checkpoint.offsets);
+        assert_eq!(loaded.aggregates.len(), 2);
+        std::fs::write(&path, b"\xff\xff").unwrap();
+        let error = load(&path).unwrap_err().to_string();
+        assert!(error.contains("--rebuild"), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn comments_and_blank_lines_do_not_change_the_fingerprint() {
+        assert_eq!(
+            fingerprint("SELECT a\n  FROM t;"),
+            fingerprint("-- users\nSELECT a   \n\nFROM t; -- done")
+        );
+        assert_ne!(fingerprint("SELECT a FROM t"), fingerprint("SELECT b FROM t"));
+    }
+}

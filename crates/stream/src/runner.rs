@@ -1,0 +1,593 @@
+//! Runs one pipeline file: Kafka consumer -> decode -> operators -> Cassandra, in
+//! micro-batches bounded by events and by time, with checkpoints of offsets and state
+//! together. A batch's offsets only enter a checkpoint after its rows are in Cassandra and
+//! its dead letters are acknowledged by Kafka, so nothing accepted is lost; Cassandra or
+//! Kafka trouble makes the batch wait and retry, holding its position.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use crate::decode::decode;
+use crate::definition::{DefinitionError, PipelineDefinition};
+use crate::operators::aggregate::AggregateState;
+use crate::operators::normalize::{SourceOutput, SourceState};
+use crate::operators::{stateless, Changes};
+use crate::plan::{compile, CompiledQuery};
+use crate::sink::{CassandraSink, SinkDelta, SinkError};
+
+#[derive(Debug, Clone)]
+pub struct ProcessOptions {
+    pub brokers: String,
+    pub cassandra_nodes: Vec<String>,
+    pub checkpoint_dir: std::path::PathBuf,
+    pub checkpoint_interval: Duration,
+    pub batch_max_events: usize,
+    pub batch_max_wait: Duration,
+    /// Dead-letter topic; `None`: `walflow.dead_letter.<pipeline>`.
+    pub dead_letter_topic: Option<String>,
+    /// Forget the checkpoint, empty the sink tables and start from the topics' beginning.
+    pub rebuild: bool,
+    /// Stop once every partition is read up to where it ended at start (benchmarks, tests).
+    pub stop_when_caught_up: bool,
+    pub cassandra_concurrency: usize,
+}
+
+impl ProcessOptions {
+    pub fn new(brokers: &str, cassandra_nodes: Vec<String>) -> ProcessOptions {
+        ProcessOptions {
+            brokers: brokers.to_owned(),
+            cassandra_nodes,
+            checkpoint_dir: ".walflow/checkpoints".into(),
+            checkpoint_interval: Duration::from_secs(10),
+            batch_max_events: 10_000,
+            batch_max_wait: Duration::from_millis(50),
+            dead_letter_topic: None,
+            rebuild: false,
+            stop_when_caught_up: false,
+            cassandra_concurrency: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("Kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("pipeline {pipeline}: {message}")]
+    Pipeline { pipeline: String, message: String },
+}
+
+/// What a running pipeline counts; read by the status line and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct ProcessMetrics {
+    pub events: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub batches: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub cassandra_errors: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub last_checkpoint_unix_ms: AtomicU64,
+    pub last_checkpoint_bytes: AtomicU64,
+    /// Commit time (Unix ms) of the newest change whose results are in Cassandra.
+    pub written_commit_time_ms: AtomicU64,
+    /// Events left in Kafka after the last batch (end offsets minus positions).
+    pub consumer_lag: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub events: u64,
+    pub dead_letters: u64,
+    pub rows_written: u64,
+}
+
+/// A pipeline ready to run: its file, its compiled queries and its state.
+pub struct Pipeline {
+    pub definition: PipelineDefinition,
+    pub queries: Vec<CompiledQuery>,
+}
+
+impl Pipeline {
+    pub async fn load(path: &std::path::Path) -> Result<Pipeline, DefinitionError> {
+        let definition = PipelineDefinition::load(path)?;
+        let queries = compile(&definition).await?;
+        Ok(Pipeline {
+            definition,
+            queries,
+        })
+    }
+
+    fn keyed_sources(&self) -> Vec<&str> {
+        self.queries
+            .iter()
+            .filter(|query| query.is_stateful())
+            .map(|query| query.source.as_str())
+            .collect()
+    }
+
+    fn fresh_checkpoint(&self) -> Checkpoint {
+        let keyed = self.keyed_sources();
+        Checkpoint {
+            fingerprint: checkpoint::fingerprint(&self.definition.text),
+            sources: self
+                .definition
+                .sources
+                .iter()
+                .map(|source| {
+                    (
+                        source.name.clone(),
+                        SourceState::new(keyed.contains(&source.name.as_str())),
+                    )
+                })
+                .collect(),
+            aggregates: self
+                .queries
+                .iter()
+                .map(|query| query.is_stateful().then(AggregateState::default))
+                .collect(),
+            ..Checkpoint::default()
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+pub async fn run(
+    pipeline: &Pipeline,
+    options: &ProcessOptions,
+    metrics: Arc<ProcessMetrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<RunSummary, ProcessError> {
+    let name = pipeline.definition.name.clone();
+    let fail = |message: String| ProcessError::Pipeline {
+        pipeline: name.clone(),
+        message,
+    };
+    let checkpoint_path = checkpoint::path_for(&options.checkpoint_dir, &name);
+
+    // Cassandra first: its tables must exist before anything is read.
+    let mut backoff = RETRY_MIN;
+    let mut sink = loop {
+        match CassandraSink::connect(&options.cassandra_nodes, options.cassandra_concurrency).await {
+            Ok(sink) => break sink,
+            Err(error) => {
+                tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "waiting for Cassandra");
+                if sleep_or_stop(backoff, &mut stop).await {
+                    return Ok(RunSummary::default());
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    };
+    for query in &pipeline.queries {
+        sink.prepare(&query.sink).await?;
+    }
+
+    if options.rebuild {
+        checkpoint::remove(&checkpoint_path)?;
+    }
+    let mut state = match checkpoint::load(&checkpoint_path)? {
+        Some(saved) if saved.fingerprint != checkpoint::fingerprint(&pipeline.definition.text) => {
+            return Err(fail(format!(
+                "{} changed since its checkpoint {} was taken, and its state may no longer \
+                 fit; run again with --rebuild to empty its sink tables and rebuild them from \
+                 the start of the topics",
+                pipeline.definition.path.display(),
+                checkpoint_path.display()
+            )));
+        }
+        Some(saved) => {
+            tracing::info!(pipeline = %name, offsets = ?saved.offsets, "resuming from the checkpoint");
+            saved
+        }
+        None => {
+            if options.rebuild {
+                for query in &pipeline.queries {
+                    let mut delta = SinkDelta::default();
+                    delta.truncate();
+                    sink.write(&query.sink, &delta).await?;
+                }
+                tracing::info!(pipeline = %name, "rebuilding from the start of the topics");
+            }
+            pipeline.fresh_checkpoint()
+        }
+    };
+
+    // Kafka: every partition of every source topic, from the checkpoint's offsets.
+    let group = format!("walflow-process-{name}");
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        .create()?;
+    let topics: Vec<String> = {
+        let mut topics: Vec<String> = pipeline
+            .definition
+            .sources
+            .iter()
+            .map(|source| source.topic.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    };
+    let mut partitions: Vec<(String, i32)> = Vec::new();
+    for topic in &topics {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let found = partitions_of(&consumer, topic).await;
+            match found {
+                Ok(list) if !list.is_empty() => {
+                    partitions.extend(list.into_iter().map(|partition| (topic.clone(), partition)));
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(pipeline = %name, %topic, "waiting for the topic to exist (is walflow cdc running?)");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return Ok(RunSummary::default());
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+    let mut assignment = TopicPartitionList::new();
+    for (topic, partition) in &partitions {
+        let offset = match state.offsets.get(&(topic.clone(), *partition)) {
+            Some(&next) => Offset::Offset(next),
+            None => Offset::Beginning,
+        };
+        assignment.add_partition_offset(topic, *partition, offset)?;
+    }
+    consumer.assign(&assignment)?;
+    let stop_at: Option<BTreeMap<(String, i32), i64>> = if options.stop_when_caught_up {
+        let mut ends = BTreeMap::new();
+        for (topic, partition) in &partitions {
+            let (_, high) = watermarks(&consumer, topic, *partition).await?;
+            ends.insert((topic.clone(), *partition), high);
+        }
+        Some(ends)
+    } else {
+        None
+    };
+
+    let dead_letter_topic = options
+        .dead_letter_topic
+        .clone()
+        .unwrap_or_else(|| format!("walflow.dead_letter.{name}"));
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &options.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+
+    let sources_by_topic: HashMap<&str, Vec<usize>> = {
+        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (index, source) in pipeline.definition.sources.iter().enumerate() {
+            map.entry(source.topic.as_str()).or_default().push(index);
+        }
+        map
+    };
+    let mut summary = RunSummary::default();
+    let mut last_checkpoint = Instant::now();
+    let mut dirty = false;
+    tracing::info!(pipeline = %name, topics = ?topics, group = %group, dead_letter_topic = %dead_letter_topic, "processing");
+
+    loop {
+        // Gather one micro-batch.
+        let mut outputs: Vec<SourceOutput> = pipeline
+            .definition
+            .sources
+            .iter()
+            .map(|_| SourceOutput::default())
+            .collect();
+        let mut positions: Vec<((String, i32), i64)> = Vec::new();
+        let mut dead_letters = Vec::new();
+        let mut newest_commit_ms = 0u64;
+        let mut events = 0usize;
+        let mut stopping = false;
+        let deadline = tokio::time::Instant::now() + options.batch_max_wait;
+        while events < options.batch_max_events {
+            let message = tokio::select! {
+                message = tokio::time::timeout_at(deadline, consumer.recv()) => message,
+                _ = stop.changed() => { stopping = true; break; }
+            };
+            let message = match message {
+                Err(_) => break,
+                Ok(Err(error)) => {
+                    tracing::warn!(pipeline = %name, %error, "Kafka consumer error; retrying");
+                    continue;
+                }
+                Ok(Ok(message)) => message,
+            };
+            events += 1;
+            positions.push(((message.topic().to_owned(), message.partition()), message.offset() + 1));
+            for &source_index in sources_by_topic.get(message.topic()).into_iter().flatten() {
+                let source = &pipeline.definition.sources[source_index];
+                match decode(source, message.payload()) {
+                    Ok(Some(event)) => {
+                        if let Some(commit_ms) = event.commit_time_ms {
+                            newest_commit_ms = newest_commit_ms.max(commit_ms.max(0) as u64);
+                        }
+                        let source_state = state
+                            .sources
+                            .get_mut(&source.name)
+                            .expect("every source has a state");
+                        source_state.apply(&source.primary_key, event.change, &mut outputs[source_index]);
+                    }
+                    Ok(None) => {}
+                    Err(reason) => dead_letters.push(DeadLetter {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                        reason: format!("source {}: {reason}", source.name),
+                    }),
+                }
+            }
+        }
+
+        // Run the queries over the batch.
+        let mut deltas: Vec<SinkDelta> = Vec::with_capacity(pipeline.queries.len());
+        for (query_index, query) in pipeline.queries.iter().enumerate() {
+            let source_index = pipeline
+                .definition
+                .sources
+                .iter()
+                .position(|source| source.name == query.source)
+                .expect("compiled against the declared sources");
+            let output = &outputs[source_index];
+            let mut delta = SinkDelta::default();
+            if output.truncated_first && !query.is_stateful() {
+                delta.truncate();
+            }
+            let aggregate_state = &mut state.aggregates[query_index];
+            let needs_run = !output.changes.is_empty()
+                || (aggregate_state.as_ref().is_some_and(|s| s.groups() == 0)
+                    && query.aggregate.as_ref().is_some_and(|a| a.global));
+            if needs_run {
+                let changes = evaluate(query, aggregate_state, &output.changes)
+                    .map_err(|error| fail(format!("query into {}: {error}", query.sink.name)))?;
+                delta.add(query, changes);
+            }
+            if delta.null_keys > 0 {
+                tracing::warn!(pipeline = %name, sink = %query.sink.name, rows = delta.null_keys, "rows with a NULL key column skipped (Cassandra cannot store them)");
+            }
+            deltas.push(delta);
+        }
+
+        // Write to Cassandra and hand dead letters to Kafka, retrying until both succeed.
+        let mut backoff = RETRY_MIN;
+        loop {
+            let mut result: Result<u64, String> = Ok(0);
+            for (query, delta) in pipeline.queries.iter().zip(&deltas) {
+                if delta.is_empty() {
+                    continue;
+                }
+                match sink.write(&query.sink, delta).await {
+                    Ok(()) => {
+                        if let Ok(rows) = &mut result {
+                            *rows += delta.len() as u64;
+                        }
+                    }
+                    Err(error) => {
+                        result = Err(error.to_string());
+                        break;
+                    }
+                }
+            }
+            if result.is_ok() && !dead_letters.is_empty() {
+                if let Err(error) = send_dead_letters(&producer, &dead_letter_topic, &name, &dead_letters).await {
+                    result = Err(format!("dead-letter topic {dead_letter_topic}: {error}"));
+                }
+            }
+            match result {
+                Ok(rows) => {
+                    summary.rows_written += rows;
+                    metrics.rows_written.fetch_add(rows, Ordering::Relaxed);
+                    break;
+                }
+                Err(error) => {
+                    metrics.cassandra_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "writing the batch failed; holding position and retrying");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        // Stopped while the batch is not written: its offsets never reach
+                        // a checkpoint, so the next run processes it again.
+                        return Ok(summary);
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        if !dead_letters.is_empty() {
+            tracing::warn!(pipeline = %name, count = dead_letters.len(), topic = %dead_letter_topic, first_reason = %dead_letters[0].reason, "events sent to the dead-letter topic");
+        }
+
+        for (key, next) in positions {
+            let entry = state.offsets.entry(key).or_insert(next);
+            *entry = (*entry).max(next);
+        }
+        dirty |= events > 0;
+        summary.events += events as u64;
+        summary.dead_letters += dead_letters.len() as u64;
+        metrics.events.fetch_add(events as u64, Ordering::Relaxed);
+        metrics.dead_letters.fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
+        metrics.batches.fetch_add(1, Ordering::Relaxed);
+        if newest_commit_ms > 0 {
+            metrics.written_commit_time_ms.fetch_max(newest_commit_ms, Ordering::Relaxed);
+        }
+
+        let caught_up = stop_at.as_ref().is_some_and(|ends| {
+            ends.iter().all(|(key, &end)| state.offsets.get(key).copied().unwrap_or(0) >= end)
+        });
+        if dirty && (stopping || caught_up || last_checkpoint.elapsed() >= options.checkpoint_interval) {
+            write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
+            commit_offsets(&consumer, &state);
+            metrics.consumer_lag.store(consumer_lag(&consumer, &state), Ordering::Relaxed);
+            last_checkpoint = Instant::now();
+            dirty = false;
+        }
+        if stopping || caught_up {
+            break;
+        }
+    }
+    tracing::info!(pipeline = %name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, "stopped");
+    Ok(summary)
+}
+
+/// One query over a batch of source changes: lower steps, aggregate, upper steps.
+fn evaluate(
+    query: &CompiledQuery,
+    aggregate_state: &mut Option<AggregateState>,
+    source_changes: &[(crate::value::Row, i8)],
+) -> Result<Vec<(crate::value::Row, i8)>, datafusion::error::DataFusionError> {
+    let input = Changes::from_rows(query.source_schema.clone(), source_changes)?;
+    let lowered = stateless::apply(&query.lower, input)?;
+    let aggregated = match (&query.aggregate, aggregate_state) {
+        (Some(plan), Some(state)) => state.apply(plan, &lowered)?,
+        _ => lowered,
+    };
+    stateless::apply(&query.upper, aggregated)?.to_rows()
+}
+
+fn write_checkpoint(
+    path: &std::path::Path,
+    state: &mut Checkpoint,
+    metrics: &ProcessMetrics,
+) -> Result<(), CheckpointError> {
+    let started = Instant::now();
+    state.written_at_ms = unix_ms() as i64;
+    let bytes = checkpoint::save(path, state)?;
+    metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+    metrics.last_checkpoint_unix_ms.store(unix_ms(), Ordering::Relaxed);
+    metrics.last_checkpoint_bytes.store(bytes as u64, Ordering::Relaxed);
+    tracing::debug!(bytes, took_ms = started.elapsed().as_millis() as u64, "checkpoint written");
+    Ok(())
+}
+
+/// The consumer group's committed offsets follow the checkpoint, so Kafka's own tools (and
+/// `walflow lag`) see how far processing is. The checkpoint stays the source of truth.
+fn commit_offsets(consumer: &StreamConsumer, state: &Checkpoint) {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), &next) in &state.offsets {
+        if list.add_partition_offset(topic, *partition, Offset::Offset(next)).is_err() {
+            return;
+        }
+    }
+    if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+        tracing::debug!(%error, "committing offsets to the consumer group failed");
+    }
+}
+
+fn consumer_lag(consumer: &StreamConsumer, state: &Checkpoint) -> u64 {
+    let mut lag = 0u64;
+    for ((topic, partition), &next) in &state.offsets {
+        let high = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(topic, *partition, Duration::from_secs(1))
+        });
+        if let Ok((_, high)) = high {
+            lag += (high - next).max(0) as u64;
+        }
+    }
+    lag
+}
+
+struct DeadLetter {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    reason: String,
+}
+
+async fn send_dead_letters(
+    producer: &FutureProducer,
+    topic: &str,
+    pipeline: &str,
+    letters: &[DeadLetter],
+) -> Result<(), String> {
+    let mut deliveries = Vec::new();
+    for letter in letters {
+        let partition = letter.partition.to_string();
+        let offset = letter.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "walflow.error", value: Some(letter.reason.as_str()) })
+            .insert(Header { key: "walflow.pipeline", value: Some(pipeline) })
+            .insert(Header { key: "walflow.source.topic", value: Some(letter.topic.as_str()) })
+            .insert(Header { key: "walflow.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "walflow.source.offset", value: Some(offset.as_str()) });
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(key) = &letter.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(payload) = &letter.payload {
+            record = record.payload(payload.as_slice());
+        }
+        deliveries.push(producer.send(record, Duration::from_secs(30)));
+    }
+    for delivery in futures_util::future::join_all(deliveries).await {
+        delivery.map_err(|(error, _)| error.to_string())?;
+    }
+    Ok(())
+}
+
+/// Sleeps, or returns true at once when asked to stop.
+async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+async fn partitions_of(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+    let metadata = tokio::task::block_in_place(|| {
+        consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
+    })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .filter(|found| found.name() == topic && found.error().is_none())
+        .flat_map(|found| found.partitions().iter().map(|partition| partition.id()))
+        .collect())
+}
+
+async fn watermarks(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+    tokio::task::block_in_place(|| {
+        consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
+    })
+}

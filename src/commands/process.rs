@@ -1,0 +1,175 @@
+//! `walflow process`: runs pipeline files (sql/pipelines/*.sql) from Kafka into Cassandra.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use walflow_stream::runner::{self, Pipeline, ProcessMetrics, ProcessOptions};
+
+use crate::config::{Config, GlobalArgs};
+use crate::exit::Failure;
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Run streaming SQL pipelines over walflow cdc's change topics, keeping Cassandra \
+        tables equal to their queries.\n\n\
+        Each pipeline file declares Kafka sources (CREATE TABLE ... WITH (connector = 'kafka', \
+        topic = ...)), Cassandra sinks (CREATE TABLE ... WITH (connector = 'cassandra', keyspace \
+        = ...)) and INSERT INTO sink SELECT ... queries (docs/sql.md). A source is an updating \
+        table: inserts add rows, deletes remove them, updates do both, and every result is kept \
+        exact (GROUP BY included). Sink keyspaces and tables are created when missing.\n\n\
+        Kafka offsets and operator state are checkpointed together (--checkpoint-dir); after a \
+        crash the pipeline resumes from its checkpoint and the tables converge with nothing \
+        counted twice. Events that cannot be decoded go to <dead-letter-prefix>.<pipeline> with \
+        the reason in the walflow.error header. Ctrl-C or SIGTERM finishes the batch, writes a \
+        checkpoint and stops.",
+    after_help = "Examples:\n  walflow process\n  walflow process sql/pipelines/users_by_country.sql\n  walflow process --rebuild sql/pipelines/users.sql"
+)]
+pub struct ProcessArgs {
+    /// Pipeline files to run [default: every sql/pipelines/*.sql]
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+
+    /// Where checkpoints are kept, one file per pipeline
+    #[arg(long, default_value = ".walflow/checkpoints", value_name = "DIR")]
+    checkpoint_dir: PathBuf,
+
+    /// How often offsets and state are checkpointed, in milliseconds
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    checkpoint_interval_ms: u64,
+
+    /// Most events per micro-batch
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    batch_max_events: usize,
+
+    /// Longest a micro-batch waits for events, in milliseconds (latency under light load)
+    #[arg(long, default_value_t = 50, value_name = "MS")]
+    batch_max_wait_ms: u64,
+
+    /// Dead-letter topics are <PREFIX>.<pipeline>
+    #[arg(long, default_value = "walflow.dead_letter", value_name = "PREFIX")]
+    dead_letter_prefix: String,
+
+    /// Forget the checkpoint, empty the sink tables and rebuild them from the start of the
+    /// topics (needed after changing a pipeline file)
+    #[arg(long)]
+    rebuild: bool,
+
+    /// Stop once every partition is read up to where it ended at start
+    #[arg(long)]
+    until_caught_up: bool,
+}
+
+pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
+    let config = Config::load(global)?;
+    let files = if args.files.is_empty() {
+        default_pipelines().map_err(Failure::Usage)?
+    } else {
+        args.files.clone()
+    };
+    let mut pipelines = Vec::new();
+    for file in &files {
+        // A broken file is a usage error (exit 2) naming file:line:col.
+        let pipeline = Pipeline::load(file)
+            .await
+            .map_err(|error| Failure::Usage(error.into()))?;
+        pipelines.push(pipeline);
+    }
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("stopping: finishing the batch and writing checkpoints");
+        let _ = stop_sender.send(true);
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for pipeline in pipelines {
+        let mut options = ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+        options.checkpoint_dir = args.checkpoint_dir.clone();
+        options.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
+        options.batch_max_events = args.batch_max_events.max(1);
+        options.batch_max_wait = Duration::from_millis(args.batch_max_wait_ms.max(1));
+        options.dead_letter_topic = Some(format!("{}.{}", args.dead_letter_prefix, pipeline.definition.name));
+        options.rebuild = args.rebuild;
+        options.stop_when_caught_up = args.until_caught_up;
+        let metrics = Arc::new(ProcessMetrics::default());
+        let reporter = tokio::spawn(report_progress(pipeline.definition.name.clone(), metrics.clone()));
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let result = runner::run(&pipeline, &options, metrics, stop).await;
+            reporter.abort();
+            result.map_err(|error| anyhow::Error::new(error))
+        });
+    }
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(error) => {
+                failure.get_or_insert(anyhow::anyhow!("a pipeline task failed: {error}"));
+            }
+        }
+    }
+    match failure {
+        Some(error) => Err(Failure::Runtime(error)),
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn default_pipelines() -> anyhow::Result<Vec<PathBuf>> {
+    let directory = PathBuf::from("sql/pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+        .map_err(|error| anyhow::anyhow!("cannot list {}: {error}; name the pipeline files to run", directory.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|extension| extension == "sql"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{} holds no .sql pipeline files", directory.display());
+    }
+    Ok(files)
+}
+
+/// A status line every 10 seconds per pipeline: events/s, end-to-end lag, consumer lag,
+/// checkpoint age.
+async fn report_progress(pipeline: String, metrics: Arc<ProcessMetrics>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    ticker.tick().await;
+    let mut previous_events = 0;
+    loop {
+        ticker.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or_default();
+        let events = metrics.events.load(Ordering::Relaxed);
+        let written_commit = metrics.written_commit_time_ms.load(Ordering::Relaxed);
+        let checkpoint = metrics.last_checkpoint_unix_ms.load(Ordering::Relaxed);
+        tracing::info!(
+            %pipeline,
+            events,
+            events_per_s = (events - previous_events) / 10,
+            rows_written = metrics.rows_written.load(Ordering::Relaxed),
+            dead_letters = metrics.dead_letters.load(Ordering::Relaxed),
+            consumer_lag = metrics.consumer_lag.load(Ordering::Relaxed),
+            commit_to_cassandra_lag_ms = (written_commit > 0).then(|| now_ms.saturating_sub(written_commit)),
+            checkpoint_age_ms = (checkpoint > 0).then(|| now_ms.saturating_sub(checkpoint)),
+            "progress"
+        );
+        previous_events = events;
+    }
+}
