@@ -25,7 +25,11 @@ pub fn init(format: LogFormat, level: Option<&str>, default_filter: &str) -> any
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.with_target(false).init(),
+        // Colours only on a terminal: a log file or a pipe gets plain `key=value` text.
+        LogFormat::Human => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -109,7 +109,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         tasks.spawn(async move {
             let result = runner::run(&pipeline, &options, metrics, stop).await;
             reporter.abort();
-            result.map_err(|error| anyhow::Error::new(error))
+            result.map_err(anyhow::Error::new)
         });
     }
     let mut failure = None;

@@ -11,7 +11,7 @@ use crate::harness::{
     run, services, stderr, unique_name, walflow, ScratchPostgres, TestDatabase, TestTopics,
 };
 
-struct Cdc {
+pub(crate) struct Cdc {
     child: Child,
 }
 
@@ -20,7 +20,7 @@ impl Cdc {
         Cdc::start_with(database, slot, topics, tables, &[])
     }
 
-    fn start_with(
+    pub(crate) fn start_with(
         database: &TestDatabase,
         slot: &str,
         topics: &TestTopics,
@@ -59,7 +59,7 @@ impl Cdc {
     }
 
     /// SIGTERM, then the exit status and what it logged.
-    fn stop(mut self) -> (Option<i32>, String) {
+    pub(crate) fn stop(mut self) -> (Option<i32>, String) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -81,7 +81,7 @@ impl Drop for Cdc {
     }
 }
 
-async fn wait_for_active_slot(database: &TestDatabase, slot: &str) {
+pub(crate) async fn wait_for_active_slot(database: &TestDatabase, slot: &str) {
     let client = database.client().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -142,7 +142,7 @@ fn kcat_messages(topic: &str, count: usize) -> Vec<Value> {
 }
 
 /// Waits until the slot has confirmed everything written so far.
-async fn wait_until_caught_up(client: &tokio_postgres::Client, slot: &str) {
+pub(crate) async fn wait_until_caught_up(client: &tokio_postgres::Client, slot: &str) {
     let end: String = client
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await
@@ -171,7 +171,7 @@ async fn wait_until_caught_up(client: &tokio_postgres::Client, slot: &str) {
 }
 
 /// Every message of `topic`, read by kcat from the beginning to its current end.
-fn kcat_all(topic: &str) -> Vec<Value> {
+pub(crate) fn kcat_all(topic: &str) -> Vec<Value> {
     let output = Command::new("timeout")
         .args([
             "60",

@@ -13,4 +13,5 @@ mod harness_cleanup;
 mod ingest;
 mod migrate;
 mod pgoutput;
+mod process;
 mod replication;

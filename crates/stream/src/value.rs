@@ -353,7 +353,7 @@ mod tests {
             ColumnType::Timestamp,
             ColumnType::Date,
         ];
-        let rows = vec![
+        let rows = [
             vec![
                 Value::Boolean(true),
                 Value::Int32(-7),

@@ -1,0 +1,395 @@
+//! walflow process against the real services: users ingested with churn flow through cdc and
+//! Kafka into Cassandra, and every shipped sink table must equal the same SQL evaluated by
+//! Postgres on the source table (the oracle), row by row, also after kill -9.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::cdc::{wait_until_caught_up, Cdc};
+use crate::harness::{
+    cassandra_session, repo_root, run, services, stderr, unique_name, walflow, FakeApi,
+    TestDatabase, TestKeyspace, TestTopics,
+};
+
+/// Everything one test needs: a migrated database with cdc streaming its users table into a
+/// topic prefix of its own, a keyspace, a fake API, and the shipped pipelines rewritten to
+/// read those topics and write that keyspace.
+struct Scenario {
+    /// First, so cdc stops before its database is dropped.
+    _cdc: Cdc,
+    database: TestDatabase,
+    topics: TestTopics,
+    keyspace: TestKeyspace,
+    api: FakeApi,
+    slot: String,
+    directory: tempfile::TempDir,
+}
+
+impl Scenario {
+    async fn start() -> Scenario {
+        let database = TestDatabase::migrated().await;
+        let topics = TestTopics::new();
+        let keyspace = TestKeyspace::create().await;
+        let api = FakeApi::start(&[]);
+        let slot = unique_name("walflow_slot");
+        let cdc = Cdc::start_with(&database, &slot, &topics, "public.users", &[]);
+        crate::cdc::wait_for_active_slot(&database, &slot).await;
+        let directory = tempfile::tempdir().unwrap();
+        let scenario = Scenario {
+            _cdc: cdc,
+            database,
+            topics,
+            keyspace,
+            api,
+            slot,
+            directory,
+        };
+        for name in ["users", "users_by_country"] {
+            let shipped = std::fs::read_to_string(
+                Path::new(repo_root()).join(format!("sql/pipelines/{name}.sql")),
+            )
+            .unwrap();
+            std::fs::write(scenario.pipeline(name), scenario.rewrite(&shipped)).unwrap();
+        }
+        scenario
+    }
+
+    /// Points a pipeline at this test's topics and keyspace.
+    fn rewrite(&self, text: &str) -> String {
+        text.replace(
+            "'walflow.public.users'",
+            &format!("'{}.public.users'", self.topics.prefix),
+        )
+        .replace("keyspace = 'walflow'", &format!("keyspace = '{}'", self.keyspace.name))
+    }
+
+    fn pipeline(&self, name: &str) -> PathBuf {
+        self.directory.path().join(format!("{name}.sql"))
+    }
+
+    fn checkpoints(&self) -> PathBuf {
+        self.directory.path().join("checkpoints")
+    }
+
+    fn ingest(&self, flags: &[&str]) {
+        let output = run(walflow(&self.database.url)
+            .args(["ingest", "--source", &self.api.url])
+            .args(flags));
+        assert!(output.status.success(), "ingest failed");
+    }
+
+    async fn cdc_caught_up(&self) {
+        wait_until_caught_up(&self.database.client().await, &self.slot).await;
+    }
+
+    fn process(&self, pipelines: &[&str]) -> Command {
+        let mut command = walflow(&self.database.url);
+        command
+            .args(["process", "--checkpoint-dir"])
+            .arg(self.checkpoints())
+            .args(["--dead-letter-prefix", &format!("{}.dead_letter", self.topics.prefix)]);
+        for name in pipelines {
+            command.arg(self.pipeline(name));
+        }
+        command
+    }
+
+    /// Runs the pipelines until they have read everything in their topics.
+    fn process_until_caught_up(&self, pipelines: &[&str]) -> String {
+        let output = run(self.process(pipelines).arg("--until-caught-up"));
+        assert!(output.status.success(), "walflow process failed");
+        stderr(&output)
+    }
+
+    /// Asserts that both shipped sink tables equal the oracle queries in Postgres.
+    async fn assert_sinks_equal_postgres(&self) {
+        let client = self.database.client().await;
+        client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+        let session = cassandra_session(&services().cassandra_nodes).await;
+
+        let expected_users = postgres_rows(
+            &client,
+            "SELECT json_build_object(
+                'id', id::text, 'first_name', first_name, 'last_name', last_name,
+                'gender', gender,
+                'address', concat_ws(' ', street_number::text, street_name, city, state, country),
+                'postcode', postcode, 'email', email, 'username', username,
+                'dob', floor(extract(epoch FROM dob) * 1000)::bigint,
+                'registered_at', floor(extract(epoch FROM registered_at) * 1000)::bigint,
+                'phone', phone, 'picture', picture_medium, 'country', country,
+                'updated_at', floor(extract(epoch FROM updated_at) * 1000)::bigint)
+             FROM users",
+            "id",
+        )
+        .await;
+        let actual_users = cassandra_rows(
+            &session,
+            &format!(
+                "SELECT JSON id, first_name, last_name, gender, address, postcode, email, \
+                 username, toUnixTimestamp(dob) AS dob, \
+                 toUnixTimestamp(registered_at) AS registered_at, phone, picture, country, \
+                 toUnixTimestamp(updated_at) AS updated_at FROM {}.created_users",
+                self.keyspace.name
+            ),
+            "id",
+        )
+        .await;
+        assert!(!expected_users.is_empty());
+        assert_same_rows("created_users", &actual_users, &expected_users);
+
+        let expected_countries = postgres_rows(
+            &client,
+            "SELECT json_build_object('country', country, 'users', count(*),
+                'avg_age_at_signup',
+                avg(date_part('year', registered_at) - date_part('year', dob)))
+             FROM users WHERE country IS NOT NULL GROUP BY country",
+            "country",
+        )
+        .await;
+        let actual_countries = cassandra_rows(
+            &session,
+            &format!("SELECT JSON * FROM {}.users_by_country", self.keyspace.name),
+            "country",
+        )
+        .await;
+        assert_same_rows("users_by_country", &actual_countries, &expected_countries);
+    }
+}
+
+async fn postgres_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    key: &str,
+) -> BTreeMap<String, Value> {
+    client
+        .query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let value: Value = row.get(0);
+            (value[key].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+async fn cassandra_rows(
+    session: &scylla::client::session::Session,
+    cql: &str,
+    key: &str,
+) -> BTreeMap<String, Value> {
+    let result = session
+        .query_unpaged(cql, ())
+        .await
+        .unwrap_or_else(|error| panic!("{cql}: {error}"))
+        .into_rows_result()
+        .unwrap();
+    result
+        .rows::<(String,)>()
+        .unwrap()
+        .map(|row| {
+            let value: Value = serde_json::from_str(&row.unwrap().0).unwrap();
+            (value[key].as_str().unwrap().to_owned(), value)
+        })
+        .collect()
+}
+
+/// Row by row; numbers compare within 1e-9 relative (averages are computed differently).
+fn assert_same_rows(table: &str, actual: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
+    let missing: Vec<&String> = expected.keys().filter(|key| !actual.contains_key(*key)).collect();
+    let extra: Vec<&String> = actual.keys().filter(|key| !expected.contains_key(*key)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{table}: {} rows missing from Cassandra (first {:?}), {} rows that Postgres does not have (first {:?})",
+        missing.len(),
+        missing.first(),
+        extra.len(),
+        extra.first()
+    );
+    for (key, expected_row) in expected {
+        let actual_row = &actual[key];
+        for (column, expected_value) in expected_row.as_object().unwrap() {
+            let actual_value = &actual_row[column];
+            let same = match (actual_value.as_f64(), expected_value.as_f64()) {
+                (Some(a), Some(e)) => (a - e).abs() <= 1e-9 * e.abs().max(1.0),
+                _ => actual_value == expected_value,
+            };
+            assert!(
+                same,
+                "{table} row {key}, column {column}: Cassandra has {actual_value}, Postgres says {expected_value}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn shipped_pipelines_equal_the_same_sql_in_postgres_through_churn_and_restarts() {
+    let scenario = Scenario::start().await;
+    scenario.ingest(&["--count", "1500", "--seed", "differential"]);
+    scenario.ingest(&["--count", "1500", "--seed", "differential", "--churn", "0.1"]);
+    scenario.cdc_caught_up().await;
+    scenario.process_until_caught_up(&["users", "users_by_country"]);
+    scenario.assert_sinks_equal_postgres().await;
+
+    // More churn; the next run resumes from its checkpoint.
+    scenario.ingest(&["--count", "1500", "--seed", "differential", "--churn", "0.2"]);
+    scenario.cdc_caught_up().await;
+    let log = scenario.process_until_caught_up(&["users", "users_by_country"]);
+    assert!(log.contains("resuming from the checkpoint"), "{log}");
+    scenario.assert_sinks_equal_postgres().await;
+}
+
+#[tokio::test]
+async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answer() {
+    let scenario = Scenario::start().await;
+    scenario.ingest(&["--count", "1000", "--seed", "crash"]);
+    // Churn keeps arriving while process is killed and restarted.
+    let database_url = scenario.database.url.clone();
+    let api_url = scenario.api.url.clone();
+    let writer = std::thread::spawn(move || {
+        for round in 0..6 {
+            let output = run(walflow(&database_url)
+                .args(["ingest", "--source", &api_url, "--count", "1000", "--seed", "crash"])
+                .args(["--churn", "0.15", "--batch-size", "100"]));
+            assert!(output.status.success(), "ingest round {round} failed");
+        }
+    });
+    let log_path = scenario.directory.path().join("process.log");
+    let mut seed = std::process::id() as u64 ^ 0x9e3779b97f4a7c15;
+    let mut kills = 0;
+    for trial in 0..12 {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let mut child: Child = scenario
+            .process(&["users", "users_by_country"])
+            .args(["--checkpoint-interval-ms", "200", "--batch-max-events", "200"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        // A pseudo-random moment between 0.3 and 2.3 s after start.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(300 + seed % 2000));
+        assert!(child.try_wait().unwrap().is_none(), "process exited early in trial {trial}");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+    }
+    writer.join().unwrap();
+    scenario.cdc_caught_up().await;
+    let log = scenario.process_until_caught_up(&["users", "users_by_country"]);
+    assert!(log.contains("resuming from the checkpoint"), "{log}");
+    assert_eq!(kills, 12);
+    let history = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        history.matches("resuming from the checkpoint").count() >= 5,
+        "most restarts resumed from a checkpoint written before the kill: {history}"
+    );
+    scenario.assert_sinks_equal_postgres().await;
+}
+
+#[tokio::test]
+async fn undecodable_events_go_to_the_dead_letter_topic_and_the_rest_flows_on() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let pipeline = directory.path().join("items.sql");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_json');
+             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'cassandra', keyspace = '{}');
+             INSERT INTO item_prices SELECT id, price FROM items;",
+            keyspace.name
+        ),
+    )
+    .unwrap();
+    let events = [
+        r#"{"before":null,"after":{"id":1,"price":2.5},"op":"c","source":{"ts_ms":1}}"#,
+        r#"{"before":null,"after":{"id":2,"price":"cheap"},"op":"c"}"#,
+        r#"not json at all"#,
+        r#"{"before":null,"after":{"id":3,"price":4},"op":"c"}"#,
+        r#"{"before":{"id":1,"price":2.5},"after":null,"op":"d"}"#,
+        r#"{"before":null,"after":{"id":4,"price":1},"op":"c"}"#,
+    ];
+    let mut kcat = Command::new("kcat")
+        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = kcat.stdin.as_mut().unwrap();
+        for event in events {
+            writeln!(stdin, "{event}").unwrap();
+        }
+    }
+    assert!(kcat.wait().unwrap().success());
+
+    let dead_letter_prefix = format!("{}.dead_letter", topics.prefix);
+    let output = run(walflow("postgres://unused@127.0.0.1/unused")
+        .args(["process", "--until-caught-up", "--checkpoint-dir"])
+        .arg(directory.path().join("checkpoints"))
+        .args(["--dead-letter-prefix", &dead_letter_prefix])
+        .arg(&pipeline));
+    assert!(output.status.success());
+
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let rows = cassandra_rows_by_int(&session, &format!("SELECT JSON * FROM {}.item_prices", keyspace.name)).await;
+    assert_eq!(rows, vec![(3, 4.0), (4, 1.0)], "the good events were applied around the bad ones");
+
+    let letters = crate::cdc::kcat_all(&format!("{dead_letter_prefix}.items"));
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let reasons: Vec<String> = letters
+        .iter()
+        .map(|letter| {
+            let headers = letter["headers"].as_array().unwrap();
+            let position = headers.iter().position(|h| h == "walflow.error").unwrap();
+            headers[position + 1].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(reasons[0].contains("`after.price` is \"cheap\""), "{reasons:?}");
+    assert!(reasons[1].contains("not a Debezium JSON change event"), "{reasons:?}");
+    assert_eq!(letters[1]["payload"], "not json at all", "the event is kept as it was");
+    let log = stderr(&output);
+    assert!(log.contains("dead_letters=2") || log.contains("dead_letters\":2"), "{log}");
+}
+
+async fn cassandra_rows_by_int(session: &scylla::client::session::Session, cql: &str) -> Vec<(i64, f64)> {
+    let result = session.query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap();
+    let mut rows: Vec<(i64, f64)> = result
+        .rows::<(String,)>()
+        .unwrap()
+        .map(|row| {
+            let value: Value = serde_json::from_str(&row.unwrap().0).unwrap();
+            (value["id"].as_i64().unwrap(), value["price"].as_f64().unwrap())
+        })
+        .collect();
+    rows.sort_by_key(|row| row.0);
+    rows
+}
+
+#[tokio::test]
+async fn a_broken_pipeline_file_is_refused_with_file_line_and_column() {
+    let directory = tempfile::tempdir().unwrap();
+    let shipped =
+        std::fs::read_to_string(Path::new(repo_root()).join("sql/pipelines/users_by_country.sql"))
+            .unwrap();
+    let broken = shipped.replace("GROUP BY country", "GROUP BY contry");
+    let path = directory.path().join("users_by_country.sql");
+    std::fs::write(&path, &broken).unwrap();
+    let output = run(walflow("postgres://unused@127.0.0.1/unused").arg("process").arg(&path));
+    assert_eq!(output.status.code(), Some(2));
+    let line = broken.lines().position(|line| line.contains("GROUP BY contry")).unwrap() + 1;
+    let expected = format!("{}:{line}:10: ", path.display());
+    assert!(stderr(&output).contains(&expected), "expected {expected} in {}", stderr(&output));
+    assert!(stderr(&output).contains("contry"));
+}
