@@ -36,6 +36,11 @@ def problems_of(config):
     for needed in ("walflow-migrate", "walflow-cdc", "walflow-process", "airflow", "kafka-ui"):
         if needed not in services:
             problems.append(f"no {needed} service")
+    for name in ("walflow-cdc", "walflow-process"):
+        if services.get(name, {}).get("profiles"):
+            problems.append(f"{name} sits behind a profile: a plain `docker compose up` would not run it")
+    if "/var/lib/walflow" not in volume_targets(services.get("walflow-process", {})):
+        problems.append("walflow-process keeps its checkpoints outside a volume: a new container would start over")
     if "/opt/airflow/dags" not in volume_targets(services.get("airflow", {})):
         problems.append("airflow does not mount airflow/dags")
     return problems, len(services)

@@ -43,6 +43,10 @@ enum BenchTarget {
         their ratio, and walflow's peak RSS.\n\n\
         Goals: at least 0.8 of pg_recvlogical and at least 50,000 rows/s; peak RSS under 64 MB.")]
     Cdc(CdcBenchArgs),
+    /// Events/s of the shipped pipelines draining a backlog, beside consume+decode and direct
+    /// Cassandra writes
+    #[command(long_about = "Produces a backlog of --events change events (inserts, updates,         deletes with tombstones, in the envelope walflow cdc writes) about --users users into a         scratch topic, then for each shipped pipeline (sql/pipelines/users.sql and         users_by_country.sql) measures, in the same run: consuming and decoding the topic with no         processing (the ceiling), the pipeline draining it into a scratch keyspace, and writing as         many rows as the pipeline wrote to Cassandra with the driver directly. With         --steady-rate: single-row transactions through cdc and the users pipeline, and the         Postgres-commit-to-Cassandra latency.\n\n        Goals: aggregate pipelines at least 0.7 of consume+decode and at least 100,000 events/s;         the mirror at least 0.8 of direct Cassandra writes; p99 under 100 ms at 1,000 changes/s.")]
+    Process(super::bench_process::ProcessBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +127,9 @@ pub async fn run(args: BenchArgs, global: &GlobalArgs) -> Result<ExitCode, Failu
     match args.target {
         BenchTarget::Ingest(args) => bench_ingest(args, &config).await.map_err(Failure::Runtime),
         BenchTarget::Cdc(args) => bench_cdc(args, &config).await.map_err(Failure::Runtime),
+        BenchTarget::Process(args) => super::bench_process::bench_process(args, &config)
+            .await
+            .map_err(Failure::Runtime),
     }
 }
 
@@ -531,7 +538,7 @@ async fn bench_cdc_latency(
 }
 
 /// The process's peak resident set (VmHWM), in MB.
-fn peak_rss_mb() -> f64 {
+pub(super) fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
@@ -546,7 +553,7 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// A database of its own for one benchmark run, named after `prefix` and this process.
-async fn create_scratch_database(admin: &Client, prefix: &str) -> anyhow::Result<String> {
+pub(super) async fn create_scratch_database(admin: &Client, prefix: &str) -> anyhow::Result<String> {
     let database = format!("{prefix}_{}", std::process::id());
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))
@@ -559,7 +566,7 @@ async fn create_scratch_database(admin: &Client, prefix: &str) -> anyhow::Result
 
 /// Drops a scratch database, and first its replication slots, which would keep it (ending
 /// the connections that still hold them).
-async fn drop_scratch_database(admin: &Client, database: &str) -> anyhow::Result<()> {
+pub(super) async fn drop_scratch_database(admin: &Client, database: &str) -> anyhow::Result<()> {
     for _ in 0..100 {
         let active: i64 = admin
             .query_one(
@@ -587,7 +594,7 @@ async fn drop_scratch_database(admin: &Client, database: &str) -> anyhow::Result
     Ok(())
 }
 
-async fn connect(url: &str) -> anyhow::Result<Client> {
+pub(super) async fn connect(url: &str) -> anyhow::Result<Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| {
         format!(
             "cannot connect to Postgres at {}",

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod bench;
+mod bench_process;
 mod cdc;
 mod doctor;
 mod fake_api;

@@ -197,7 +197,7 @@ pub(crate) fn kcat_all(topic: &str) -> Vec<Value> {
 }
 
 /// Runs scripts/services (the restart trials stop and start one service).
-fn scripts_services(arguments: &[&str]) {
+pub(crate) fn scripts_services(arguments: &[&str]) {
     let status = Command::new("bash")
         .arg("scripts/services")
         .args(arguments)

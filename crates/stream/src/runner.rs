@@ -87,6 +87,40 @@ pub struct ProcessMetrics {
     pub written_commit_time_ms: AtomicU64,
     /// Events left in Kafka after the last batch (end offsets minus positions).
     pub consumer_lag: AtomicU64,
+    /// Commit-to-Cassandra times of recent events (ms), bounded.
+    latencies_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
+}
+
+/// Enough recent samples for percentiles, bounded so memory stays flat.
+const LATENCY_SAMPLES: usize = 100_000;
+
+impl ProcessMetrics {
+    fn record_latencies(&self, commit_times_ms: &[u64]) {
+        if commit_times_ms.is_empty() {
+            return;
+        }
+        let now = unix_ms();
+        let mut samples = self
+            .latencies_ms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for &commit in commit_times_ms {
+            if samples.len() == LATENCY_SAMPLES {
+                samples.pop_front();
+            }
+            samples.push_back(now.saturating_sub(commit));
+        }
+    }
+
+    /// Commit-to-Cassandra latencies of recent events, in milliseconds.
+    pub fn latencies_ms(&self) -> Vec<u64> {
+        self.latencies_ms
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -310,6 +344,7 @@ pub async fn run(
         let mut positions: Vec<((String, i32), i64)> = Vec::new();
         let mut dead_letters = Vec::new();
         let mut newest_commit_ms = 0u64;
+        let mut commit_times_ms: Vec<u64> = Vec::new();
         let mut events = 0usize;
         let mut stopping = false;
         let deadline = tokio::time::Instant::now() + options.batch_max_wait;
@@ -332,8 +367,9 @@ pub async fn run(
                 let source = &pipeline.definition.sources[source_index];
                 match decode(source, message.payload()) {
                     Ok(Some(event)) => {
-                        if let Some(commit_ms) = event.commit_time_ms {
-                            newest_commit_ms = newest_commit_ms.max(commit_ms.max(0) as u64);
+                        if let Some(commit_ms) = event.commit_time_ms.filter(|&ms| ms > 0) {
+                            newest_commit_ms = newest_commit_ms.max(commit_ms as u64);
+                            commit_times_ms.push(commit_ms as u64);
                         }
                         let source_state = state
                             .sources
@@ -410,6 +446,7 @@ pub async fn run(
             }
             match result {
                 Ok(rows) => {
+                    metrics.record_latencies(&commit_times_ms);
                     summary.rows_written += rows;
                     metrics.rows_written.fetch_add(rows, Ordering::Relaxed);
                     break;

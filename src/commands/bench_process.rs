@@ -1,0 +1,517 @@
+//! `walflow bench process`: the shipped pipelines draining a backlog of change events,
+//! beside two ceilings measured in the same run: consuming and decoding the same topic with
+//! no processing, and writing the same number of rows to Cassandra with the driver directly.
+//! With `--steady-rate`: commit-to-Cassandra latency end to end (Postgres commit -> cdc ->
+//! Kafka -> process -> Cassandra) at a steady rate of single-row transactions.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::util::DefaultRuntime;
+use rdkafka::ClientConfig;
+use serde::Serialize;
+use serde_json::json;
+use walflow_stream::definition::PipelineDefinition;
+use walflow_stream::runner::{self, Pipeline, ProcessMetrics, ProcessOptions};
+
+use super::bench::{connect, create_scratch_database, drop_scratch_database, peak_rss_mb};
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub struct ProcessBenchArgs {
+    /// Change events in the backlog (inserts, then updates and deletes with their tombstones)
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+
+    /// Distinct users the events are about
+    #[arg(long, default_value_t = 100_000)]
+    users: u64,
+
+    /// Instead of a backlog: commit single-row transactions at this steady rate through cdc
+    /// and the users pipeline, and report commit-to-Cassandra latency percentiles
+    #[arg(long, value_name = "CHANGES_PER_SECOND")]
+    steady_rate: Option<u64>,
+
+    /// How long the steady run lasts
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    steady_seconds: u64,
+
+    /// Print one JSON object
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PipelineFigures {
+    pipeline: String,
+    events: u64,
+    seconds: f64,
+    events_per_second: f64,
+    consume_decode_events_per_second: f64,
+    ratio_to_consume_decode: f64,
+    rows_written: u64,
+    rows_written_per_second: f64,
+    cassandra_direct_rows_per_second: f64,
+    ratio_to_cassandra_direct: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct ProcessBenchReport {
+    events: u64,
+    users: u64,
+    pipelines: Vec<PipelineFigures>,
+    peak_rss_mb: f64,
+}
+
+pub async fn bench_process(args: ProcessBenchArgs, config: &Config) -> anyhow::Result<std::process::ExitCode> {
+    if let Some(rate) = args.steady_rate {
+        return steady(rate, args.steady_seconds, args.json, config).await;
+    }
+    let run_id = format!("walflow_bench_{}", std::process::id());
+    let topic = format!("{run_id}.public.users");
+    let keyspace = run_id.clone();
+    let checkpoints = std::env::temp_dir().join(format!("{run_id}_checkpoints"));
+
+    eprintln!("bench process: producing {} change events about {} users into {topic}", args.events, args.users);
+    let produced = produce_backlog(&config.kafka_brokers, &topic, args.events, args.users.max(1))?;
+
+    let mut figures = Vec::new();
+    let result: anyhow::Result<()> = async {
+        for name in ["users", "users_by_country"] {
+            let path = Path::new("sql/pipelines").join(format!("{name}.sql"));
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {} (run bench from the repository)", path.display()))?;
+            let text = text
+                .replace("'walflow.public.users'", &format!("'{topic}'"))
+                .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'"));
+            let definition = PipelineDefinition::parse(&path, &text)?;
+            let queries = walflow_stream::plan::compile(&definition).await?;
+            let pipeline = Pipeline { definition, queries };
+
+            let source = pipeline.definition.sources[0].clone();
+            eprintln!("bench process: {name}: consume + decode ceiling");
+            let ceiling = consume_and_decode(&config.kafka_brokers, &topic, &source).await?;
+
+            eprintln!("bench process: {name}: the pipeline");
+            let mut options = ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+            options.checkpoint_dir = checkpoints.clone();
+            options.stop_when_caught_up = true;
+            options.dead_letter_topic = Some(format!("{run_id}.dead_letter.{name}"));
+            let metrics = Arc::new(ProcessMetrics::default());
+            let (_stop_sender, stop) = tokio::sync::watch::channel(false);
+            let started = Instant::now();
+            let summary = runner::run(&pipeline, &options, metrics, stop).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            anyhow::ensure!(
+                summary.events == produced,
+                "{name} read {} events of {produced}",
+                summary.events
+            );
+
+            eprintln!("bench process: {name}: Cassandra write ceiling ({} rows)", summary.rows_written);
+            let direct = cassandra_direct(&config.cassandra_nodes, &keyspace, summary.rows_written.max(1)).await?;
+            let events_per_second = summary.events as f64 / seconds;
+            let rows_written_per_second = summary.rows_written as f64 / seconds;
+            figures.push(PipelineFigures {
+                pipeline: name.to_owned(),
+                events: summary.events,
+                seconds,
+                events_per_second,
+                consume_decode_events_per_second: ceiling,
+                ratio_to_consume_decode: events_per_second / ceiling,
+                rows_written: summary.rows_written,
+                rows_written_per_second,
+                cassandra_direct_rows_per_second: direct,
+                ratio_to_cassandra_direct: rows_written_per_second / direct,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    cleanup(config, &[topic.as_str()], &keyspace).await;
+    let _ = std::fs::remove_dir_all(&checkpoints);
+    result?;
+
+    let report = ProcessBenchReport {
+        events: produced,
+        users: args.users,
+        pipelines: figures,
+        peak_rss_mb: peak_rss_mb(),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("bench process: {} change events about {} users (one Kafka partition)", report.events, report.users);
+        for figure in &report.pipelines {
+            println!(
+                "  {:<17} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
+                 {} rows written, {:.0} rows/s = {:.2} of direct Cassandra writes ({:.0} rows/s)",
+                figure.pipeline,
+                figure.events_per_second,
+                figure.seconds,
+                figure.ratio_to_consume_decode,
+                figure.consume_decode_events_per_second,
+                figure.rows_written,
+                figure.rows_written_per_second,
+                figure.ratio_to_cassandra_direct,
+                figure.cassandra_direct_rows_per_second,
+            );
+        }
+        println!("  peak RSS {:.1} MB", report.peak_rss_mb);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+const COUNTRIES: [&str; 10] = [
+    "Brazil", "Canada", "France", "Germany", "India", "Japan", "Norway", "Spain",
+    "United Kingdom", "United States",
+];
+
+/// A users row as cdc would send it (the columns of sql/schema/0001_users.sql), varied by
+/// `version` so updates change something.
+fn user_row(user: u64, version: u64) -> serde_json::Value {
+    let mix = user.wrapping_mul(0x9e3779b97f4a7c15) ^ version.wrapping_mul(0xbf58476d1ce4e5b9);
+    let birth_year = 1950 + mix % 50;
+    let signup_year = 2005 + (mix >> 8) % 15;
+    json!({
+        "id": format!("00000000-0000-4000-8000-{user:012x}"),
+        "gender": if mix % 2 == 0 { "female" } else { "male" },
+        "title": "Mx",
+        "first_name": format!("First{}", mix % 1000),
+        "last_name": format!("Last{}", (mix >> 10) % 1000),
+        "street_number": (mix % 9000) as i64 + 1,
+        "street_name": "Main Street",
+        "city": "Springfield",
+        "state": "State",
+        "country": COUNTRIES[((mix >> 20) % 10) as usize],
+        "postcode": format!("{:05}", mix % 100_000),
+        "latitude": 12.5,
+        "longitude": -45.25,
+        "timezone_offset": "+1:00",
+        "timezone_name": "Europe",
+        "email": format!("user{user}.v{version}@example.com"),
+        "username": format!("user{user}"),
+        "dob": format!("{birth_year}-03-04T05:06:07.123Z"),
+        "registered_at": format!("{signup_year}-07-08T09:10:11.456Z"),
+        "phone": "555-0100",
+        "cell": "555-0101",
+        "picture_large": "https://example.com/large.jpg",
+        "picture_medium": "https://example.com/medium.jpg",
+        "picture_thumbnail": "https://example.com/thumb.jpg",
+        "nat": "US",
+        "ingested_at": "2026-11-25T00:00:00Z",
+        "updated_at": format!("2026-11-25T00:00:{:02}Z", version % 60),
+    })
+}
+
+/// Inserts for every user first, then updates (80%) and deletes (20%, each with its
+/// tombstone, and the user inserted again later), as cdc would write them.
+fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyhow::Result<u64> {
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.kbytes", "65536")
+        .create()?;
+    let mut versions: Vec<Option<u64>> = vec![None; users as usize];
+    let mut produced = 0u64;
+    let mut step = 0u64;
+    let envelope = |before: Option<serde_json::Value>, after: Option<serde_json::Value>, op: &str| {
+        json!({
+            "before": before, "after": after,
+            "source": {"version": "walflow-bench", "connector": "postgresql", "name": "bench",
+                       "ts_ms": 1_795_000_000_000u64, "snapshot": "false", "db": "bench",
+                       "schema": "public", "table": "users", "txId": 1, "lsn": 1},
+            "op": op, "ts_ms": 1_795_000_000_000u64, "transaction": null
+        })
+        .to_string()
+    };
+    let send = |key: &str, value: Option<&str>| -> anyhow::Result<()> {
+        loop {
+            let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key(key);
+            if let Some(value) = value {
+                record = record.payload(value);
+            }
+            match producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((error, _)) => return Err(error.into()),
+            }
+        }
+    };
+    while produced < events {
+        let user = if step < users { step } else { step.wrapping_mul(0x2545f4914f6cdd1d) % users };
+        step += 1;
+        let key = json!({ "id": format!("00000000-0000-4000-8000-{user:012x}") }).to_string();
+        let slot = &mut versions[user as usize];
+        match *slot {
+            None => {
+                let value = envelope(None, Some(user_row(user, 0)), "c");
+                send(&key, Some(&value))?;
+                *slot = Some(0);
+                produced += 1;
+            }
+            Some(version) if step % 5 != 0 => {
+                let value = envelope(Some(user_row(user, version)), Some(user_row(user, version + 1)), "u");
+                send(&key, Some(&value))?;
+                *slot = Some(version + 1);
+                produced += 1;
+            }
+            Some(version) => {
+                let value = envelope(Some(user_row(user, version)), None, "d");
+                send(&key, Some(&value))?;
+                send(&key, None)?;
+                *slot = None;
+                produced += 2;
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(produced)
+}
+
+/// The ceiling: reading the topic and decoding each event for `source`, nothing else.
+async fn consume_and_decode(
+    brokers: &str,
+    topic: &str,
+    source: &walflow_stream::definition::SourceTable,
+) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer<rdkafka::consumer::DefaultConsumerContext, DefaultRuntime> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("{topic}-ceiling"))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "20")
+            .create()?;
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let (_, high) = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)))?;
+    let started = Instant::now();
+    let mut read = 0i64;
+    let mut decoded = 0u64;
+    while read < high {
+        let message = consumer.recv().await?;
+        read = message.offset() + 1;
+        if let Ok(Some(_)) = walflow_stream::decode::decode(source, message.payload()) {
+            decoded += 1;
+        }
+    }
+    anyhow::ensure!(decoded > 0, "nothing decoded from {topic}");
+    Ok(high as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The other ceiling: `rows` rows of the created_users shape written with the driver
+/// directly (prepared INSERT, 64 in flight, as the sink does).
+async fn cassandra_direct(nodes: &[String], keyspace: &str, rows: u64) -> anyhow::Result<f64> {
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let session = Arc::new(
+        scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(nodes)
+            .build()
+            .await?,
+    );
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.direct_ceiling (id text PRIMARY KEY, \
+                 first_name text, last_name text, gender text, address text, postcode text, \
+                 email text, username text, dob timestamp, registered_at timestamp, phone text, \
+                 picture text, country text, updated_at timestamp)"
+            ),
+            (),
+        )
+        .await?;
+    let insert = Arc::new(
+        session
+            .prepare(format!(
+                "INSERT INTO {keyspace}.direct_ceiling (id, first_name, last_name, gender, address, \
+                 postcode, email, username, dob, registered_at, phone, picture, country, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .await?,
+    );
+    let started = Instant::now();
+    stream::iter(0..rows)
+        .map(|row| {
+            let session = session.clone();
+            let insert = insert.clone();
+            async move {
+                use scylla::value::{CqlTimestamp, CqlValue};
+                let text = |value: String| Some(CqlValue::Text(value));
+                let values: Vec<Option<CqlValue>> = vec![
+                    text(format!("00000000-0000-4000-8000-{row:012x}")),
+                    text(format!("First{}", row % 1000)),
+                    text(format!("Last{}", row % 997)),
+                    text("female".into()),
+                    text(format!("{} Main Street Springfield State Canada", row % 9000)),
+                    text(format!("{:05}", row % 100_000)),
+                    text(format!("user{row}@example.com")),
+                    text(format!("user{row}")),
+                    Some(CqlValue::Timestamp(CqlTimestamp(-500_000_000_000))),
+                    Some(CqlValue::Timestamp(CqlTimestamp(1_500_000_000_000))),
+                    text("555-0100".into()),
+                    text("https://example.com/medium.jpg".into()),
+                    text("Canada".into()),
+                    Some(CqlValue::Timestamp(CqlTimestamp(1_795_000_000_000))),
+                ];
+                session.execute_unpaged(&insert, values).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<()>()
+        .await?;
+    Ok(rows as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn cleanup(config: &Config, topics: &[&str], keyspace: &str) {
+    if let Err(error) = walflow_cdc::sink::delete_topics(&config.kafka_brokers, topics).await {
+        tracing::warn!(%error, "could not delete the benchmark topics");
+    }
+    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&config.cassandra_nodes)
+        .build()
+        .await
+    {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+            .await;
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SteadyReport {
+    rate: u64,
+    seconds: u64,
+    samples: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// Single-row inserts into a scratch users table at a steady rate, through cdc and the users
+/// pipeline (both in this process); each latency runs from the Postgres commit time in the
+/// event to the moment Cassandra accepted the batch holding it.
+async fn steady(rate: u64, seconds: u64, as_json: bool, config: &Config) -> anyhow::Result<std::process::ExitCode> {
+    use walflow_cdc::pipeline::{self as cdc, CdcOptions, SnapshotMode};
+    use walflow_cdc::sink::Sink;
+
+    let admin = connect(config.postgres_url.expose()).await?;
+    let database = create_scratch_database(&admin, "walflow_bench_process").await?;
+    let keyspace = database.clone();
+    let result: anyhow::Result<SteadyReport> = async {
+        let mut url = url::Url::parse(config.postgres_url.expose())?;
+        url.set_path(&format!("/{database}"));
+        let mut client = connect(url.as_str()).await?;
+        walflow_ingest::schema::migrate(&mut client).await?;
+        let options = CdcOptions {
+            postgres_url: url.to_string(),
+            slot: format!("{database}_walflow"),
+            publication: format!("{database}_pub"),
+            tables: vec!["public.users".to_owned()],
+            topic_prefix: database.clone(),
+            tombstones: true,
+            status_interval: Duration::from_millis(100),
+            snapshot: SnapshotMode::Never,
+            stop_at: None,
+            snapshot_progress: None,
+        };
+        let (stop_sender, stop) = tokio::sync::watch::channel(false);
+        let sink = Sink::kafka(&config.kafka_brokers)?;
+        let cdc_task = tokio::spawn(async move { cdc::run(&options, sink, stop.clone()).await });
+        let slot = format!("{database}_walflow");
+        for _ in 0..200 {
+            let active: Option<bool> = client
+                .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+                .await?
+                .map(|row| row.get(0));
+            if active == Some(true) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // One row first so the topic exists when the pipeline starts.
+        let insert = client
+            .prepare(
+                "INSERT INTO users (id, first_name, last_name, email, username, country, dob, registered_at) \
+                 VALUES (gen_random_uuid(), 'Ada', 'Lovelace', 'ada@example.com', 'ada', 'France', \
+                 '1990-01-01', '2020-01-01')",
+            )
+            .await?;
+        client.execute(&insert, &[]).await?;
+
+        let path = Path::new("sql/pipelines/users.sql");
+        let text = std::fs::read_to_string(path)
+            .context("cannot read sql/pipelines/users.sql (run bench from the repository)")?
+            .replace("'walflow.public.users'", &format!("'{database}.public.users'"))
+            .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'"));
+        let definition = PipelineDefinition::parse(path, &text)?;
+        let queries = walflow_stream::plan::compile(&definition).await?;
+        let pipeline = Pipeline { definition, queries };
+        let mut process_options = ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+        process_options.checkpoint_dir = std::env::temp_dir().join(format!("{database}_checkpoints"));
+        process_options.batch_max_wait = Duration::from_millis(5);
+        let metrics = Arc::new(ProcessMetrics::default());
+        let process_metrics = metrics.clone();
+        let (process_stop_sender, process_stop) = tokio::sync::watch::channel(false);
+        let process_task = tokio::spawn(async move {
+            runner::run(&pipeline, &process_options, process_metrics, process_stop).await
+        });
+        // Let the pipeline connect and catch up with the first row before measuring.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metrics.latencies_ms().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let warmup = metrics.latencies_ms().len();
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for _ in 0..rate * seconds {
+            ticker.tick().await;
+            client.execute(&insert, &[]).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let _ = process_stop_sender.send(true);
+        let _ = stop_sender.send(true);
+        process_task.await??;
+        cdc_task.await??;
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{database}_checkpoints")));
+        let mut latencies: Vec<u64> = metrics.latencies_ms().into_iter().skip(warmup).collect();
+        latencies.sort_unstable();
+        let percentile = |share: f64| {
+            latencies
+                .get(((latencies.len() as f64 * share) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0) as f64
+        };
+        Ok(SteadyReport {
+            rate,
+            seconds,
+            samples: latencies.len(),
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            max_ms: latencies.last().copied().unwrap_or(0) as f64,
+        })
+    }
+    .await;
+    cleanup(config, &[format!("{database}.public.users").as_str()], &keyspace).await;
+    drop_scratch_database(&admin, &database).await?;
+    let report = result?;
+    if as_json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "bench process --steady-rate {}: {} changes over {} s, Postgres commit -> Cassandra: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+            report.rate, report.samples, report.seconds, report.p50_ms, report.p99_ms, report.max_ms
+        );
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
