@@ -2,8 +2,11 @@
 //! source's declared columns. An event that does not fit is an error with the reason; the
 //! runner sends it to the dead-letter topic.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
-use serde_json::{Map, Value as Json};
+use serde_json::value::RawValue;
+use serde_json::Value as Json;
 
 use crate::definition::SourceTable;
 use crate::operators::normalize::SourceChange;
@@ -12,13 +15,16 @@ use crate::value::{ColumnType, Row, Value};
 /// Debezium's marker for a TOASTed value Postgres did not send.
 pub const UNAVAILABLE_MARKER: &str = "__debezium_unavailable_value";
 
+/// The envelope with its two images left as raw JSON text: only the declared columns of an
+/// image are ever turned into values, the others are skipped without allocating.
 #[derive(Debug, Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    before: Option<Map<String, Json>>,
-    #[serde(default)]
-    after: Option<Map<String, Json>>,
-    op: String,
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    before: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    after: Option<&'a RawValue>,
+    #[serde(borrow)]
+    op: Cow<'a, str>,
     #[serde(default)]
     source: Option<SourceBlock>,
 }
@@ -41,17 +47,15 @@ pub fn decode(source: &SourceTable, payload: Option<&[u8]>) -> Result<Option<Dec
     let Some(payload) = payload else {
         return Ok(None);
     };
-    let envelope: Envelope = serde_json::from_slice(payload)
+    let envelope: Envelope<'_> = serde_json::from_slice(payload)
         .map_err(|error| format!("not a Debezium JSON change event: {error}"))?;
     let commit_time_ms = envelope.source.as_ref().and_then(|source| source.ts_ms);
-    let change = match envelope.op.as_str() {
+    let change = match envelope.op.as_ref() {
         "c" | "r" | "u" => {
-            let after = envelope
-                .after
-                .as_ref()
+            let after = image(envelope.after)
                 .ok_or_else(|| format!("op '{}' without an `after` row", envelope.op))?;
             let (after, unavailable) = row(source, after, "after")?;
-            let before = match &envelope.before {
+            let before = match image(envelope.before) {
                 Some(before) if envelope.op == "u" => Some(row(source, before, "before")?.0),
                 _ => None,
             };
@@ -62,9 +66,7 @@ pub fn decode(source: &SourceTable, payload: Option<&[u8]>) -> Result<Option<Dec
             }
         }
         "d" => {
-            let before = envelope
-                .before
-                .as_ref()
+            let before = image(envelope.before)
                 .ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
             SourceChange::Delete {
                 before: row(source, before, "before")?.0,
@@ -79,23 +81,38 @@ pub fn decode(source: &SourceTable, payload: Option<&[u8]>) -> Result<Option<Dec
     }))
 }
 
+/// An image, unless absent or `null`.
+fn image(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|raw| raw.get() != "null")
+}
+
 /// The declared columns of one image. A column the event lacks reads as NULL (a column the
 /// table does not have, or one dropped since); a key column must be there.
 fn row(
     source: &SourceTable,
-    image: &Map<String, Json>,
+    image: &RawValue,
     image_name: &str,
 ) -> Result<(Row, Vec<usize>), String> {
+    let mut found: Vec<Option<Json>> = vec![None; source.columns.len()];
+    let mut deserializer = serde_json::Deserializer::from_str(image.get());
+    serde::Deserializer::deserialize_map(
+        &mut deserializer,
+        ImageVisitor {
+            source,
+            found: &mut found,
+        },
+    )
+    .map_err(|error| format!("`{image_name}` is not a JSON object of columns: {error}"))?;
     let mut row = Vec::with_capacity(source.columns.len());
     let mut unavailable = Vec::new();
-    for (index, column) in source.columns.iter().enumerate() {
-        let json = image.get(&column.name).unwrap_or(&Json::Null);
+    for (index, (column, json)) in source.columns.iter().zip(found).enumerate() {
+        let json = json.unwrap_or(Json::Null);
         if json.as_str() == Some(UNAVAILABLE_MARKER) {
             unavailable.push(index);
             row.push(Value::Text(UNAVAILABLE_MARKER.to_owned()));
             continue;
         }
-        let value = json_to_value(json, column.column_type).ok_or_else(|| {
+        let value = json_to_value(&json, column.column_type).ok_or_else(|| {
             format!(
                 "`{image_name}.{}` is {json}, which is not a {} value",
                 column.name,
@@ -111,6 +128,37 @@ fn row(
         row.push(value);
     }
     Ok((row, unavailable))
+}
+
+/// Walks an image object once, keeping the declared columns and skipping the rest.
+struct ImageVisitor<'s> {
+    source: &'s SourceTable,
+    found: &'s mut Vec<Option<Json>>,
+}
+
+impl<'de> serde::de::Visitor<'de> for ImageVisitor<'_> {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+        formatter.write_str("an object of column values")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self
+                .source
+                .columns
+                .iter()
+                .position(|column| column.name == key.as_ref())
+            {
+                Some(index) => self.found[index] = Some(map.next_value::<Json>()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One JSON value in the declared type, as docs/events.md maps Postgres types.

@@ -22,6 +22,7 @@ use crate::operators::aggregate::AggregateState;
 use crate::operators::normalize::{SourceOutput, SourceState};
 use crate::operators::{stateless, Changes};
 use crate::plan::{compile, CompiledQuery};
+use crate::definition::SinkTable;
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
 
 #[derive(Debug, Clone)]
@@ -331,6 +332,13 @@ pub async fn run(
     let mut summary = RunSummary::default();
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
+    let sink = Arc::new(sink);
+    let sinks: Arc<Vec<SinkTable>> =
+        Arc::new(pipeline.queries.iter().map(|query| query.sink.clone()).collect());
+    let mut in_flight: Option<tokio::task::JoinHandle<Option<BatchWrite>>> = None;
+    // How far the consumer has read (ahead of the checkpointed offsets while a batch is in
+    // flight).
+    let mut read_positions: BTreeMap<(String, i32), i64> = state.offsets.clone();
     tracing::info!(pipeline = %name, topics = ?topics, group = %group, dead_letter_topic = %dead_letter_topic, "processing");
 
     loop {
@@ -419,15 +427,100 @@ pub async fn run(
             deltas.push(delta);
         }
 
-        // Write to Cassandra and hand dead letters to Kafka, retrying until both succeed.
+        // Batch N is written while batch N+1 is read and evaluated: wait for the previous
+        // write first (so each key's writes stay in order), then start this one.
+        let batch = BatchWrite {
+            deltas,
+            dead_letters,
+            positions,
+            commit_times_ms,
+            newest_commit_ms,
+            events,
+        };
+        for (key, next) in &batch.positions {
+            let entry = read_positions.entry(key.clone()).or_insert(*next);
+            *entry = (*entry).max(*next);
+        }
+        if let Some(previous) = in_flight.take() {
+            match previous.await.map_err(|error| fail(format!("a write task failed: {error}")))? {
+                Some(written) => finish(written, &mut state, &mut summary, &metrics),
+                None => return Ok(summary),
+            }
+        }
+        let writer = BatchWriter {
+            sink: sink.clone(),
+            sinks: sinks.clone(),
+            producer: producer.clone(),
+            dead_letter_topic: dead_letter_topic.clone(),
+            pipeline: name.clone(),
+            metrics: metrics.clone(),
+            stop: stop.clone(),
+        };
+        in_flight = Some(tokio::spawn(writer.write(batch)));
+        dirty |= events > 0;
+
+        let caught_up = stop_at.as_ref().is_some_and(|ends| {
+            ends.iter().all(|(key, &end)| read_positions.get(key).copied().unwrap_or(0) >= end)
+        });
+        if stopping || caught_up || (dirty && last_checkpoint.elapsed() >= options.checkpoint_interval) {
+            // A checkpoint pairs offsets with state: nothing may be in flight.
+            if let Some(previous) = in_flight.take() {
+                match previous.await.map_err(|error| fail(format!("a write task failed: {error}")))? {
+                    Some(written) => finish(written, &mut state, &mut summary, &metrics),
+                    None => return Ok(summary),
+                }
+            }
+            if dirty {
+                write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
+                commit_offsets(&consumer, &state);
+                metrics.consumer_lag.store(consumer_lag(&consumer, &state), Ordering::Relaxed);
+                dirty = false;
+            }
+            last_checkpoint = Instant::now();
+        }
+        if stopping || caught_up {
+            break;
+        }
+    }
+    tracing::info!(pipeline = %name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, "stopped");
+    Ok(summary)
+}
+
+/// One micro-batch on its way to Cassandra.
+struct BatchWrite {
+    deltas: Vec<SinkDelta>,
+    dead_letters: Vec<DeadLetter>,
+    positions: Vec<((String, i32), i64)>,
+    commit_times_ms: Vec<u64>,
+    newest_commit_ms: u64,
+    events: usize,
+}
+
+/// What a write task needs; it owns its share so it can run beside the next batch.
+struct BatchWriter {
+    sink: Arc<CassandraSink>,
+    sinks: Arc<Vec<SinkTable>>,
+    producer: FutureProducer,
+    dead_letter_topic: String,
+    pipeline: String,
+    metrics: Arc<ProcessMetrics>,
+    stop: watch::Receiver<bool>,
+}
+
+impl BatchWriter {
+    /// Writes to Cassandra and hands dead letters to Kafka, retrying until both succeed;
+    /// `None` when asked to stop first (the batch's offsets then never reach a checkpoint,
+    /// so the next run processes it again).
+    async fn write(mut self, batch: BatchWrite) -> Option<BatchWrite> {
+        let name = &self.pipeline;
         let mut backoff = RETRY_MIN;
         loop {
             let mut result: Result<u64, String> = Ok(0);
-            for (query, delta) in pipeline.queries.iter().zip(&deltas) {
+            for (sink_table, delta) in self.sinks.iter().zip(&batch.deltas) {
                 if delta.is_empty() {
                     continue;
                 }
-                match sink.write(&query.sink, delta).await {
+                match self.sink.write(sink_table, delta).await {
                     Ok(()) => {
                         if let Ok(rows) = &mut result {
                             *rows += delta.len() as u64;
@@ -439,64 +532,60 @@ pub async fn run(
                     }
                 }
             }
-            if result.is_ok() && !dead_letters.is_empty() {
-                if let Err(error) = send_dead_letters(&producer, &dead_letter_topic, &name, &dead_letters).await {
-                    result = Err(format!("dead-letter topic {dead_letter_topic}: {error}"));
+            if result.is_ok() && !batch.dead_letters.is_empty() {
+                if let Err(error) =
+                    send_dead_letters(&self.producer, &self.dead_letter_topic, name, &batch.dead_letters).await
+                {
+                    result = Err(format!("dead-letter topic {}: {error}", self.dead_letter_topic));
                 }
             }
             match result {
                 Ok(rows) => {
-                    metrics.record_latencies(&commit_times_ms);
-                    summary.rows_written += rows;
-                    metrics.rows_written.fetch_add(rows, Ordering::Relaxed);
-                    break;
+                    self.metrics.record_latencies(&batch.commit_times_ms);
+                    self.metrics.rows_written.fetch_add(rows, Ordering::Relaxed);
+                    if !batch.dead_letters.is_empty() {
+                        tracing::warn!(pipeline = %name, count = batch.dead_letters.len(), topic = %self.dead_letter_topic, first_reason = %batch.dead_letters[0].reason, "events sent to the dead-letter topic");
+                    }
+                    return Some(batch);
                 }
                 Err(error) => {
-                    metrics.cassandra_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.cassandra_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "writing the batch failed; holding position and retrying");
-                    if sleep_or_stop(backoff, &mut stop).await {
-                        // Stopped while the batch is not written: its offsets never reach
-                        // a checkpoint, so the next run processes it again.
-                        return Ok(summary);
+                    if sleep_or_stop(backoff, &mut self.stop).await {
+                        return None;
                     }
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
         }
-        if !dead_letters.is_empty() {
-            tracing::warn!(pipeline = %name, count = dead_letters.len(), topic = %dead_letter_topic, first_reason = %dead_letters[0].reason, "events sent to the dead-letter topic");
-        }
-
-        for (key, next) in positions {
-            let entry = state.offsets.entry(key).or_insert(next);
-            *entry = (*entry).max(next);
-        }
-        dirty |= events > 0;
-        summary.events += events as u64;
-        summary.dead_letters += dead_letters.len() as u64;
-        metrics.events.fetch_add(events as u64, Ordering::Relaxed);
-        metrics.dead_letters.fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
-        metrics.batches.fetch_add(1, Ordering::Relaxed);
-        if newest_commit_ms > 0 {
-            metrics.written_commit_time_ms.fetch_max(newest_commit_ms, Ordering::Relaxed);
-        }
-
-        let caught_up = stop_at.as_ref().is_some_and(|ends| {
-            ends.iter().all(|(key, &end)| state.offsets.get(key).copied().unwrap_or(0) >= end)
-        });
-        if dirty && (stopping || caught_up || last_checkpoint.elapsed() >= options.checkpoint_interval) {
-            write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
-            commit_offsets(&consumer, &state);
-            metrics.consumer_lag.store(consumer_lag(&consumer, &state), Ordering::Relaxed);
-            last_checkpoint = Instant::now();
-            dirty = false;
-        }
-        if stopping || caught_up {
-            break;
-        }
     }
-    tracing::info!(pipeline = %name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, "stopped");
-    Ok(summary)
+}
+
+/// A batch is in Cassandra: its offsets may now enter the next checkpoint.
+fn finish(
+    written: BatchWrite,
+    state: &mut Checkpoint,
+    summary: &mut RunSummary,
+    metrics: &ProcessMetrics,
+) {
+    for (key, next) in written.positions {
+        let entry = state.offsets.entry(key).or_insert(next);
+        *entry = (*entry).max(next);
+    }
+    let rows: u64 = written.deltas.iter().map(|delta| delta.len() as u64).sum();
+    summary.rows_written += rows;
+    summary.events += written.events as u64;
+    summary.dead_letters += written.dead_letters.len() as u64;
+    metrics.events.fetch_add(written.events as u64, Ordering::Relaxed);
+    metrics
+        .dead_letters
+        .fetch_add(written.dead_letters.len() as u64, Ordering::Relaxed);
+    metrics.batches.fetch_add(1, Ordering::Relaxed);
+    if written.newest_commit_ms > 0 {
+        metrics
+            .written_commit_time_ms
+            .fetch_max(written.newest_commit_ms, Ordering::Relaxed);
+    }
 }
 
 /// One query over a batch of source changes: lower steps, aggregate, upper steps.
