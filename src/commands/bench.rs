@@ -45,7 +45,9 @@ enum BenchTarget {
     Cdc(CdcBenchArgs),
     /// Events/s of the shipped pipelines draining a backlog, beside consume+decode and direct
     /// Cassandra writes
-    #[command(long_about = "Produces a backlog of --events change events (inserts, updates,         deletes with tombstones, in the envelope walflow cdc writes) about --users users into a         scratch topic, then for each shipped pipeline (sql/pipelines/users.sql and         users_by_country.sql) measures, in the same run: consuming and decoding the topic with no         processing (the ceiling), the pipeline draining it into a scratch keyspace, and writing as         many rows as the pipeline wrote to Cassandra with the driver directly. With         --steady-rate: single-row transactions through cdc and the users pipeline, and the         Postgres-commit-to-Cassandra latency.\n\n        Goals: aggregate pipelines at least 0.7 of consume+decode and at least 100,000 events/s;         the mirror at least 0.8 of direct Cassandra writes; p99 under 100 ms at 1,000 changes/s.")]
+    #[command(
+        long_about = "Produces a backlog of --events change events (inserts, updates,         deletes with tombstones, in the envelope walflow cdc writes) about --users users into a         scratch topic, then for each shipped pipeline (sql/pipelines/users.sql and         users_by_country.sql) measures, in the same run: consuming and decoding the topic with no         processing (the ceiling), the pipeline draining it into a scratch keyspace, and writing as         many rows as the pipeline wrote to Cassandra with the driver directly. With         --steady-rate: single-row transactions through cdc and the users pipeline, and the         Postgres-commit-to-Cassandra latency.\n\n        Goals: aggregate pipelines at least 0.7 of consume+decode and at least 100,000 events/s;         the mirror at least 0.8 of direct Cassandra writes; p99 under 100 ms at 1,000 changes/s."
+    )]
     Process(super::bench_process::ProcessBenchArgs),
 }
 
@@ -553,7 +555,10 @@ pub(super) fn peak_rss_mb() -> f64 {
 }
 
 /// A database of its own for one benchmark run, named after `prefix` and this process.
-pub(super) async fn create_scratch_database(admin: &Client, prefix: &str) -> anyhow::Result<String> {
+pub(super) async fn create_scratch_database(
+    admin: &Client,
+    prefix: &str,
+) -> anyhow::Result<String> {
     let database = format!("{prefix}_{}", std::process::id());
     admin
         .batch_execute(&format!("CREATE DATABASE {database}"))

@@ -70,7 +70,10 @@ struct ProcessBenchReport {
     peak_rss_mb: f64,
 }
 
-pub async fn bench_process(args: ProcessBenchArgs, config: &Config) -> anyhow::Result<std::process::ExitCode> {
+pub async fn bench_process(
+    args: ProcessBenchArgs,
+    config: &Config,
+) -> anyhow::Result<std::process::ExitCode> {
     if let Some(rate) = args.steady_rate {
         return steady(rate, args.steady_seconds, args.json, config).await;
     }
@@ -79,28 +82,44 @@ pub async fn bench_process(args: ProcessBenchArgs, config: &Config) -> anyhow::R
     let keyspace = run_id.clone();
     let checkpoints = std::env::temp_dir().join(format!("{run_id}_checkpoints"));
 
-    eprintln!("bench process: producing {} change events about {} users into {topic}", args.events, args.users);
-    let produced = produce_backlog(&config.kafka_brokers, &topic, args.events, args.users.max(1))?;
+    eprintln!(
+        "bench process: producing {} change events about {} users into {topic}",
+        args.events, args.users
+    );
+    let produced = produce_backlog(
+        &config.kafka_brokers,
+        &topic,
+        args.events,
+        args.users.max(1),
+    )?;
 
     let mut figures = Vec::new();
     let result: anyhow::Result<()> = async {
         for name in ["users", "users_by_country"] {
             let path = Path::new("sql/pipelines").join(format!("{name}.sql"));
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {} (run bench from the repository)", path.display()))?;
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "cannot read {} (run bench from the repository)",
+                    path.display()
+                )
+            })?;
             let text = text
                 .replace("'walflow.public.users'", &format!("'{topic}'"))
                 .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'"));
             let definition = PipelineDefinition::parse(&path, &text)?;
             let queries = walflow_stream::plan::compile(&definition).await?;
-            let pipeline = Pipeline { definition, queries };
+            let pipeline = Pipeline {
+                definition,
+                queries,
+            };
 
             let source = pipeline.definition.sources[0].clone();
             eprintln!("bench process: {name}: consume + decode ceiling");
             let ceiling = consume_and_decode(&config.kafka_brokers, &topic, &source).await?;
 
             eprintln!("bench process: {name}: the pipeline");
-            let mut options = ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+            let mut options =
+                ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
             options.checkpoint_dir = checkpoints.clone();
             options.stop_when_caught_up = true;
             options.dead_letter_topic = Some(format!("{run_id}.dead_letter.{name}"));
@@ -115,8 +134,16 @@ pub async fn bench_process(args: ProcessBenchArgs, config: &Config) -> anyhow::R
                 summary.events
             );
 
-            eprintln!("bench process: {name}: Cassandra write ceiling ({} rows)", summary.rows_written);
-            let direct = cassandra_direct(&config.cassandra_nodes, &keyspace, summary.rows_written.max(1)).await?;
+            eprintln!(
+                "bench process: {name}: Cassandra write ceiling ({} rows)",
+                summary.rows_written
+            );
+            let direct = cassandra_direct(
+                &config.cassandra_nodes,
+                &keyspace,
+                summary.rows_written.max(1),
+            )
+            .await?;
             let events_per_second = summary.events as f64 / seconds;
             let rows_written_per_second = summary.rows_written as f64 / seconds;
             figures.push(PipelineFigures {
@@ -148,7 +175,10 @@ pub async fn bench_process(args: ProcessBenchArgs, config: &Config) -> anyhow::R
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("bench process: {} change events about {} users (one Kafka partition)", report.events, report.users);
+        println!(
+            "bench process: {} change events about {} users (one Kafka partition)",
+            report.events, report.users
+        );
         for figure in &report.pipelines {
             println!(
                 "  {:<17} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
@@ -170,8 +200,16 @@ pub async fn bench_process(args: ProcessBenchArgs, config: &Config) -> anyhow::R
 }
 
 const COUNTRIES: [&str; 10] = [
-    "Brazil", "Canada", "France", "Germany", "India", "Japan", "Norway", "Spain",
-    "United Kingdom", "United States",
+    "Brazil",
+    "Canada",
+    "France",
+    "Germany",
+    "India",
+    "Japan",
+    "Norway",
+    "Spain",
+    "United Kingdom",
+    "United States",
 ];
 
 /// A users row as cdc would send it (the columns of sql/schema/0001_users.sql), varied by
@@ -182,7 +220,7 @@ fn user_row(user: u64, version: u64) -> serde_json::Value {
     let signup_year = 2005 + (mix >> 8) % 15;
     json!({
         "id": format!("00000000-0000-4000-8000-{user:012x}"),
-        "gender": if mix % 2 == 0 { "female" } else { "male" },
+        "gender": if mix.is_multiple_of(2) { "female" } else { "male" },
         "title": "Mx",
         "first_name": format!("First{}", mix % 1000),
         "last_name": format!("Last{}", (mix >> 10) % 1000),
@@ -223,16 +261,17 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
     let mut versions: Vec<Option<u64>> = vec![None; users as usize];
     let mut produced = 0u64;
     let mut step = 0u64;
-    let envelope = |before: Option<serde_json::Value>, after: Option<serde_json::Value>, op: &str| {
-        json!({
-            "before": before, "after": after,
-            "source": {"version": "walflow-bench", "connector": "postgresql", "name": "bench",
-                       "ts_ms": 1_795_000_000_000u64, "snapshot": "false", "db": "bench",
-                       "schema": "public", "table": "users", "txId": 1, "lsn": 1},
-            "op": op, "ts_ms": 1_795_000_000_000u64, "transaction": null
-        })
-        .to_string()
-    };
+    let envelope =
+        |before: Option<serde_json::Value>, after: Option<serde_json::Value>, op: &str| {
+            json!({
+                "before": before, "after": after,
+                "source": {"version": "walflow-bench", "connector": "postgresql", "name": "bench",
+                           "ts_ms": 1_795_000_000_000u64, "snapshot": "false", "db": "bench",
+                           "schema": "public", "table": "users", "txId": 1, "lsn": 1},
+                "op": op, "ts_ms": 1_795_000_000_000u64, "transaction": null
+            })
+            .to_string()
+        };
     let send = |key: &str, value: Option<&str>| -> anyhow::Result<()> {
         loop {
             let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key(key);
@@ -249,7 +288,11 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
         }
     };
     while produced < events {
-        let user = if step < users { step } else { step.wrapping_mul(0x2545f4914f6cdd1d) % users };
+        let user = if step < users {
+            step
+        } else {
+            step.wrapping_mul(0x2545f4914f6cdd1d) % users
+        };
         step += 1;
         let key = json!({ "id": format!("00000000-0000-4000-8000-{user:012x}") }).to_string();
         let slot = &mut versions[user as usize];
@@ -260,8 +303,12 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
                 *slot = Some(0);
                 produced += 1;
             }
-            Some(version) if step % 5 != 0 => {
-                let value = envelope(Some(user_row(user, version)), Some(user_row(user, version + 1)), "u");
+            Some(version) if !step.is_multiple_of(5) => {
+                let value = envelope(
+                    Some(user_row(user, version)),
+                    Some(user_row(user, version + 1)),
+                    "u",
+                );
                 send(&key, Some(&value))?;
                 *slot = Some(version + 1);
                 produced += 1;
@@ -295,7 +342,9 @@ async fn consume_and_decode(
     let mut assignment = rdkafka::TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
     consumer.assign(&assignment)?;
-    let (_, high) = tokio::task::block_in_place(|| consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)))?;
+    let (_, high) = tokio::task::block_in_place(|| {
+        consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))
+    })?;
     let started = Instant::now();
     let mut read = 0i64;
     let mut decoded = 0u64;
@@ -353,7 +402,10 @@ async fn cassandra_direct(nodes: &[String], keyspace: &str, rows: u64) -> anyhow
                     text(format!("First{}", row % 1000)),
                     text(format!("Last{}", row % 997)),
                     text("female".into()),
-                    text(format!("{} Main Street Springfield State Canada", row % 9000)),
+                    text(format!(
+                        "{} Main Street Springfield State Canada",
+                        row % 9000
+                    )),
                     text(format!("{:05}", row % 100_000)),
                     text(format!("user{row}@example.com")),
                     text(format!("user{row}")),
@@ -401,7 +453,12 @@ struct SteadyReport {
 /// Single-row inserts into a scratch users table at a steady rate, through cdc and the users
 /// pipeline (both in this process); each latency runs from the Postgres commit time in the
 /// event to the moment Cassandra accepted the batch holding it.
-async fn steady(rate: u64, seconds: u64, as_json: bool, config: &Config) -> anyhow::Result<std::process::ExitCode> {
+async fn steady(
+    rate: u64,
+    seconds: u64,
+    as_json: bool,
+    config: &Config,
+) -> anyhow::Result<std::process::ExitCode> {
     use walflow_cdc::pipeline::{self as cdc, CdcOptions, SnapshotMode};
     use walflow_cdc::sink::Sink;
 
@@ -502,7 +559,12 @@ async fn steady(rate: u64, seconds: u64, as_json: bool, config: &Config) -> anyh
         })
     }
     .await;
-    cleanup(config, &[format!("{database}.public.users").as_str()], &keyspace).await;
+    cleanup(
+        config,
+        &[format!("{database}.public.users").as_str()],
+        &keyspace,
+    )
+    .await;
     drop_scratch_database(&admin, &database).await?;
     let report = result?;
     if as_json {

@@ -140,8 +140,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     let reporter = tokio::spawn(report_progress(metrics));
     let result = pipeline::run(&options, sink, stop).await;
     reporter.abort();
-    result
-        .map_err(|error| Failure::Runtime(error.into()))?;
+    result.map_err(|error| Failure::Runtime(error.into()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -95,16 +95,23 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
 
     let mut tasks = tokio::task::JoinSet::new();
     for pipeline in pipelines {
-        let mut options = ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+        let mut options =
+            ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
         options.checkpoint_dir = args.checkpoint_dir.clone();
         options.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
         options.batch_max_events = args.batch_max_events.max(1);
         options.batch_max_wait = Duration::from_millis(args.batch_max_wait_ms.max(1));
-        options.dead_letter_topic = Some(format!("{}.{}", args.dead_letter_prefix, pipeline.definition.name));
+        options.dead_letter_topic = Some(format!(
+            "{}.{}",
+            args.dead_letter_prefix, pipeline.definition.name
+        ));
         options.rebuild = args.rebuild;
         options.stop_when_caught_up = args.until_caught_up;
         let metrics = Arc::new(ProcessMetrics::default());
-        let reporter = tokio::spawn(report_progress(pipeline.definition.name.clone(), metrics.clone()));
+        let reporter = tokio::spawn(report_progress(
+            pipeline.definition.name.clone(),
+            metrics.clone(),
+        ));
         let stop = stop.clone();
         tasks.spawn(async move {
             let result = runner::run(&pipeline, &options, metrics, stop).await;
@@ -133,7 +140,12 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
 fn default_pipelines() -> anyhow::Result<Vec<PathBuf>> {
     let directory = PathBuf::from("sql/pipelines");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
-        .map_err(|error| anyhow::anyhow!("cannot list {}: {error}; name the pipeline files to run", directory.display()))?
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot list {}: {error}; name the pipeline files to run",
+                directory.display()
+            )
+        })?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|extension| extension == "sql"))
         .collect();
@@ -144,10 +156,22 @@ fn default_pipelines() -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A status line every 10 seconds per pipeline: events/s, end-to-end lag, consumer lag,
-/// checkpoint age.
+/// Progress per pipeline: on a terminal a status line refreshed every second (events/s,
+/// commit-to-Cassandra lag, consumer lag, checkpoint age); otherwise a log line every 10 s.
 async fn report_progress(pipeline: String, metrics: Arc<ProcessMetrics>) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let period = if terminal { 1 } else { 10 };
+    let status = terminal.then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix}: {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(pipeline.clone());
+        bar
+    });
+    let mut ticker = tokio::time::interval(Duration::from_secs(period));
     ticker.tick().await;
     let mut previous_events = 0;
     loop {
@@ -157,19 +181,37 @@ async fn report_progress(pipeline: String, metrics: Arc<ProcessMetrics>) {
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or_default();
         let events = metrics.events.load(Ordering::Relaxed);
-        let written_commit = metrics.written_commit_time_ms.load(Ordering::Relaxed);
-        let checkpoint = metrics.last_checkpoint_unix_ms.load(Ordering::Relaxed);
-        tracing::info!(
-            %pipeline,
-            events,
-            events_per_s = (events - previous_events) / 10,
-            rows_written = metrics.rows_written.load(Ordering::Relaxed),
-            dead_letters = metrics.dead_letters.load(Ordering::Relaxed),
-            consumer_lag = metrics.consumer_lag.load(Ordering::Relaxed),
-            commit_to_cassandra_lag_ms = (written_commit > 0).then(|| now_ms.saturating_sub(written_commit)),
-            checkpoint_age_ms = (checkpoint > 0).then(|| now_ms.saturating_sub(checkpoint)),
-            "progress"
-        );
+        let events_per_s = (events - previous_events) / period;
         previous_events = events;
+        let written_commit = metrics.written_commit_time_ms.load(Ordering::Relaxed);
+        let lag_ms = (written_commit > 0).then(|| now_ms.saturating_sub(written_commit));
+        let checkpoint = metrics.last_checkpoint_unix_ms.load(Ordering::Relaxed);
+        let checkpoint_age_ms = (checkpoint > 0).then(|| now_ms.saturating_sub(checkpoint));
+        let rows_written = metrics.rows_written.load(Ordering::Relaxed);
+        let dead_letters = metrics.dead_letters.load(Ordering::Relaxed);
+        let consumer_lag = metrics.consumer_lag.load(Ordering::Relaxed);
+        match &status {
+            Some(bar) => {
+                let millis =
+                    |value: Option<u64>| value.map_or("-".to_owned(), |ms| format!("{ms} ms"));
+                bar.set_message(format!(
+                    "{events} events ({events_per_s}/s), {rows_written} rows written, {dead_letters} dead letters, lag {}, {consumer_lag} events behind, {}",
+                    millis(lag_ms),
+                    checkpoint_age_ms.map_or("no checkpoint yet".to_owned(), |ms| format!("checkpoint {ms} ms ago"))
+                ));
+                bar.tick();
+            }
+            None => tracing::info!(
+                %pipeline,
+                events,
+                events_per_s,
+                rows_written,
+                dead_letters,
+                consumer_lag,
+                commit_to_cassandra_lag_ms = lag_ms,
+                checkpoint_age_ms,
+                "progress"
+            ),
+        }
     }
 }

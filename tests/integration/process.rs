@@ -64,7 +64,10 @@ impl Scenario {
             "'walflow.public.users'",
             &format!("'{}.public.users'", self.topics.prefix),
         )
-        .replace("keyspace = 'walflow'", &format!("keyspace = '{}'", self.keyspace.name))
+        .replace(
+            "keyspace = 'walflow'",
+            &format!("keyspace = '{}'", self.keyspace.name),
+        )
     }
 
     fn pipeline(&self, name: &str) -> PathBuf {
@@ -91,7 +94,10 @@ impl Scenario {
         command
             .args(["process", "--checkpoint-dir"])
             .arg(self.checkpoints())
-            .args(["--dead-letter-prefix", &format!("{}.dead_letter", self.topics.prefix)]);
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", self.topics.prefix),
+            ]);
         for name in pipelines {
             command.arg(self.pipeline(name));
         }
@@ -199,9 +205,19 @@ async fn cassandra_rows(
 }
 
 /// Row by row; numbers compare within 1e-9 relative (averages are computed differently).
-fn assert_same_rows(table: &str, actual: &BTreeMap<String, Value>, expected: &BTreeMap<String, Value>) {
-    let missing: Vec<&String> = expected.keys().filter(|key| !actual.contains_key(*key)).collect();
-    let extra: Vec<&String> = actual.keys().filter(|key| !expected.contains_key(*key)).collect();
+fn assert_same_rows(
+    table: &str,
+    actual: &BTreeMap<String, Value>,
+    expected: &BTreeMap<String, Value>,
+) {
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|key| !actual.contains_key(*key))
+        .collect();
+    let extra: Vec<&String> = actual
+        .keys()
+        .filter(|key| !expected.contains_key(*key))
+        .collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "{table}: {} rows missing from Cassandra (first {:?}), {} rows that Postgres does not have (first {:?})",
@@ -230,13 +246,27 @@ fn assert_same_rows(table: &str, actual: &BTreeMap<String, Value>, expected: &BT
 async fn shipped_pipelines_equal_the_same_sql_in_postgres_through_churn_and_restarts() {
     let scenario = Scenario::start().await;
     scenario.ingest(&["--count", "1500", "--seed", "differential"]);
-    scenario.ingest(&["--count", "1500", "--seed", "differential", "--churn", "0.1"]);
+    scenario.ingest(&[
+        "--count",
+        "1500",
+        "--seed",
+        "differential",
+        "--churn",
+        "0.1",
+    ]);
     scenario.cdc_caught_up().await;
     scenario.process_until_caught_up(&["users", "users_by_country"]);
     scenario.assert_sinks_equal_postgres().await;
 
     // More churn; the next run resumes from its checkpoint.
-    scenario.ingest(&["--count", "1500", "--seed", "differential", "--churn", "0.2"]);
+    scenario.ingest(&[
+        "--count",
+        "1500",
+        "--seed",
+        "differential",
+        "--churn",
+        "0.2",
+    ]);
     scenario.cdc_caught_up().await;
     let log = scenario.process_until_caught_up(&["users", "users_by_country"]);
     assert!(log.contains("resuming from the checkpoint"), "{log}");
@@ -253,7 +283,9 @@ async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answ
     let writer = std::thread::spawn(move || {
         for round in 0..6 {
             let output = run(walflow(&database_url)
-                .args(["ingest", "--source", &api_url, "--count", "1000", "--seed", "crash"])
+                .args([
+                    "ingest", "--source", &api_url, "--count", "1000", "--seed", "crash",
+                ])
                 .args(["--churn", "0.15", "--batch-size", "100"]));
             assert!(output.status.success(), "ingest round {round} failed");
         }
@@ -262,10 +294,19 @@ async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answ
     let mut seed = std::process::id() as u64 ^ 0x9e3779b97f4a7c15;
     let mut kills = 0;
     for trial in 0..12 {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let mut child: Child = scenario
             .process(&["users", "users_by_country"])
-            .args(["--checkpoint-interval-ms", "200", "--batch-max-events", "200"])
+            .args([
+                "--checkpoint-interval-ms",
+                "200",
+                "--batch-max-events",
+                "200",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -275,7 +316,10 @@ async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answ
         seed ^= seed >> 7;
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(300 + seed % 2000));
-        assert!(child.try_wait().unwrap().is_none(), "process exited early in trial {trial}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "process exited early in trial {trial}"
+        );
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
@@ -343,8 +387,16 @@ async fn undecodable_events_go_to_the_dead_letter_topic_and_the_rest_flows_on() 
     assert!(output.status.success());
 
     let session = cassandra_session(&services().cassandra_nodes).await;
-    let rows = cassandra_rows_by_int(&session, &format!("SELECT JSON * FROM {}.item_prices", keyspace.name)).await;
-    assert_eq!(rows, vec![(3, 4.0), (4, 1.0)], "the good events were applied around the bad ones");
+    let rows = cassandra_rows_by_int(
+        &session,
+        &format!("SELECT JSON * FROM {}.item_prices", keyspace.name),
+    )
+    .await;
+    assert_eq!(
+        rows,
+        vec![(3, 4.0), (4, 1.0)],
+        "the good events were applied around the bad ones"
+    );
 
     let letters = crate::cdc::kcat_all(&format!("{dead_letter_prefix}.items"));
     assert_eq!(letters.len(), 2, "{letters:?}");
@@ -356,21 +408,44 @@ async fn undecodable_events_go_to_the_dead_letter_topic_and_the_rest_flows_on() 
             headers[position + 1].as_str().unwrap().to_owned()
         })
         .collect();
-    assert!(reasons[0].contains("`after.price` is \"cheap\""), "{reasons:?}");
-    assert!(reasons[1].contains("not a Debezium JSON change event"), "{reasons:?}");
-    assert_eq!(letters[1]["payload"], "not json at all", "the event is kept as it was");
+    assert!(
+        reasons[0].contains("`after.price` is \"cheap\""),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("not a Debezium JSON change event"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        letters[1]["payload"], "not json at all",
+        "the event is kept as it was"
+    );
     let log = stderr(&output);
-    assert!(log.contains("dead_letters=2") || log.contains("dead_letters\":2"), "{log}");
+    assert!(
+        log.contains("dead_letters=2") || log.contains("dead_letters\":2"),
+        "{log}"
+    );
 }
 
-async fn cassandra_rows_by_int(session: &scylla::client::session::Session, cql: &str) -> Vec<(i64, f64)> {
-    let result = session.query_unpaged(cql, ()).await.unwrap().into_rows_result().unwrap();
+async fn cassandra_rows_by_int(
+    session: &scylla::client::session::Session,
+    cql: &str,
+) -> Vec<(i64, f64)> {
+    let result = session
+        .query_unpaged(cql, ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
     let mut rows: Vec<(i64, f64)> = result
         .rows::<(String,)>()
         .unwrap()
         .map(|row| {
             let value: Value = serde_json::from_str(&row.unwrap().0).unwrap();
-            (value["id"].as_i64().unwrap(), value["price"].as_f64().unwrap())
+            (
+                value["id"].as_i64().unwrap(),
+                value["price"].as_f64().unwrap(),
+            )
         })
         .collect();
     rows.sort_by_key(|row| row.0);
@@ -386,11 +461,21 @@ async fn a_broken_pipeline_file_is_refused_with_file_line_and_column() {
     let broken = shipped.replace("GROUP BY country", "GROUP BY contry");
     let path = directory.path().join("users_by_country.sql");
     std::fs::write(&path, &broken).unwrap();
-    let output = run(walflow("postgres://unused@127.0.0.1/unused").arg("process").arg(&path));
+    let output = run(walflow("postgres://unused@127.0.0.1/unused")
+        .arg("process")
+        .arg(&path));
     assert_eq!(output.status.code(), Some(2));
-    let line = broken.lines().position(|line| line.contains("GROUP BY contry")).unwrap() + 1;
+    let line = broken
+        .lines()
+        .position(|line| line.contains("GROUP BY contry"))
+        .unwrap()
+        + 1;
     let expected = format!("{}:{line}:10: ", path.display());
-    assert!(stderr(&output).contains(&expected), "expected {expected} in {}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&expected),
+        "expected {expected} in {}",
+        stderr(&output)
+    );
     assert!(stderr(&output).contains("contry"));
 }
 
@@ -415,7 +500,9 @@ async fn cassandra_restarted_mid_stream_still_gives_the_postgres_answer() {
     let writer = std::thread::spawn(move || {
         for round in 0..4 {
             let output = run(walflow(&database_url)
-                .args(["ingest", "--source", &api_url, "--count", "1000", "--seed", "outage"])
+                .args([
+                    "ingest", "--source", &api_url, "--count", "1000", "--seed", "outage",
+                ])
                 .args(["--churn", "0.2", "--batch-size", "100"]));
             assert!(output.status.success(), "ingest round {round} failed");
             std::thread::sleep(Duration::from_secs(2));
@@ -429,7 +516,10 @@ async fn cassandra_restarted_mid_stream_still_gives_the_postgres_answer() {
     scenario.cdc_caught_up().await;
     // The running process catches up on its own; SIGTERM then checkpoints and stops it.
     std::thread::sleep(Duration::from_secs(5));
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = child.wait().unwrap();
     let history = std::fs::read_to_string(&log_path).unwrap();
     assert!(status.success(), "{history}");

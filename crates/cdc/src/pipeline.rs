@@ -552,9 +552,11 @@ async fn copy_snapshot(
         &client,
         &relations,
         sink,
-        &options.topic_prefix,
-        database,
-        created.consistent_point,
+        snapshot::SnapshotOrigin {
+            topic_prefix: &options.topic_prefix,
+            database,
+            consistent_point: created.consistent_point,
+        },
         now_ms,
         options.snapshot_progress.as_ref().map(|hook| &*hook.0),
     )

@@ -182,18 +182,30 @@ pub enum SnapshotError {
     Sink(#[from] SinkError),
 }
 
+/// Where the snapshot's `r` events say they come from.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotOrigin<'a> {
+    pub topic_prefix: &'a str,
+    pub database: &'a str,
+    /// The slot's consistent point: every `r` event's `source.lsn`.
+    pub consistent_point: Lsn,
+}
+
 /// Copies every published table inside the transaction `client` has open on the exported
 /// snapshot, as `r` events. Returns the number of rows.
 pub async fn copy_tables(
     client: &Client,
     relations: &[Relation],
     sink: &mut Sink,
-    topic_prefix: &str,
-    database: &str,
-    consistent_point: Lsn,
+    origin: SnapshotOrigin<'_>,
     now_ms: impl Fn() -> i64,
     progress: Option<&SnapshotProgressFn>,
 ) -> Result<u64, SnapshotError> {
+    let SnapshotOrigin {
+        topic_prefix,
+        database,
+        consistent_point,
+    } = origin;
     let mut total = 0;
     for relation in relations {
         let estimated_rows: i64 = client

@@ -52,9 +52,11 @@ pub fn fingerprint(text: &str) -> u64 {
         .filter(|line| !line.is_empty())
         .collect::<Vec<_>>()
         .join("\n");
-    normalized.bytes().fold(0xcbf29ce484222325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
-    })
+    normalized
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
+        })
 }
 
 pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -139,7 +141,9 @@ mod tests {
             ..Checkpoint::default()
         };
         checkpoint.offsets.insert(("t".into(), 0), 42);
-        checkpoint.sources.insert("users".into(), SourceState::new(true));
+        checkpoint
+            .sources
+            .insert("users".into(), SourceState::new(true));
         checkpoint.aggregates.push(Some(AggregateState::default()));
         checkpoint.aggregates.push(None);
         save(&path, &checkpoint).unwrap();
@@ -158,6 +162,9 @@ mod tests {
             fingerprint("SELECT a\n  FROM t;"),
             fingerprint("-- users\nSELECT a   \n\nFROM t; -- done")
         );
-        assert_ne!(fingerprint("SELECT a FROM t"), fingerprint("SELECT b FROM t"));
+        assert_ne!(
+            fingerprint("SELECT a FROM t"),
+            fingerprint("SELECT b FROM t")
+        );
     }
 }

@@ -43,7 +43,10 @@ pub struct DecodedEvent {
 }
 
 /// `Ok(None)` for a tombstone (a null value after a delete: nothing to do).
-pub fn decode(source: &SourceTable, payload: Option<&[u8]>) -> Result<Option<DecodedEvent>, String> {
+pub fn decode(
+    source: &SourceTable,
+    payload: Option<&[u8]>,
+) -> Result<Option<DecodedEvent>, String> {
     let Some(payload) = payload else {
         return Ok(None);
     };
@@ -66,8 +69,8 @@ pub fn decode(source: &SourceTable, payload: Option<&[u8]>) -> Result<Option<Dec
             }
         }
         "d" => {
-            let before = image(envelope.before)
-                .ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
+            let before =
+                image(envelope.before).ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
             SourceChange::Delete {
                 before: row(source, before, "before")?.0,
             }
@@ -201,7 +204,10 @@ pub fn json_to_value(json: &Json, column_type: ColumnType) -> Option<Value> {
             Json::Number(number) => Value::Date(i32::try_from(number.as_i64()?).ok()?),
             Json::String(text) => {
                 let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
-                Value::Date(date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?).num_days() as i32)
+                Value::Date(
+                    date.signed_duration_since(chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?)
+                        .num_days() as i32,
+                )
             }
             _ => return None,
         },
@@ -217,10 +223,22 @@ mod tests {
         SourceTable {
             name: "users".into(),
             columns: vec![
-                Column { name: "id".into(), column_type: ColumnType::Text },
-                Column { name: "age".into(), column_type: ColumnType::Int32 },
-                Column { name: "dob".into(), column_type: ColumnType::Timestamp },
-                Column { name: "bio".into(), column_type: ColumnType::Text },
+                Column {
+                    name: "id".into(),
+                    column_type: ColumnType::Text,
+                },
+                Column {
+                    name: "age".into(),
+                    column_type: ColumnType::Int32,
+                },
+                Column {
+                    name: "dob".into(),
+                    column_type: ColumnType::Timestamp,
+                },
+                Column {
+                    name: "bio".into(),
+                    column_type: ColumnType::Text,
+                },
             ],
             primary_key: vec![0],
             topic: "t".into(),
@@ -236,7 +254,12 @@ mod tests {
             "source":{"ts_ms":1700000000000},"op":"u","ts_ms":1}"#;
         let decoded = decode(&source(), Some(event)).unwrap().unwrap();
         assert_eq!(decoded.commit_time_ms, Some(1_700_000_000_000));
-        let SourceChange::Upsert { before, after, unavailable } = decoded.change else {
+        let SourceChange::Upsert {
+            before,
+            after,
+            unavailable,
+        } = decoded.change
+        else {
             panic!("an update is an upsert");
         };
         assert_eq!(before.unwrap()[1], Value::Int32(30));
@@ -249,8 +272,15 @@ mod tests {
     fn tombstones_are_skipped_and_bad_events_say_why() {
         assert_eq!(decode(&source(), None).unwrap(), None);
         let error = decode(&source(), Some(b"{not json")).unwrap_err();
-        assert!(error.contains("not a Debezium JSON change event"), "{error}");
-        let error = decode(&source(), Some(br#"{"after":{"id":"a","age":"old"},"op":"c"}"#)).unwrap_err();
+        assert!(
+            error.contains("not a Debezium JSON change event"),
+            "{error}"
+        );
+        let error = decode(
+            &source(),
+            Some(br#"{"after":{"id":"a","age":"old"},"op":"c"}"#),
+        )
+        .unwrap_err();
         assert_eq!(error, r#"`after.age` is "old", which is not a INT value"#);
         let error = decode(&source(), Some(br#"{"after":{"age":3},"op":"c"}"#)).unwrap_err();
         assert!(error.contains("key column"), "{error}");

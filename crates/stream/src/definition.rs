@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use datafusion::sql::sqlparser::ast::{
-    ColumnOption, CreateTable, CreateTableOptions, Ident, ObjectName, Query, SqlOption,
-    Statement, TableConstraint, TableObject,
+    ColumnOption, CreateTable, CreateTableOptions, Ident, ObjectName, Query, SqlOption, Statement,
+    TableConstraint, TableObject,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -150,16 +150,25 @@ impl PipelineDefinition {
             let position = starts.get(index).copied().unwrap_or_default();
             match statement {
                 Statement::CreateTable(create) => {
-                    definition.add_table(create, position).map_err(|(at, message)| {
-                        error(at.filter(|at| at.line > 0).unwrap_or(position), message)
-                    })?
+                    definition
+                        .add_table(create, position)
+                        .map_err(|(at, message)| {
+                            error(at.filter(|at| at.line > 0).unwrap_or(position), message)
+                        })?
                 }
                 Statement::Insert(insert) => {
                     let TableObject::TableName(table) = &insert.table else {
-                        return Err(error(position, "INSERT INTO needs a sink table's name".into()));
+                        return Err(error(
+                            position,
+                            "INSERT INTO needs a sink table's name".into(),
+                        ));
                     };
                     let sink = object_name(table);
-                    if !definition.sinks.iter().any(|declared| declared.name == sink) {
+                    if !definition
+                        .sinks
+                        .iter()
+                        .any(|declared| declared.name == sink)
+                    {
                         return Err(error(
                             position,
                             format!(
@@ -171,7 +180,10 @@ impl PipelineDefinition {
                         ));
                     }
                     let Some(query) = insert.source else {
-                        return Err(error(position, format!("INSERT INTO {sink} needs a SELECT")));
+                        return Err(error(
+                            position,
+                            format!("INSERT INTO {sink} needs a SELECT"),
+                        ));
                     };
                     definition.queries.push(QueryDefinition {
                         sink,
@@ -182,7 +194,11 @@ impl PipelineDefinition {
                 }
                 other => {
                     let kind = other.to_string();
-                    let kind: String = kind.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                    let kind: String = kind
+                        .split_whitespace()
+                        .take(2)
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     return Err(error(
                         position,
                         format!(
@@ -218,7 +234,10 @@ impl PipelineDefinition {
         let mut primary_key = Vec::new();
         for definition in &create.columns {
             let column_name = definition.name.value.clone();
-            if columns.iter().any(|column: &Column| column.name == column_name) {
+            if columns
+                .iter()
+                .any(|column: &Column| column.name == column_name)
+            {
                 return Err((
                     Some(ident_position(&definition.name)),
                     format!("column {column_name} is declared twice"),
@@ -473,7 +492,10 @@ fn table_options(
     let mut map = BTreeMap::new();
     for option in options {
         let SqlOption::KeyValue { key, value } = option else {
-            return Err((None, format!("table {name}: write options as key = 'value'")));
+            return Err((
+                None,
+                format!("table {name}: write options as key = 'value'"),
+            ));
         };
         let text = value.to_string();
         let text = text
@@ -491,10 +513,12 @@ fn required_option(
     key: &str,
     table: &str,
 ) -> Result<String, (Option<Position>, String)> {
-    options
-        .get(key)
-        .cloned()
-        .ok_or_else(|| (None, format!("table {table} needs the option {key} = '...'")))
+    options.get(key).cloned().ok_or_else(|| {
+        (
+            None,
+            format!("table {table} needs the option {key} = '...'"),
+        )
+    })
 }
 
 fn reject_unknown_options(
@@ -535,9 +559,10 @@ fn column_type(sql_type: &str) -> Option<ColumnType> {
         "TEXT" | "VARCHAR" | "CHARACTER VARYING" | "CHAR" | "CHARACTER" | "STRING" | "UUID" => {
             ColumnType::Text
         }
-        "TIMESTAMP" | "TIMESTAMPTZ" | "TIMESTAMP WITH TIME ZONE" | "TIMESTAMP WITHOUT TIME ZONE" => {
-            ColumnType::Timestamp
-        }
+        "TIMESTAMP"
+        | "TIMESTAMPTZ"
+        | "TIMESTAMP WITH TIME ZONE"
+        | "TIMESTAMP WITHOUT TIME ZONE" => ColumnType::Timestamp,
         "DATE" => ColumnType::Date,
         _ => return None,
     })
@@ -603,10 +628,19 @@ INSERT INTO by_country SELECT country, count(*) FROM users GROUP BY country;
         assert_eq!(source.columns[1].column_type, ColumnType::Text);
         assert_eq!(source.position, Position { line: 2, column: 1 });
         let sink = &definition.sinks[0];
-        assert_eq!((sink.keyspace.as_str(), sink.table.as_str()), ("walflow", "users_by_country"));
+        assert_eq!(
+            (sink.keyspace.as_str(), sink.table.as_str()),
+            ("walflow", "users_by_country")
+        );
         assert_eq!(sink.primary_key, vec![0]);
         assert_eq!(definition.queries[0].sink, "by_country");
-        assert_eq!(definition.queries[0].position, Position { line: 12, column: 1 });
+        assert_eq!(
+            definition.queries[0].position,
+            Position {
+                line: 12,
+                column: 1
+            }
+        );
     }
 
     #[test]
@@ -615,7 +649,10 @@ INSERT INTO by_country SELECT country, count(*) FROM users GROUP BY country;
         let error = parse(&broken).unwrap_err();
         assert_eq!(error.file, Path::new("sql/pipelines/p.sql"));
         assert_eq!((error.line, error.column), (12, 77), "{error}");
-        assert!(error.to_string().starts_with("sql/pipelines/p.sql:12:77: "), "{error}");
+        assert!(
+            error.to_string().starts_with("sql/pipelines/p.sql:12:77: "),
+            "{error}"
+        );
 
         let bad_type = FILE.replace("age INT", "age INTERVAL");
         let error = parse(&bad_type).unwrap_err();
@@ -625,7 +662,10 @@ INSERT INTO by_country SELECT country, count(*) FROM users GROUP BY country;
         let unknown_sink = FILE.replace("INSERT INTO by_country", "INSERT INTO by_contry");
         let error = parse(&unknown_sink).unwrap_err();
         assert_eq!(error.line, 12);
-        assert!(error.message.contains("did you mean by_country?"), "{error}");
+        assert!(
+            error.message.contains("did you mean by_country?"),
+            "{error}"
+        );
 
         let no_key = FILE.replace(",\n    PRIMARY KEY (id)", "");
         let error = parse(&no_key).unwrap_err();
@@ -633,6 +673,9 @@ INSERT INTO by_country SELECT country, count(*) FROM users GROUP BY country;
         assert!(error.message.contains("needs a PRIMARY KEY"), "{error}");
 
         let unknown_option = FILE.replace("format = 'debezium_json'", "fromat = 'debezium_json'");
-        assert!(parse(&unknown_option).unwrap_err().message.contains("unknown option fromat"));
+        assert!(parse(&unknown_option)
+            .unwrap_err()
+            .message
+            .contains("unknown option fromat"));
     }
 }

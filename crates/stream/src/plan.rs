@@ -142,9 +142,8 @@ async fn compile_query(
             .unwrap_or(query.position);
         definition.error_at(position, message)
     };
-    let statement = DFStatement::Statement(Box::new(Statement::Query(Box::new(
-        query.query.clone(),
-    ))));
+    let statement =
+        DFStatement::Statement(Box::new(Statement::Query(Box::new(query.query.clone()))));
     let plan = state
         .statement_to_plan(statement)
         .await
@@ -394,7 +393,9 @@ impl PlanBuilder<'_> {
                     self.steps().push(Step::Project { exprs, schema });
                 }
                 if !scan.filters.is_empty() || scan.fetch.is_some() {
-                    return Err("the table scan carries filters or a limit walflow cannot stream".into());
+                    return Err(
+                        "the table scan carries filters or a limit walflow cannot stream".into(),
+                    );
                 }
                 self.source = Some(scan.table_name.table().to_owned());
                 Ok(())
@@ -407,9 +408,9 @@ impl PlanBuilder<'_> {
                 Err("LIMIT over an updating table is not supported; remove it".into())
             }
             LogicalPlan::Join(_) => Err("joins are not supported yet".into()),
-            LogicalPlan::Window(_) => Err(
-                "window functions (OVER) are not supported in a streaming pipeline".into(),
-            ),
+            LogicalPlan::Window(_) => {
+                Err("window functions (OVER) are not supported in a streaming pipeline".into())
+            }
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                 Err("the SELECT reads no source table: add FROM <source>".into())
             }
@@ -498,7 +499,9 @@ mod tests {
     }
 
     async fn compile_one(query: &str) -> Result<CompiledQuery, DefinitionError> {
-        compile(&definition(query)).await.map(|mut all| all.remove(0))
+        compile(&definition(query))
+            .await
+            .map(|mut all| all.remove(0))
     }
 
     #[tokio::test]
@@ -517,7 +520,10 @@ mod tests {
         assert!(aggregate.calls[0].argument.is_none());
         assert_eq!(aggregate.calls[1].kind, AggregateKind::Avg);
         assert!(matches!(query.lower.as_slice(), [Step::Filter(_)]));
-        assert!(matches!(query.upper.as_slice(), [Step::Filter(_), Step::Project { .. }]));
+        assert!(matches!(
+            query.upper.as_slice(),
+            [Step::Filter(_), Step::Project { .. }]
+        ));
         assert_eq!(query.sink_columns_from_output, vec![0, 1, 2]);
     }
 
@@ -545,7 +551,9 @@ mod tests {
             .unwrap_err();
         assert!(error.message.contains("CAST"), "{error}");
 
-        let error = compile_one("INSERT INTO out SELECT id, 1 FROM users").await.unwrap_err();
+        let error = compile_one("INSERT INTO out SELECT id, 1 FROM users")
+            .await
+            .unwrap_err();
         assert!(error.message.contains("gives 2 columns"), "{error}");
     }
 }

@@ -17,12 +17,12 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::decode::decode;
+use crate::definition::SinkTable;
 use crate::definition::{DefinitionError, PipelineDefinition};
 use crate::operators::aggregate::AggregateState;
 use crate::operators::normalize::{SourceOutput, SourceState};
 use crate::operators::{stateless, Changes};
 use crate::plan::{compile, CompiledQuery};
-use crate::definition::SinkTable;
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
 
 #[derive(Debug, Clone)]
@@ -206,7 +206,8 @@ pub async fn run(
     // Cassandra first: its tables must exist before anything is read.
     let mut backoff = RETRY_MIN;
     let mut sink = loop {
-        match CassandraSink::connect(&options.cassandra_nodes, options.cassandra_concurrency).await {
+        match CassandraSink::connect(&options.cassandra_nodes, options.cassandra_concurrency).await
+        {
             Ok(sink) => break sink,
             Err(error) => {
                 tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "waiting for Cassandra");
@@ -333,8 +334,13 @@ pub async fn run(
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
     let sink = Arc::new(sink);
-    let sinks: Arc<Vec<SinkTable>> =
-        Arc::new(pipeline.queries.iter().map(|query| query.sink.clone()).collect());
+    let sinks: Arc<Vec<SinkTable>> = Arc::new(
+        pipeline
+            .queries
+            .iter()
+            .map(|query| query.sink.clone())
+            .collect(),
+    );
     let mut in_flight: Option<tokio::task::JoinHandle<Option<BatchWrite>>> = None;
     // How far the consumer has read (ahead of the checkpointed offsets while a batch is in
     // flight).
@@ -370,7 +376,10 @@ pub async fn run(
                 Ok(Ok(message)) => message,
             };
             events += 1;
-            positions.push(((message.topic().to_owned(), message.partition()), message.offset() + 1));
+            positions.push((
+                (message.topic().to_owned(), message.partition()),
+                message.offset() + 1,
+            ));
             for &source_index in sources_by_topic.get(message.topic()).into_iter().flatten() {
                 let source = &pipeline.definition.sources[source_index];
                 match decode(source, message.payload()) {
@@ -383,7 +392,11 @@ pub async fn run(
                             .sources
                             .get_mut(&source.name)
                             .expect("every source has a state");
-                        source_state.apply(&source.primary_key, event.change, &mut outputs[source_index]);
+                        source_state.apply(
+                            &source.primary_key,
+                            event.change,
+                            &mut outputs[source_index],
+                        );
                     }
                     Ok(None) => {}
                     Err(reason) => dead_letters.push(DeadLetter {
@@ -442,7 +455,10 @@ pub async fn run(
             *entry = (*entry).max(*next);
         }
         if let Some(previous) = in_flight.take() {
-            match previous.await.map_err(|error| fail(format!("a write task failed: {error}")))? {
+            match previous
+                .await
+                .map_err(|error| fail(format!("a write task failed: {error}")))?
+            {
                 Some(written) => finish(written, &mut state, &mut summary, &metrics),
                 None => return Ok(summary),
             }
@@ -460,12 +476,19 @@ pub async fn run(
         dirty |= events > 0;
 
         let caught_up = stop_at.as_ref().is_some_and(|ends| {
-            ends.iter().all(|(key, &end)| read_positions.get(key).copied().unwrap_or(0) >= end)
+            ends.iter()
+                .all(|(key, &end)| read_positions.get(key).copied().unwrap_or(0) >= end)
         });
-        if stopping || caught_up || (dirty && last_checkpoint.elapsed() >= options.checkpoint_interval) {
+        if stopping
+            || caught_up
+            || (dirty && last_checkpoint.elapsed() >= options.checkpoint_interval)
+        {
             // A checkpoint pairs offsets with state: nothing may be in flight.
             if let Some(previous) = in_flight.take() {
-                match previous.await.map_err(|error| fail(format!("a write task failed: {error}")))? {
+                match previous
+                    .await
+                    .map_err(|error| fail(format!("a write task failed: {error}")))?
+                {
                     Some(written) => finish(written, &mut state, &mut summary, &metrics),
                     None => return Ok(summary),
                 }
@@ -473,7 +496,9 @@ pub async fn run(
             if dirty {
                 write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
                 commit_offsets(&consumer, &state);
-                metrics.consumer_lag.store(consumer_lag(&consumer, &state), Ordering::Relaxed);
+                metrics
+                    .consumer_lag
+                    .store(consumer_lag(&consumer, &state), Ordering::Relaxed);
                 dirty = false;
             }
             last_checkpoint = Instant::now();
@@ -533,10 +558,18 @@ impl BatchWriter {
                 }
             }
             if result.is_ok() && !batch.dead_letters.is_empty() {
-                if let Err(error) =
-                    send_dead_letters(&self.producer, &self.dead_letter_topic, name, &batch.dead_letters).await
+                if let Err(error) = send_dead_letters(
+                    &self.producer,
+                    &self.dead_letter_topic,
+                    name,
+                    &batch.dead_letters,
+                )
+                .await
                 {
-                    result = Err(format!("dead-letter topic {}: {error}", self.dead_letter_topic));
+                    result = Err(format!(
+                        "dead-letter topic {}: {error}",
+                        self.dead_letter_topic
+                    ));
                 }
             }
             match result {
@@ -549,7 +582,9 @@ impl BatchWriter {
                     return Some(batch);
                 }
                 Err(error) => {
-                    self.metrics.cassandra_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .cassandra_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "writing the batch failed; holding position and retrying");
                     if sleep_or_stop(backoff, &mut self.stop).await {
                         return None;
@@ -576,7 +611,9 @@ fn finish(
     summary.rows_written += rows;
     summary.events += written.events as u64;
     summary.dead_letters += written.dead_letters.len() as u64;
-    metrics.events.fetch_add(written.events as u64, Ordering::Relaxed);
+    metrics
+        .events
+        .fetch_add(written.events as u64, Ordering::Relaxed);
     metrics
         .dead_letters
         .fetch_add(written.dead_letters.len() as u64, Ordering::Relaxed);
@@ -612,9 +649,17 @@ fn write_checkpoint(
     state.written_at_ms = unix_ms() as i64;
     let bytes = checkpoint::save(path, state)?;
     metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-    metrics.last_checkpoint_unix_ms.store(unix_ms(), Ordering::Relaxed);
-    metrics.last_checkpoint_bytes.store(bytes as u64, Ordering::Relaxed);
-    tracing::debug!(bytes, took_ms = started.elapsed().as_millis() as u64, "checkpoint written");
+    metrics
+        .last_checkpoint_unix_ms
+        .store(unix_ms(), Ordering::Relaxed);
+    metrics
+        .last_checkpoint_bytes
+        .store(bytes as u64, Ordering::Relaxed);
+    tracing::debug!(
+        bytes,
+        took_ms = started.elapsed().as_millis() as u64,
+        "checkpoint written"
+    );
     Ok(())
 }
 
@@ -623,7 +668,10 @@ fn write_checkpoint(
 fn commit_offsets(consumer: &StreamConsumer, state: &Checkpoint) {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), &next) in &state.offsets {
-        if list.add_partition_offset(topic, *partition, Offset::Offset(next)).is_err() {
+        if list
+            .add_partition_offset(topic, *partition, Offset::Offset(next))
+            .is_err()
+        {
             return;
         }
     }
@@ -665,11 +713,26 @@ async fn send_dead_letters(
         let partition = letter.partition.to_string();
         let offset = letter.offset.to_string();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "walflow.error", value: Some(letter.reason.as_str()) })
-            .insert(Header { key: "walflow.pipeline", value: Some(pipeline) })
-            .insert(Header { key: "walflow.source.topic", value: Some(letter.topic.as_str()) })
-            .insert(Header { key: "walflow.source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "walflow.source.offset", value: Some(offset.as_str()) });
+            .insert(Header {
+                key: "walflow.error",
+                value: Some(letter.reason.as_str()),
+            })
+            .insert(Header {
+                key: "walflow.pipeline",
+                value: Some(pipeline),
+            })
+            .insert(Header {
+                key: "walflow.source.topic",
+                value: Some(letter.topic.as_str()),
+            })
+            .insert(Header {
+                key: "walflow.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "walflow.source.offset",
+                value: Some(offset.as_str()),
+            });
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(key) = &letter.key {
             record = record.key(key.as_slice());
@@ -696,7 +759,10 @@ async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> 
     }
 }
 
-async fn partitions_of(consumer: &StreamConsumer, topic: &str) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+async fn partitions_of(
+    consumer: &StreamConsumer,
+    topic: &str,
+) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
     let metadata = tokio::task::block_in_place(|| {
         consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
     })?;

@@ -74,7 +74,11 @@ impl SinkDelta {
                         .unwrap_or(Value::Null)
                 })
                 .collect();
-            let key: Row = sink.primary_key.iter().map(|&index| row[index].clone()).collect();
+            let key: Row = sink
+                .primary_key
+                .iter()
+                .map(|&index| row[index].clone())
+                .collect();
             if key.iter().any(Value::is_null) {
                 self.null_keys += 1;
                 continue;
@@ -154,12 +158,20 @@ impl CassandraSink {
         } else {
             check_shape(sink, &existing)?;
         }
-        let names: Vec<&str> = sink.columns.iter().map(|column| column.name.as_str()).collect();
+        let names: Vec<&str> = sink
+            .columns
+            .iter()
+            .map(|column| column.name.as_str())
+            .collect();
         let upsert = format!(
             "INSERT INTO {}.{} ({}) VALUES ({})",
             sink.keyspace,
             sink.table,
-            names.iter().map(|name| quote(name)).collect::<Vec<_>>().join(", "),
+            names
+                .iter()
+                .map(|name| quote(name))
+                .collect::<Vec<_>>()
+                .join(", "),
             vec!["?"; names.len()].join(", ")
         );
         let delete = format!(
@@ -211,11 +223,10 @@ impl CassandraSink {
     /// Writes one sink's delta; every write is tried, the first error is returned (the
     /// caller retries the whole delta, which is harmless).
     pub async fn write(&self, sink: &SinkTable, delta: &SinkDelta) -> Result<(), SinkError> {
-        let prepared = self
-            .prepared
-            .get(&sink.name)
-            .cloned()
-            .ok_or_else(|| SinkError::Cassandra(format!("sink {} is not prepared", sink.name)))?;
+        let prepared =
+            self.prepared.get(&sink.name).cloned().ok_or_else(|| {
+                SinkError::Cassandra(format!("sink {} is not prepared", sink.name))
+            })?;
         if delta.truncate_first {
             self.session
                 .query_unpaged(prepared.truncate.as_str(), ())
@@ -235,7 +246,11 @@ impl CassandraSink {
                 let session = self.session.clone();
                 let prepared = prepared.clone();
                 async move {
-                    let statement = if upsert { &prepared.upsert } else { &prepared.delete };
+                    let statement = if upsert {
+                        &prepared.upsert
+                    } else {
+                        &prepared.delete
+                    };
                     session
                         .execute_unpaged(statement, values)
                         .await
@@ -313,7 +328,9 @@ fn check_shape(
         .keys()
         .find(|name| !sink.columns.iter().any(|column| &column.name == *name))
     {
-        return Err(shape_error(format!("it has a column {extra} the pipeline does not declare")));
+        return Err(shape_error(format!(
+            "it has a column {extra} the pipeline does not declare"
+        )));
     }
     Ok(())
 }
@@ -341,8 +358,14 @@ mod tests {
         SinkTable {
             name: "by_country".into(),
             columns: vec![
-                Column { name: "country".into(), column_type: ColumnType::Text },
-                Column { name: "n".into(), column_type: ColumnType::Int64 },
+                Column {
+                    name: "country".into(),
+                    column_type: ColumnType::Text,
+                },
+                Column {
+                    name: "n".into(),
+                    column_type: ColumnType::Int64,
+                },
             ],
             primary_key: vec![0],
             keyspace: "ks".into(),
@@ -362,10 +385,16 @@ mod tests {
     #[test]
     fn a_table_of_another_shape_is_named_with_the_difference() {
         let mut existing = HashMap::new();
-        existing.insert("country".to_owned(), ("text".to_owned(), "partition_key".to_owned()));
+        existing.insert(
+            "country".to_owned(),
+            ("text".to_owned(), "partition_key".to_owned()),
+        );
         existing.insert("n".to_owned(), ("int".to_owned(), "regular".to_owned()));
         let error = check_shape(&sink(), &existing).unwrap_err().to_string();
-        assert!(error.contains("column n is int there, bigint in the pipeline"), "{error}");
+        assert!(
+            error.contains("column n is int there, bigint in the pipeline"),
+            "{error}"
+        );
         existing.insert("n".to_owned(), ("bigint".to_owned(), "regular".to_owned()));
         assert!(check_shape(&sink(), &existing).is_ok());
     }

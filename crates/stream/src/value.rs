@@ -234,7 +234,8 @@ impl std::fmt::Display for Value {
                 Some(time) => write!(f, "{}", time.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
                 None => write!(f, "timestamp {micros}"),
             },
-            Value::Date(days) => match chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163) {
+            Value::Date(days) => match chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+            {
                 Some(date) => write!(f, "{date}"),
                 None => write!(f, "date {days}"),
             },

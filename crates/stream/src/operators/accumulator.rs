@@ -18,7 +18,11 @@ pub enum Accumulator {
     IntegerSum { sum: i128, count: i64 },
     /// sum and avg over floats, with Neumaier's compensation so that adding and then
     /// retracting the same values comes back to (nearly) exactly where it was.
-    FloatSum { sum: f64, compensation: f64, count: i64 },
+    FloatSum {
+        sum: f64,
+        compensation: f64,
+        count: i64,
+    },
     /// min and max: every value with its multiplicity, since a retraction of the minimum
     /// needs the next one.
     Extremes { values: BTreeMap<Value, i64> },
@@ -29,7 +33,9 @@ pub enum Accumulator {
 impl Accumulator {
     pub fn new(call: &AggregateCall) -> Accumulator {
         if call.distinct && call.kind == AggregateKind::Count {
-            return Accumulator::Distinct { values: HashMap::new() };
+            return Accumulator::Distinct {
+                values: HashMap::new(),
+            };
         }
         match call.kind {
             AggregateKind::Count => Accumulator::Count { count: 0 },
@@ -121,7 +127,11 @@ impl Accumulator {
                 Value::Float64(*sum as f64 / *count as f64)
             }
             (Accumulator::IntegerSum { sum, .. }, _) => {
-                Value::Int64(i64::try_from(*sum).unwrap_or(if *sum > 0 { i64::MAX } else { i64::MIN }))
+                Value::Int64(i64::try_from(*sum).unwrap_or(if *sum > 0 {
+                    i64::MAX
+                } else {
+                    i64::MIN
+                }))
             }
             (
                 Accumulator::FloatSum {
@@ -131,9 +141,12 @@ impl Accumulator {
                 },
                 AggregateKind::Avg,
             ) => Value::Float64((sum + compensation) / *count as f64),
-            (Accumulator::FloatSum { sum, compensation, .. }, _) => {
-                Value::Float64(sum + compensation)
-            }
+            (
+                Accumulator::FloatSum {
+                    sum, compensation, ..
+                },
+                _,
+            ) => Value::Float64(sum + compensation),
             (Accumulator::Extremes { values }, AggregateKind::Max) => {
                 values.keys().next_back().cloned().unwrap_or(Value::Null)
             }
@@ -183,7 +196,11 @@ mod tests {
             for value in [6, 9, 2] {
                 accumulator.update(Some(&Value::Int32(value)), -1);
             }
-            assert_eq!(accumulator.result(kind, output_type), before, "{kind:?} {distinct}");
+            assert_eq!(
+                accumulator.result(kind, output_type),
+                before,
+                "{kind:?} {distinct}"
+            );
         }
     }
 
@@ -200,16 +217,31 @@ mod tests {
         for accumulator in [&mut min, &mut avg, &mut distinct] {
             accumulator.update(Some(&Value::Int32(1)), -1);
         }
-        assert_eq!(min.result(AggregateKind::Min, ColumnType::Int32), Value::Int32(1));
-        assert_eq!(avg.result(AggregateKind::Avg, ColumnType::Float64), Value::Float64(10.0 / 3.0));
-        assert_eq!(distinct.result(AggregateKind::Count, ColumnType::Int64), Value::Int64(3));
+        assert_eq!(
+            min.result(AggregateKind::Min, ColumnType::Int32),
+            Value::Int32(1)
+        );
+        assert_eq!(
+            avg.result(AggregateKind::Avg, ColumnType::Float64),
+            Value::Float64(10.0 / 3.0)
+        );
+        assert_eq!(
+            distinct.result(AggregateKind::Count, ColumnType::Int64),
+            Value::Int64(3)
+        );
         for accumulator in [&mut min, &mut avg] {
             for value in [1, 2, 7] {
                 accumulator.update(Some(&Value::Int32(value)), -1);
             }
         }
-        assert_eq!(min.result(AggregateKind::Min, ColumnType::Int32), Value::Null);
-        assert_eq!(avg.result(AggregateKind::Avg, ColumnType::Float64), Value::Null);
+        assert_eq!(
+            min.result(AggregateKind::Min, ColumnType::Int32),
+            Value::Null
+        );
+        assert_eq!(
+            avg.result(AggregateKind::Avg, ColumnType::Float64),
+            Value::Null
+        );
     }
 
     #[test]

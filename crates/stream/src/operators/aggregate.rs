@@ -110,9 +110,7 @@ impl AggregateState {
         let mut insertions = Vec::new();
         for (key, before) in touched {
             let after = match self.groups.get(&key) {
-                Some(group) if plan.global || group.rows > 0 => {
-                    Some(output_row(plan, &key, group))
-                }
+                Some(group) if plan.global || group.rows > 0 => Some(output_row(plan, &key, group)),
                 _ => {
                     self.groups.remove(&key);
                     None

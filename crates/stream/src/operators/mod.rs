@@ -41,15 +41,14 @@ impl Changes {
                 let array = column_to_array(rows.iter().map(|(row, _)| row), index, column_type);
                 // Arrow types that map to one column type (Int16 -> Int32, ...) are cast back.
                 if array.data_type() != field.data_type() {
-                    datafusion::arrow::compute::cast(&array, field.data_type())
-                        .map_err(Into::into)
+                    datafusion::arrow::compute::cast(&array, field.data_type()).map_err(Into::into)
                 } else {
                     Ok(array)
                 }
             })
             .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
-        let options =
-            datafusion::arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(rows.len()));
+        let options = datafusion::arrow::record_batch::RecordBatchOptions::new()
+            .with_row_count(Some(rows.len()));
         let batch = RecordBatch::try_new_with_options(schema, columns, &options)?;
         Ok(Changes {
             batch,

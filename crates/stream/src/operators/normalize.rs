@@ -25,7 +25,9 @@ pub enum SourceChange {
         unavailable: Vec<usize>,
     },
     /// The old row: complete under REPLICA IDENTITY FULL, only the key columns otherwise.
-    Delete { before: Row },
+    Delete {
+        before: Row,
+    },
     Truncate,
 }
 
@@ -59,10 +61,27 @@ impl SourceState {
         self.rows.as_ref().map_or(0, HashMap::len)
     }
 
-    pub fn apply(&mut self, key_columns: &[usize], change: SourceChange, output: &mut SourceOutput) {
-        let key_of = |row: &Row| -> Row { key_columns.iter().map(|&index| row[index].clone()).collect() };
+    pub fn apply(
+        &mut self,
+        key_columns: &[usize],
+        change: SourceChange,
+        output: &mut SourceOutput,
+    ) {
+        let key_of = |row: &Row| -> Row {
+            key_columns
+                .iter()
+                .map(|&index| row[index].clone())
+                .collect()
+        };
         match (&mut self.rows, change) {
-            (Some(rows), SourceChange::Upsert { before, mut after, unavailable }) => {
+            (
+                Some(rows),
+                SourceChange::Upsert {
+                    before,
+                    mut after,
+                    unavailable,
+                },
+            ) => {
                 // An update that changes the key moves the row: the old key goes.
                 if let Some(before) = &before {
                     let old_key = key_of(before);
@@ -147,10 +166,21 @@ mod tests {
             },
             &mut output,
         );
-        state.apply(&[0], SourceChange::Delete { before: row(1, "b") }, &mut output);
+        state.apply(
+            &[0],
+            SourceChange::Delete {
+                before: row(1, "b"),
+            },
+            &mut output,
+        );
         assert_eq!(
             output.changes,
-            vec![(row(1, "a"), 1), (row(1, "a"), -1), (row(1, "b"), 1), (row(1, "b"), -1)]
+            vec![
+                (row(1, "a"), 1),
+                (row(1, "a"), -1),
+                (row(1, "b"), 1),
+                (row(1, "b"), -1)
+            ]
         );
         assert_eq!(state.rows(), 0);
     }
@@ -164,7 +194,10 @@ mod tests {
             &[0],
             SourceChange::Upsert {
                 before: None,
-                after: vec![Value::Int32(1), Value::Text("__debezium_unavailable_value".into())],
+                after: vec![
+                    Value::Int32(1),
+                    Value::Text("__debezium_unavailable_value".into()),
+                ],
                 unavailable: vec![1],
             },
             &mut output,
