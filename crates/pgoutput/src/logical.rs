@@ -298,14 +298,9 @@ impl LogicalMessage {
                 let (old, new) = match reader.u8("tuple kind")? {
                     b'N' => (None, TupleData::read(&mut reader)?),
                     kind @ (b'K' | b'O') => {
-                        let old_tuple = TupleData::read(&mut reader)?;
-                        let old = if kind == b'K' {
-                            OldTuple::Key(old_tuple)
-                        } else {
-                            OldTuple::Full(old_tuple)
-                        };
+                        let old = read_old_tuple(kind, &mut reader)?;
                         match reader.u8("new tuple kind")? {
-                            b'N' => (Some(old), TupleData::read(&mut reader)?),
+                            b'N' => (old, TupleData::read(&mut reader)?),
                             _ => {
                                 return Err(reader.error(DecodeErrorKind::UnknownTag {
                                     what: "update new tuple kind",
@@ -329,14 +324,11 @@ impl LogicalMessage {
             b'D' => {
                 let xid = streamed_xid(&mut reader)?;
                 let relation_oid = reader.u32("relation OID")?;
-                let old = match reader.u8("tuple kind")? {
-                    b'K' => OldTuple::Key(TupleData::read(&mut reader)?),
-                    b'O' => OldTuple::Full(TupleData::read(&mut reader)?),
-                    _ => {
-                        return Err(reader.error(DecodeErrorKind::UnknownTag {
-                            what: "delete tuple kind",
-                        }))
-                    }
+                let kind = reader.u8("tuple kind")?;
+                let Some(old) = read_old_tuple(kind, &mut reader)? else {
+                    return Err(reader.error(DecodeErrorKind::UnknownTag {
+                        what: "delete tuple kind",
+                    }));
                 };
                 LogicalMessage::Delete(Delete {
                     xid,
@@ -539,4 +531,14 @@ impl LogicalDecoder {
         }
         Ok(message)
     }
+}
+
+/// Reads the old row an Update or Delete carries: `K` the replica identity's key columns,
+/// `O` the whole old row (REPLICA IDENTITY FULL); `None` for another kind.
+fn read_old_tuple(kind: u8, reader: &mut Reader) -> Result<Option<OldTuple>, DecodeError> {
+    Ok(Some(match kind {
+        b'K' => OldTuple::Key(TupleData::read(reader)?),
+        b'O' => OldTuple::Full(TupleData::read(reader)?),
+        _ => return Ok(None),
+    }))
 }
