@@ -13,6 +13,10 @@ use crate::harness::{
 
 pub(crate) struct Cdc {
     child: Child,
+    /// Everything cdc wrote to stderr so far, read as it comes so the pipe never fills and
+    /// blocks it.
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Cdc {
@@ -27,7 +31,7 @@ impl Cdc {
         tables: &str,
         extra_args: &[&str],
     ) -> Cdc {
-        let child = walflow(&database.url)
+        let mut child = walflow(&database.url)
             .args([
                 "cdc",
                 "--slot",
@@ -43,7 +47,26 @@ impl Cdc {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn walflow cdc");
-        Cdc { child }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 8192];
+            while let Ok(read) = stderr.read(&mut buffer) {
+                if read == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..read]));
+            }
+        });
+        Cdc {
+            child,
+            log,
+            reader: Some(reader),
+        }
     }
 
     /// Starts cdc and waits until its slot is streaming.
@@ -64,13 +87,12 @@ impl Cdc {
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
-        let output = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
+        let status = self.child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let log = self.log.lock().unwrap().clone();
+        (status.code(), log)
     }
 }
 
