@@ -521,13 +521,7 @@ async fn bench_cdc_latency(
     }
     let mut latencies = summary.latencies_us;
     latencies.sort_unstable();
-    let percentile = |share: f64| {
-        latencies
-            .get(((latencies.len() as f64 * share) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0
-    };
+    let percentile = |share: f64| percentile(&latencies, share) as f64 / 1000.0;
     Ok(LatencyReport {
         rate,
         seconds,
@@ -537,6 +531,13 @@ async fn bench_cdc_latency(
         max_ms: latencies.last().copied().unwrap_or(0) as f64 / 1000.0,
         peak_rss_mb: peak_rss_mb(),
     })
+}
+
+/// The value below which `share` of the sorted `samples` lie (0 when there are none).
+pub(super) fn percentile(sorted_samples: &[u64], share: f64) -> u64 {
+    let index = ((sorted_samples.len() as f64 * share) as usize)
+        .min(sorted_samples.len().saturating_sub(1));
+    sorted_samples.get(index).copied().unwrap_or(0)
 }
 
 /// The process's peak resident set (VmHWM), in MB.

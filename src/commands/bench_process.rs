@@ -21,7 +21,9 @@ use serde_json::json;
 use walflow_stream::definition::PipelineDefinition;
 use walflow_stream::runner::{self, Pipeline, ProcessMetrics, ProcessOptions};
 
-use super::bench::{connect, create_scratch_database, drop_scratch_database, peak_rss_mb};
+use super::bench::{
+    connect, create_scratch_database, drop_scratch_database, peak_rss_mb, percentile,
+};
 use crate::config::Config;
 
 #[derive(Debug, Args)]
@@ -544,26 +546,16 @@ async fn steady(
         let cdc_summary = cdc_task.await??;
         let mut cdc_latencies = cdc_summary.latencies_us;
         cdc_latencies.sort_unstable();
-        let cdc_p99_ms = cdc_latencies
-            .get(((cdc_latencies.len() as f64 * 0.99) as usize).min(cdc_latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0) as f64
-            / 1000.0;
+        let cdc_p99_ms = percentile(&cdc_latencies, 0.99) as f64 / 1000.0;
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{database}_checkpoints")));
         let mut latencies: Vec<u64> = metrics.latencies_ms().into_iter().skip(warmup).collect();
         latencies.sort_unstable();
-        let percentile = |share: f64| {
-            latencies
-                .get(((latencies.len() as f64 * share) as usize).min(latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0) as f64
-        };
         Ok(SteadyReport {
             rate,
             seconds,
             samples: latencies.len(),
-            p50_ms: percentile(0.50),
-            p99_ms: percentile(0.99),
+            p50_ms: percentile(&latencies, 0.50) as f64,
+            p99_ms: percentile(&latencies, 0.99) as f64,
             max_ms: latencies.last().copied().unwrap_or(0) as f64,
             cdc_p99_ms,
         })

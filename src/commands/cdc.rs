@@ -122,20 +122,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         }
         SinkKind::Stdout => Sink::stdout(),
     };
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("stopping: draining what was sent");
-        let _ = stop_sender.send(true);
-    });
+    let stop = super::stop_on_signal("stopping: draining what was sent");
     let metrics = sink.metrics().clone();
     let reporter = tokio::spawn(report_progress(metrics));
     let result = pipeline::run(&options, sink, stop).await;

@@ -45,6 +45,26 @@ impl Command {
     }
 }
 
+/// A receiver that turns true at the first Ctrl-C or SIGTERM, after logging `message`: the
+/// long-running commands stop cleanly on it.
+pub(crate) fn stop_on_signal(message: &'static str) -> tokio::sync::watch::Receiver<bool> {
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("{message}");
+        let _ = stop_sender.send(true);
+    });
+    stop
+}
+
 pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Failure> {
     match command {
         Command::Doctor(args) => doctor::run(args, global).await,

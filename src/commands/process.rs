@@ -78,20 +78,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
             .map_err(|error| Failure::Usage(error.into()))?;
         pipelines.push(pipeline);
     }
-    let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-        }
-        tracing::info!("stopping: finishing the batch and writing checkpoints");
-        let _ = stop_sender.send(true);
-    });
+    let stop = super::stop_on_signal("stopping: finishing the batch and writing checkpoints");
 
     let mut tasks = tokio::task::JoinSet::new();
     for pipeline in pipelines {

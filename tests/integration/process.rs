@@ -85,6 +85,30 @@ impl Scenario {
         assert!(output.status.success(), "ingest failed");
     }
 
+    /// Ingests 1000 users of `seed` with `churn` in `rounds` rounds (a pause after each) on
+    /// a thread of its own, while the test does something else.
+    fn churn_in_background(
+        &self,
+        seed: &'static str,
+        rounds: u32,
+        churn: &'static str,
+        pause: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let database_url = self.database.url.clone();
+        let api_url = self.api.url.clone();
+        std::thread::spawn(move || {
+            for round in 0..rounds {
+                let output = run(walflow(&database_url)
+                    .args([
+                        "ingest", "--source", &api_url, "--count", "1000", "--seed", seed,
+                    ])
+                    .args(["--churn", churn, "--batch-size", "100"]));
+                assert!(output.status.success(), "ingest round {round} failed");
+                std::thread::sleep(pause);
+            }
+        })
+    }
+
     async fn cdc_caught_up(&self) {
         wait_until_caught_up(&self.database.client().await, &self.slot).await;
     }
@@ -278,18 +302,7 @@ async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answ
     let scenario = Scenario::start().await;
     scenario.ingest(&["--count", "1000", "--seed", "crash"]);
     // Churn keeps arriving while process is killed and restarted.
-    let database_url = scenario.database.url.clone();
-    let api_url = scenario.api.url.clone();
-    let writer = std::thread::spawn(move || {
-        for round in 0..6 {
-            let output = run(walflow(&database_url)
-                .args([
-                    "ingest", "--source", &api_url, "--count", "1000", "--seed", "crash",
-                ])
-                .args(["--churn", "0.15", "--batch-size", "100"]));
-            assert!(output.status.success(), "ingest round {round} failed");
-        }
-    });
+    let writer = scenario.churn_in_background("crash", 6, "0.15", Duration::ZERO);
     let log_path = scenario.directory.path().join("process.log");
     let mut seed = std::process::id() as u64 ^ 0x9e3779b97f4a7c15;
     let mut kills = 0;
@@ -495,19 +508,7 @@ async fn cassandra_restarted_mid_stream_still_gives_the_postgres_answer() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let database_url = scenario.database.url.clone();
-    let api_url = scenario.api.url.clone();
-    let writer = std::thread::spawn(move || {
-        for round in 0..4 {
-            let output = run(walflow(&database_url)
-                .args([
-                    "ingest", "--source", &api_url, "--count", "1000", "--seed", "outage",
-                ])
-                .args(["--churn", "0.2", "--batch-size", "100"]));
-            assert!(output.status.success(), "ingest round {round} failed");
-            std::thread::sleep(Duration::from_secs(2));
-        }
-    });
+    let writer = scenario.churn_in_background("outage", 4, "0.2", Duration::from_secs(2));
     std::thread::sleep(Duration::from_secs(2));
     crate::cdc::scripts_services(&["down", "cassandra"]);
     std::thread::sleep(Duration::from_secs(5));

@@ -451,17 +451,13 @@ pub async fn run(
             events,
         };
         for (key, next) in &batch.positions {
-            let entry = read_positions.entry(key.clone()).or_insert(*next);
-            *entry = (*entry).max(*next);
+            advance(&mut read_positions, key, *next);
         }
-        if let Some(previous) = in_flight.take() {
-            match previous
-                .await
-                .map_err(|error| fail(format!("a write task failed: {error}")))?
-            {
-                Some(written) => finish(written, &mut state, &mut summary, &metrics),
-                None => return Ok(summary),
-            }
+        if !settle(in_flight.take(), &mut state, &mut summary, &metrics)
+            .await
+            .map_err(fail)?
+        {
+            return Ok(summary);
         }
         let writer = BatchWriter {
             sink: sink.clone(),
@@ -484,14 +480,11 @@ pub async fn run(
             || (dirty && last_checkpoint.elapsed() >= options.checkpoint_interval)
         {
             // A checkpoint pairs offsets with state: nothing may be in flight.
-            if let Some(previous) = in_flight.take() {
-                match previous
-                    .await
-                    .map_err(|error| fail(format!("a write task failed: {error}")))?
-                {
-                    Some(written) => finish(written, &mut state, &mut summary, &metrics),
-                    None => return Ok(summary),
-                }
+            if !settle(in_flight.take(), &mut state, &mut summary, &metrics)
+                .await
+                .map_err(fail)?
+            {
+                return Ok(summary);
             }
             if dirty {
                 write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
@@ -596,6 +589,35 @@ impl BatchWriter {
     }
 }
 
+/// Waits for the batch in flight, if any, and books it; false when its writer was stopped
+/// before the batch was written (the run then ends without a checkpoint of it).
+async fn settle(
+    in_flight: Option<tokio::task::JoinHandle<Option<BatchWrite>>>,
+    state: &mut Checkpoint,
+    summary: &mut RunSummary,
+    metrics: &ProcessMetrics,
+) -> Result<bool, String> {
+    let Some(handle) = in_flight else {
+        return Ok(true);
+    };
+    match handle
+        .await
+        .map_err(|error| format!("a write task failed: {error}"))?
+    {
+        Some(written) => {
+            finish(written, state, summary, metrics);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Moves a partition's next offset forward (never back).
+fn advance(positions: &mut BTreeMap<(String, i32), i64>, key: &(String, i32), next: i64) {
+    let entry = positions.entry(key.clone()).or_insert(next);
+    *entry = (*entry).max(next);
+}
+
 /// A batch is in Cassandra: its offsets may now enter the next checkpoint.
 fn finish(
     written: BatchWrite,
@@ -603,9 +625,8 @@ fn finish(
     summary: &mut RunSummary,
     metrics: &ProcessMetrics,
 ) {
-    for (key, next) in written.positions {
-        let entry = state.offsets.entry(key).or_insert(next);
-        *entry = (*entry).max(next);
+    for (key, next) in &written.positions {
+        advance(&mut state.offsets, key, *next);
     }
     let rows: u64 = written.deltas.iter().map(|delta| delta.len() as u64).sum();
     summary.rows_written += rows;
