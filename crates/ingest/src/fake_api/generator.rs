@@ -32,8 +32,8 @@ impl SplitMix64 {
         self.next_u64() % bound.max(1)
     }
 
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
     }
 }
 
@@ -153,23 +153,23 @@ pub struct Picture {
 pub fn user(seed: &str, position: u64, nationalities: &[&'static Nationality]) -> ApiUser {
     let mut rng = rng_for(seed, position, 0);
     let nat: &'static Nationality = if nationalities.is_empty() {
-        rng.pick(NATIONALITIES)
+        &NATIONALITIES[rng.below(NATIONALITIES.len() as u64) as usize]
     } else {
-        *rng.pick(nationalities)
+        rng.pick(nationalities)
     };
     let female = rng.below(2) == 0;
     let title = if female {
-        *rng.pick(&["Miss", "Ms", "Mrs", "Mme"])
+        rng.pick(&["Miss", "Ms", "Mrs", "Mme"])
     } else {
-        *rng.pick(&["Mr", "Monsieur"])
+        rng.pick(&["Mr", "Monsieur"])
     };
-    let first = *rng.pick(if female {
+    let first = rng.pick(if female {
         FIRST_NAMES_FEMALE
     } else {
         FIRST_NAMES_MALE
     });
-    let last = *rng.pick(LAST_NAMES);
-    let (city, state) = *rng.pick(nat.places);
+    let last = rng.pick(LAST_NAMES);
+    let (city, state) = rng.pick(nat.places);
     let postcode = if nat.numeric_postcode {
         json!(10_000 + rng.below(89_999))
     } else {
@@ -181,7 +181,7 @@ pub fn user(seed: &str, position: u64, nationalities: &[&'static Nationality]) -
             letter(&mut rng)
         ))
     };
-    let (offset, description) = *rng.pick(TIMEZONES);
+    let (offset, description) = rng.pick(TIMEZONES);
     let uuid = uuid_v4(&mut rng);
     let username = format!(
         "{}{}{}",
@@ -199,7 +199,7 @@ pub fn user(seed: &str, position: u64, nationalities: &[&'static Nationality]) -
         location: Some(Location {
             street: Street {
                 number: json!(1 + rng.below(9999)),
-                name: *rng.pick(STREETS),
+                name: rng.pick(STREETS),
             },
             city,
             state,
@@ -222,7 +222,7 @@ pub fn user(seed: &str, position: u64, nationalities: &[&'static Nationality]) -
         login: Some(Login {
             uuid: Some(uuid),
             username,
-            password: *rng.pick(ANIMALS),
+            password: rng.pick(ANIMALS),
             salt: hex(&mut rng, 8),
             md5: hex(&mut rng, 32),
             sha1: hex(&mut rng, 40),
