@@ -27,7 +27,7 @@ use crate::exit::Failure;
         snapshot the slot exports (op \"r\" events), then the stream starts where the snapshot \
         ends: no gap, no overlap. A snapshot cut short by a crash is taken again at the next \
         start (progress is kept in the table walflow_cdc_snapshot of the source database).",
-    after_help = "Examples:\n  walflow cdc --tables public.users\n  walflow cdc --sink stdout\n  walflow cdc drop"
+    after_help = "Examples:\n  walflow cdc --tables public.users,public.countries\n  walflow cdc --sink stdout\n  walflow cdc drop"
 )]
 pub struct CdcArgs {
     #[command(subcommand)]
@@ -41,7 +41,8 @@ pub struct CdcArgs {
     #[arg(long, default_value = "walflow", global = true)]
     publication: String,
 
-    /// Tables of a new publication, comma-separated schema.table; all tables when empty
+    /// Tables of a new publication, comma-separated schema.table; all tables when empty.
+    /// An existing publication must already publish them
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     tables: Vec<String>,
 

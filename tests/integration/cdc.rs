@@ -364,6 +364,34 @@ async fn a_table_without_a_key_is_refused_with_what_to_run() {
 }
 
 #[tokio::test]
+async fn an_existing_publication_lacking_an_asked_table_is_refused_with_the_fix() {
+    let database = TestDatabase::migrated().await;
+    let topics = TestTopics::new();
+    database
+        .client()
+        .await
+        .batch_execute("CREATE PUBLICATION walflow FOR TABLE public.users")
+        .await
+        .unwrap();
+    let output = run(walflow(&database.url).args([
+        "cdc",
+        "--slot",
+        &unique_name("walflow_slot"),
+        "--tables",
+        "public.users,public.countries",
+        "--topic-prefix",
+        &topics.prefix,
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(
+        message.contains("does not publish public.countries"),
+        "{message}"
+    );
+    assert!(message.contains("walflow cdc drop"), "{message}");
+}
+
+#[tokio::test]
 async fn wal_level_replica_is_refused_with_the_setting_named() {
     let scratch = ScratchPostgres::start(&["wal_level=replica"]);
     let output = run(walflow(&scratch.url).args(["cdc", "--slot", "walflow_x"]));

@@ -61,13 +61,25 @@ async fn publication_exists(client: &Client, publication: &str) -> Result<bool, 
 }
 
 /// Creates the publication when it does not exist: for `tables`, or for all tables when
-/// the list is empty. An existing publication is used as it is.
+/// the list is empty. An existing publication is used as it is, but one that lacks a table
+/// of `tables` is refused: streaming less than was asked for, silently, is the one thing cdc
+/// must not do.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
     tables: &[String],
 ) -> Result<bool, SetupError> {
     if publication_exists(client, publication).await? {
+        let missing = missing_tables(client, publication, tables).await?;
+        if !missing.is_empty() {
+            let list = missing.join(", ");
+            return Err(SetupError::Unfit(format!(
+                "publication {publication} exists but does not publish {list}, which --tables \
+                 asks for: run `walflow cdc drop` and start cdc again to recreate publication and \
+                 slot (a new snapshot is taken), or ALTER PUBLICATION {publication} ADD TABLE \
+                 {list} to stream their changes from now on without a snapshot"
+            )));
+        }
         return Ok(false);
     }
     let target = if tables.is_empty() {
@@ -90,6 +102,31 @@ pub async fn ensure_publication(
         .await
         .map_err(failed(format!("cannot create publication {publication}")))?;
     Ok(true)
+}
+
+/// Tables of `tables` the publication does not publish.
+async fn missing_tables(
+    client: &Client,
+    publication: &str,
+    tables: &[String],
+) -> Result<Vec<String>, SetupError> {
+    let mut missing = Vec::new();
+    for table in tables {
+        let (schema, name) = table.split_once('.').unwrap_or(("public", table));
+        let published = client
+            .query_opt(
+                "SELECT 1 FROM pg_publication_tables
+                  WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                &[&publication, &schema, &name],
+            )
+            .await
+            .map_err(failed("cannot read pg_publication_tables"))?
+            .is_some();
+        if !published {
+            missing.push(format!("{schema}.{name}"));
+        }
+    }
+    Ok(missing)
 }
 
 /// Published tables whose updates and deletes Postgres would refuse to decode: no primary
