@@ -8,7 +8,7 @@ async fn migrate_creates_the_schema_once() {
     let first = run(walflow(&database.url).arg("migrate"));
     assert_eq!(first.status.code(), Some(0));
     assert!(
-        stdout(&first).contains("1 applied, 0 already there"),
+        stdout(&first).contains("2 applied, 0 already there"),
         "{}",
         stdout(&first)
     );
@@ -27,7 +27,12 @@ async fn migrate_creates_the_schema_once() {
         .collect();
     assert_eq!(
         tables,
-        ["ingest_rejects", "users", "walflow_schema_migrations"]
+        [
+            "countries",
+            "ingest_rejects",
+            "users",
+            "walflow_schema_migrations"
+        ]
     );
     let replica_identity: i8 = client
         .query_one(
@@ -45,7 +50,7 @@ async fn migrate_creates_the_schema_once() {
     let second = run(walflow(&database.url).arg("migrate"));
     assert_eq!(second.status.code(), Some(0));
     assert!(
-        stdout(&second).contains("0 applied, 1 already there"),
+        stdout(&second).contains("0 applied, 2 already there"),
         "{}",
         stdout(&second)
     );
@@ -93,5 +98,11 @@ async fn concurrent_migrations_apply_each_file_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(count, 1);
+    assert_eq!(count, 2);
+    let countries: i64 = client
+        .query_one("SELECT count(*) FROM countries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(countries, 21, "the seed rows went in once");
 }

@@ -15,7 +15,11 @@ use crate::harness::{
     TestDatabase, TestKeyspace, TestTopics,
 };
 
-/// Everything one test needs: a migrated database with cdc streaming its users table into a
+/// The shipped pipelines of sql/pipelines/, all checked against Postgres.
+const SHIPPED: &[&str] = &["users", "users_by_country", "users_by_region"];
+
+/// Everything one test needs: a migrated database with cdc streaming its users and countries
+/// tables into a
 /// topic prefix of its own, a keyspace, a fake API, and the shipped pipelines rewritten to
 /// read those topics and write that keyspace.
 struct Scenario {
@@ -36,7 +40,13 @@ impl Scenario {
         let keyspace = TestKeyspace::create().await;
         let api = FakeApi::start(&[]);
         let slot = unique_name("walflow_slot");
-        let cdc = Cdc::start_with(&database, &slot, &topics, "public.users", &[]);
+        let cdc = Cdc::start_with(
+            &database,
+            &slot,
+            &topics,
+            "public.users,public.countries",
+            &[],
+        );
         crate::cdc::wait_for_active_slot(&database, &slot).await;
         let directory = tempfile::tempdir().unwrap();
         let scenario = Scenario {
@@ -48,7 +58,7 @@ impl Scenario {
             slot,
             directory,
         };
-        for name in ["users", "users_by_country"] {
+        for name in SHIPPED {
             let shipped = std::fs::read_to_string(
                 Path::new(repo_root()).join(format!("sql/pipelines/{name}.sql")),
             )
@@ -63,6 +73,10 @@ impl Scenario {
         text.replace(
             "'walflow.public.users'",
             &format!("'{}.public.users'", self.topics.prefix),
+        )
+        .replace(
+            "'walflow.public.countries'",
+            &format!("'{}.public.countries'", self.topics.prefix),
         )
         .replace(
             "keyspace = 'walflow'",
@@ -187,6 +201,41 @@ impl Scenario {
         )
         .await;
         assert_same_rows("users_by_country", &actual_countries, &expected_countries);
+
+        let expected_regions = postgres_rows(
+            &client,
+            "SELECT json_build_object('region', c.region, 'continent', max(c.continent),
+                'users', count(*), 'countries', count(DISTINCT c.name),
+                'avg_age_at_signup',
+                avg(date_part('year', u.registered_at) - date_part('year', u.dob)))
+             FROM users u JOIN countries c ON u.country = c.name GROUP BY c.region",
+            "region",
+        )
+        .await;
+        let actual_regions = cassandra_rows(
+            &session,
+            &format!("SELECT JSON * FROM {}.users_by_region", self.keyspace.name),
+            "region",
+        )
+        .await;
+        assert!(!expected_regions.is_empty());
+        assert_same_rows("users_by_region", &actual_regions, &expected_regions);
+    }
+
+    /// Edits the countries table, the join's other side: a country changes region, one
+    /// leaves, one arrives, and `step` picks which of those happen (so a test can spread
+    /// them out).
+    async fn edit_countries(&self, step: u32) {
+        let client = self.database.client().await;
+        let sql = match step % 3 {
+            0 => "UPDATE countries SET region = 'Europe', continent = 'Europa' WHERE name IN ('France', 'Germany')",
+            1 => "DELETE FROM countries WHERE name = 'Brazil'; \
+                  INSERT INTO countries VALUES ('Atlantis', 'Northern America', 'Americas')",
+            _ => "INSERT INTO countries VALUES ('Brazil', 'Latin America', 'Americas') \
+                  ON CONFLICT (name) DO UPDATE SET region = excluded.region; \
+                  UPDATE countries SET region = 'Western Europe' WHERE name = 'Germany'",
+        };
+        client.batch_execute(sql).await.unwrap();
     }
 }
 
@@ -279,10 +328,12 @@ async fn shipped_pipelines_equal_the_same_sql_in_postgres_through_churn_and_rest
         "0.1",
     ]);
     scenario.cdc_caught_up().await;
-    scenario.process_until_caught_up(&["users", "users_by_country"]);
+    scenario.process_until_caught_up(SHIPPED);
     scenario.assert_sinks_equal_postgres().await;
 
-    // More churn; the next run resumes from its checkpoint.
+    // More churn on both sides of the join; the next run resumes from its checkpoint.
+    scenario.edit_countries(0).await;
+    scenario.edit_countries(1).await;
     scenario.ingest(&[
         "--count",
         "1500",
@@ -291,8 +342,9 @@ async fn shipped_pipelines_equal_the_same_sql_in_postgres_through_churn_and_rest
         "--churn",
         "0.2",
     ]);
+    scenario.edit_countries(2).await;
     scenario.cdc_caught_up().await;
-    let log = scenario.process_until_caught_up(&["users", "users_by_country"]);
+    let log = scenario.process_until_caught_up(SHIPPED);
     assert!(log.contains("resuming from the checkpoint"), "{log}");
     scenario.assert_sinks_equal_postgres().await;
 }
@@ -307,13 +359,16 @@ async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answ
     let mut seed = std::process::id() as u64 ^ 0x9e3779b97f4a7c15;
     let mut kills = 0;
     for trial in 0..12 {
+        if trial % 4 == 1 {
+            scenario.edit_countries(trial / 4).await;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .unwrap();
         let mut child: Child = scenario
-            .process(&["users", "users_by_country"])
+            .process(SHIPPED)
             .args([
                 "--checkpoint-interval-ms",
                 "200",
@@ -339,7 +394,7 @@ async fn kill_9_of_process_at_random_points_still_converges_to_the_postgres_answ
     }
     writer.join().unwrap();
     scenario.cdc_caught_up().await;
-    let log = scenario.process_until_caught_up(&["users", "users_by_country"]);
+    let log = scenario.process_until_caught_up(SHIPPED);
     assert!(log.contains("resuming from the checkpoint"), "{log}");
     assert_eq!(kills, 12);
     let history = std::fs::read_to_string(&log_path).unwrap();
@@ -502,7 +557,7 @@ async fn cassandra_restarted_mid_stream_still_gives_the_postgres_answer() {
     let log_path = scenario.directory.path().join("process.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let mut child = scenario
-        .process(&["users", "users_by_country"])
+        .process(SHIPPED)
         .args(["--checkpoint-interval-ms", "500"])
         .stdout(Stdio::null())
         .stderr(log)
@@ -528,6 +583,6 @@ async fn cassandra_restarted_mid_stream_still_gives_the_postgres_answer() {
         history.contains("holding position and retrying"),
         "the outage was noticed and waited out: {history}"
     );
-    scenario.process_until_caught_up(&["users", "users_by_country"]);
+    scenario.process_until_caught_up(SHIPPED);
     scenario.assert_sinks_equal_postgres().await;
 }

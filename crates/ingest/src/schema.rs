@@ -8,10 +8,16 @@ use tokio_postgres::Client;
 /// Compiled into the binary so that `walflow migrate` works wherever the binary is (a
 /// container, Airflow's worker) without the source tree beside it. A unit test keeps this
 /// list equal to the files in sql/schema/.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    file: "0001_users.sql",
-    sql: include_str!("../../../sql/schema/0001_users.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        file: "0001_users.sql",
+        sql: include_str!("../../../sql/schema/0001_users.sql"),
+    },
+    Migration {
+        file: "0002_countries.sql",
+        sql: include_str!("../../../sql/schema/0002_countries.sql"),
+    },
+];
 
 /// Serialises concurrent migrations (the bytes of "walflow").
 const MIGRATION_LOCK_KEY: i64 = 0x0077_616c_666c_6f77;

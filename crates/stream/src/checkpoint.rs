@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::operators::aggregate::AggregateState;
 use crate::operators::normalize::SourceState;
+use crate::operators::QueryState;
 
-const FORMAT_VERSION: u32 = 1;
+/// 2: per-query state holds aggregates and joins.
+const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -22,8 +23,8 @@ pub struct Checkpoint {
     /// Next offset to read, per topic and partition.
     pub offsets: BTreeMap<(String, i32), i64>,
     pub sources: BTreeMap<String, SourceState>,
-    /// One per query, in file order; `None` for a stateless query.
-    pub aggregates: Vec<Option<AggregateState>>,
+    /// One per query, in file order.
+    pub queries: Vec<QueryState>,
     pub written_at_ms: i64,
 }
 
@@ -144,12 +145,12 @@ mod tests {
         checkpoint
             .sources
             .insert("users".into(), SourceState::new(true));
-        checkpoint.aggregates.push(Some(AggregateState::default()));
-        checkpoint.aggregates.push(None);
+        checkpoint.queries.push(QueryState::default());
+        checkpoint.queries.push(QueryState::default());
         save(&path, &checkpoint).unwrap();
         let loaded = load(&path).unwrap().unwrap();
         assert_eq!(loaded.offsets, checkpoint.offsets);
-        assert_eq!(loaded.aggregates.len(), 2);
+        assert_eq!(loaded.queries.len(), 2);
         std::fs::write(&path, b"\xff\xff").unwrap();
         let error = load(&path).unwrap_err().to_string();
         assert!(error.contains("--rebuild"), "{error}");

@@ -12,7 +12,10 @@ use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
 use datafusion::execution::context::{SessionContext, SessionState};
-use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{
+    BinaryExpr, Distinct, Expr, JoinType, LogicalPlan, Operator, Volatility,
+};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
@@ -63,17 +66,89 @@ pub struct AggregatePlan {
     pub global: bool,
 }
 
+/// An inner equi-join of two updating inputs.
+#[derive(Debug, Clone)]
+pub struct JoinPlan {
+    /// Evaluated over the left input's batch; pairs with `right_keys` by position.
+    pub left_keys: Vec<Arc<dyn PhysicalExpr>>,
+    pub right_keys: Vec<Arc<dyn PhysicalExpr>>,
+    /// The left input's columns, then the right input's.
+    pub output_schema: SchemaRef,
+}
+
+/// The dataflow of one query: a tree whose leaves are sources. Every node turns a batch of
+/// changes into a batch of changes; stateful nodes own one slot of the query's state.
+#[derive(Debug, Clone)]
+pub enum Node {
+    /// A declared source's changes, in its declared columns.
+    Source {
+        name: String,
+        schema: SchemaRef,
+    },
+    Step {
+        input: Box<Node>,
+        step: Step,
+    },
+    /// `state`: the index of its [`crate::operators::QueryState::aggregates`] entry.
+    Aggregate {
+        input: Box<Node>,
+        plan: AggregatePlan,
+        state: usize,
+    },
+    /// `state`: the index of its [`crate::operators::QueryState::joins`] entry.
+    Join {
+        left: Box<Node>,
+        right: Box<Node>,
+        plan: JoinPlan,
+        state: usize,
+    },
+}
+
+impl Node {
+    /// A compact picture of the tree, leaves last: `filter(aggregate(scan users))`.
+    pub fn describe(&self) -> String {
+        match self {
+            Node::Source { name, .. } => format!("scan {name}"),
+            Node::Step {
+                input,
+                step: Step::Filter(_),
+            } => format!("filter({})", input.describe()),
+            Node::Step {
+                input,
+                step: Step::Project { .. },
+            } => format!("project({})", input.describe()),
+            Node::Aggregate { input, .. } => format!("aggregate({})", input.describe()),
+            Node::Join { left, right, .. } => {
+                format!("join({}, {})", left.describe(), right.describe())
+            }
+        }
+    }
+
+    fn visit<'a>(&'a self, found: &mut impl FnMut(&'a Node)) {
+        found(self);
+        match self {
+            Node::Source { .. } => {}
+            Node::Step { input, .. } | Node::Aggregate { input, .. } => input.visit(found),
+            Node::Join { left, right, .. } => {
+                left.visit(found);
+                right.visit(found);
+            }
+        }
+    }
+}
+
 /// One `INSERT INTO sink SELECT ...`, ready to run.
 #[derive(Debug, Clone)]
 pub struct CompiledQuery {
     pub sink: SinkTable,
-    /// The source table the query reads.
-    pub source: String,
-    /// The source's schema: what [`Self::lower`] starts from.
-    pub source_schema: SchemaRef,
-    pub lower: Vec<Step>,
-    pub aggregate: Option<AggregatePlan>,
-    pub upper: Vec<Step>,
+    pub root: Node,
+    /// The source tables the query reads, each once, in the order first met.
+    pub sources: Vec<String>,
+    /// How many aggregate and join nodes the tree has (their state slots).
+    pub aggregates: usize,
+    pub joins: usize,
+    /// Some aggregate has no GROUP BY: it has its one row even before any input.
+    pub has_global_aggregate: bool,
     /// For each sink column, the query output column that fills it.
     pub sink_columns_from_output: Vec<usize>,
     /// The logical plan, for `explain` and messages.
@@ -81,8 +156,14 @@ pub struct CompiledQuery {
 }
 
 impl CompiledQuery {
+    /// A stateful query keeps operator state, so its sources must be kept per key too
+    /// (keyed mode): a retraction has to remove exactly the row that was added.
     pub fn is_stateful(&self) -> bool {
-        self.aggregate.is_some()
+        self.aggregates + self.joins > 0
+    }
+
+    pub fn reads(&self, source: &str) -> bool {
+        self.sources.iter().any(|name| name == source)
     }
 }
 
@@ -160,20 +241,23 @@ async fn compile_query(
         .clone();
     let mut builder = PlanBuilder {
         state,
-        upper: Vec::new(),
-        lower: Vec::new(),
-        aggregate: None,
-        source: None,
+        definition,
+        aggregates: 0,
+        joins: 0,
     };
-    builder.walk(&plan).map_err(fail)?;
-    let source = builder
-        .source
-        .ok_or_else(|| fail("the SELECT reads no source table: add FROM <source>".into()))?;
-    let source_schema = source_schema(definition, &source).ok_or_else(|| {
-        fail(format!(
-            "{source} is not a Kafka source of this file (a sink cannot be read)"
-        ))
-    })?;
+    let root = builder.build(&plan).map_err(fail)?;
+    let mut sources: Vec<String> = Vec::new();
+    let mut has_global_aggregate = false;
+    root.visit(&mut |node| match node {
+        Node::Source { name, .. } if !sources.contains(name) => sources.push(name.clone()),
+        Node::Aggregate { plan, .. } => has_global_aggregate |= plan.global,
+        _ => {}
+    });
+    if sources.is_empty() {
+        return Err(fail(
+            "the SELECT reads no source table: add FROM <source>".into(),
+        ));
+    }
 
     // Output columns fill the sink's columns by position, or by the names listed in INSERT.
     let output_fields: Vec<Field> = plan
@@ -244,15 +328,13 @@ async fn compile_query(
             sink.columns[*missing].name
         )));
     }
-    builder.lower.reverse();
-    builder.upper.reverse();
     Ok(CompiledQuery {
         sink,
-        source,
-        source_schema,
-        lower: builder.lower,
-        aggregate: builder.aggregate,
-        upper: builder.upper,
+        root,
+        sources,
+        aggregates: builder.aggregates,
+        joins: builder.joins,
+        has_global_aggregate,
         sink_columns_from_output,
         logical_plan,
     })
@@ -270,23 +352,13 @@ fn convertible(from: ColumnType, to: ColumnType) -> bool {
 
 struct PlanBuilder<'a> {
     state: &'a SessionState,
-    /// Steps above the aggregate (or all steps when there is none), top first.
-    upper: Vec<Step>,
-    /// Steps below the aggregate, top first.
-    lower: Vec<Step>,
-    aggregate: Option<AggregatePlan>,
-    source: Option<String>,
+    definition: &'a PipelineDefinition,
+    /// State slots handed out so far.
+    aggregates: usize,
+    joins: usize,
 }
 
 impl PlanBuilder<'_> {
-    fn steps(&mut self) -> &mut Vec<Step> {
-        if self.aggregate.is_some() {
-            &mut self.lower
-        } else {
-            &mut self.upper
-        }
-    }
-
     fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, String> {
         let volatile = expr
             .exists(|node| {
@@ -305,7 +377,23 @@ impl PlanBuilder<'_> {
             .map_err(|error| error.to_string())
     }
 
-    fn walk(&mut self, plan: &LogicalPlan) -> Result<(), String> {
+    fn step(input: Node, step: Step) -> Node {
+        Node::Step {
+            input: Box::new(input),
+            step,
+        }
+    }
+
+    fn aggregate_node(&mut self, input: Node, plan: AggregatePlan) -> Node {
+        self.aggregates += 1;
+        Node::Aggregate {
+            input: Box::new(input),
+            plan,
+            state: self.aggregates - 1,
+        }
+    }
+
+    fn build(&mut self, plan: &LogicalPlan) -> Result<Node, String> {
         match plan {
             LogicalPlan::Projection(projection) => {
                 let exprs = projection
@@ -314,19 +402,16 @@ impl PlanBuilder<'_> {
                     .map(|expr| self.physical(expr, projection.input.schema()))
                     .collect::<Result<Vec<_>, _>>()?;
                 let schema = Arc::new(projection.schema.as_arrow().clone());
-                self.steps().push(Step::Project { exprs, schema });
-                self.walk(&projection.input)
+                let input = self.build(&projection.input)?;
+                Ok(Self::step(input, Step::Project { exprs, schema }))
             }
             LogicalPlan::Filter(filter) => {
                 let predicate = self.physical(&filter.predicate, filter.input.schema())?;
-                self.steps().push(Step::Filter(predicate));
-                self.walk(&filter.input)
+                let input = self.build(&filter.input)?;
+                Ok(Self::step(input, Step::Filter(predicate)))
             }
-            LogicalPlan::SubqueryAlias(alias) => self.walk(&alias.input),
+            LogicalPlan::SubqueryAlias(alias) => self.build(&alias.input),
             LogicalPlan::Aggregate(aggregate) => {
-                if self.aggregate.is_some() {
-                    return Err("an aggregate over an aggregate is not supported yet".into());
-                }
                 let input_schema = aggregate.input.schema();
                 let group_exprs = aggregate
                     .group_expr
@@ -348,57 +433,64 @@ impl PlanBuilder<'_> {
                         self.aggregate_call(expr, input_schema, field)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                self.aggregate = Some(AggregatePlan {
-                    global: group_exprs.is_empty(),
-                    group_exprs,
-                    calls,
-                    output_schema,
-                });
-                self.walk(&aggregate.input)
+                let input = self.build(&aggregate.input)?;
+                Ok(self.aggregate_node(
+                    input,
+                    AggregatePlan {
+                        global: group_exprs.is_empty(),
+                        group_exprs,
+                        calls,
+                        output_schema,
+                    },
+                ))
             }
             LogicalPlan::Distinct(Distinct::All(input)) => {
-                if self.aggregate.is_some() {
-                    return Err("DISTINCT under an aggregate is not supported yet".into());
-                }
                 let schema = input.schema();
                 let group_exprs = schema
                     .columns()
                     .into_iter()
                     .map(|column| self.physical(&Expr::Column(column), schema))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.aggregate = Some(AggregatePlan {
-                    global: false,
-                    group_exprs,
-                    calls: Vec::new(),
-                    output_schema: Arc::new(schema.as_arrow().clone()),
-                });
-                self.walk(input)
+                let built = self.build(input)?;
+                Ok(self.aggregate_node(
+                    built,
+                    AggregatePlan {
+                        global: false,
+                        group_exprs,
+                        calls: Vec::new(),
+                        output_schema: Arc::new(schema.as_arrow().clone()),
+                    },
+                ))
             }
+            LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::TableScan(scan) => {
-                if self.source.is_some() {
-                    return Err("a query reads one source table for now (joins come later)".into());
-                }
-                if let Some(projection) = &scan.projection {
-                    let source_schema = scan.source.schema();
-                    let exprs = projection
-                        .iter()
-                        .map(|&index| {
-                            Arc::new(datafusion::physical_expr::expressions::Column::new(
-                                source_schema.field(index).name(),
-                                index,
-                            )) as Arc<dyn PhysicalExpr>
-                        })
-                        .collect();
-                    let schema = Arc::new(scan.projected_schema.as_arrow().clone());
-                    self.steps().push(Step::Project { exprs, schema });
-                }
                 if !scan.filters.is_empty() || scan.fetch.is_some() {
                     return Err(
                         "the table scan carries filters or a limit walflow cannot stream".into(),
                     );
                 }
-                self.source = Some(scan.table_name.table().to_owned());
-                Ok(())
+                let name = scan.table_name.table().to_owned();
+                let schema = source_schema(self.definition, &name).ok_or_else(|| {
+                    format!("{name} is not a Kafka source of this file (a sink cannot be read)")
+                })?;
+                let mut node = Node::Source {
+                    name,
+                    schema: schema.clone(),
+                };
+                if let Some(projection) = &scan.projection {
+                    let exprs = projection
+                        .iter()
+                        .map(|&index| {
+                            Arc::new(datafusion::physical_expr::expressions::Column::new(
+                                schema.field(index).name(),
+                                index,
+                            )) as Arc<dyn PhysicalExpr>
+                        })
+                        .collect();
+                    let schema = Arc::new(scan.projected_schema.as_arrow().clone());
+                    node = Self::step(node, Step::Project { exprs, schema });
+                }
+                Ok(node)
             }
             LogicalPlan::Sort(_) => Err(
                 "ORDER BY has no meaning for a table kept up to date in Cassandra; remove it"
@@ -407,7 +499,6 @@ impl PlanBuilder<'_> {
             LogicalPlan::Limit(_) => {
                 Err("LIMIT over an updating table is not supported; remove it".into())
             }
-            LogicalPlan::Join(_) => Err("joins are not supported yet".into()),
             LogicalPlan::Window(_) => {
                 Err("window functions (OVER) are not supported in a streaming pipeline".into())
             }
@@ -419,6 +510,88 @@ impl PlanBuilder<'_> {
                 other.display()
             )),
         }
+    }
+
+    /// An inner join on equalities between the two sides; any other condition of its ON
+    /// becomes a filter over the joined rows (the same thing for an inner join).
+    fn join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Node, String> {
+        if join.join_type != JoinType::Inner {
+            return Err(format!(
+                "{} joins are not supported yet; use an inner JOIN ... ON",
+                join.join_type
+            ));
+        }
+        let (left_schema, right_schema) = (join.left.schema(), join.right.schema());
+        let mut pairs: Vec<(Expr, Expr)> = join.on.clone();
+        let mut residual: Vec<Expr> = Vec::new();
+        let side_of = |expr: &Expr| -> Option<bool> {
+            let columns = expr.column_refs();
+            if columns.is_empty() {
+                None
+            } else if columns.iter().all(|column| left_schema.has_column(column)) {
+                Some(true)
+            } else if columns.iter().all(|column| right_schema.has_column(column)) {
+                Some(false)
+            } else {
+                None
+            }
+        };
+        for conjunct in join.filter.iter().flat_map(split_conjunction) {
+            if let Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) = conjunct
+            {
+                match (side_of(left), side_of(right)) {
+                    (Some(true), Some(false)) => {
+                        pairs.push((left.as_ref().clone(), right.as_ref().clone()));
+                        continue;
+                    }
+                    (Some(false), Some(true)) => {
+                        pairs.push((right.as_ref().clone(), left.as_ref().clone()));
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            residual.push(conjunct.clone());
+        }
+        if pairs.is_empty() {
+            return Err(
+                "a join needs an equality between columns of its two sides, like \
+                 JOIN countries c ON u.country = c.name (cross joins are not supported)"
+                    .into(),
+            );
+        }
+        let left_keys = pairs
+            .iter()
+            .map(|(left, _)| self.physical(left, left_schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        let right_keys = pairs
+            .iter()
+            .map(|(_, right)| self.physical(right, right_schema))
+            .collect::<Result<Vec<_>, _>>()?;
+        let residual = conjunction(residual)
+            .map(|predicate| self.physical(&predicate, &join.schema))
+            .transpose()?;
+        let left = self.build(&join.left)?;
+        let right = self.build(&join.right)?;
+        self.joins += 1;
+        let node = Node::Join {
+            left: Box::new(left),
+            right: Box::new(right),
+            plan: JoinPlan {
+                left_keys,
+                right_keys,
+                output_schema: Arc::new(join.schema.as_arrow().clone()),
+            },
+            state: self.joins - 1,
+        };
+        Ok(match residual {
+            Some(predicate) => Self::step(node, Step::Filter(predicate)),
+            None => node,
+        })
     }
 
     fn aggregate_call(
@@ -490,7 +663,7 @@ mod tests {
     fn definition(query: &str) -> PipelineDefinition {
         let text = format!(
             "CREATE TABLE users (id TEXT PRIMARY KEY, country TEXT, age INT, dob TIMESTAMP)
-               WITH (connector = 'kafka', topic = 't');
+               WITH (connector = 'kafka', topic = 't'); CREATE TABLE countries (name TEXT PRIMARY KEY, region TEXT) WITH (connector = 'kafka', topic = 'c');
              CREATE TABLE out (k TEXT PRIMARY KEY, n BIGINT, a DOUBLE)
                WITH (connector = 'cassandra', keyspace = 'ks');
              {query}"
@@ -512,18 +685,27 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(query.source, "users");
-        let aggregate = query.aggregate.as_ref().unwrap();
-        assert_eq!(aggregate.group_exprs.len(), 1);
-        assert_eq!(aggregate.calls.len(), 2);
-        assert_eq!(aggregate.calls[0].kind, AggregateKind::Count);
-        assert!(aggregate.calls[0].argument.is_none());
-        assert_eq!(aggregate.calls[1].kind, AggregateKind::Avg);
-        assert!(matches!(query.lower.as_slice(), [Step::Filter(_)]));
-        assert!(matches!(
-            query.upper.as_slice(),
-            [Step::Filter(_), Step::Project { .. }]
-        ));
+        assert_eq!(query.sources, vec!["users".to_owned()]);
+        assert_eq!(
+            query.root.describe(),
+            "project(filter(aggregate(filter(scan users))))"
+        );
+        let Node::Step { input, .. } = &query.root else {
+            panic!()
+        };
+        let Node::Step { input, .. } = input.as_ref() else {
+            panic!()
+        };
+        let Node::Aggregate { plan, state, .. } = input.as_ref() else {
+            panic!()
+        };
+        assert_eq!(*state, 0);
+        assert_eq!(plan.group_exprs.len(), 1);
+        assert_eq!(plan.calls.len(), 2);
+        assert_eq!(plan.calls[0].kind, AggregateKind::Count);
+        assert!(plan.calls[0].argument.is_none());
+        assert_eq!(plan.calls[1].kind, AggregateKind::Avg);
+        assert!(query.is_stateful());
         assert_eq!(query.sink_columns_from_output, vec![0, 1, 2]);
     }
 
@@ -555,5 +737,56 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.message.contains("gives 2 columns"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_join_keeps_its_equalities_as_keys_and_the_rest_as_a_filter() {
+        let query = compile_one(
+            "INSERT INTO out SELECT c.region, count(*), avg(u.age) FROM users u \
+             JOIN countries c ON u.country = c.name AND u.age > 17 GROUP BY c.region",
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            query.sources,
+            vec!["users".to_owned(), "countries".to_owned()]
+        );
+        assert_eq!((query.aggregates, query.joins), (1, 1));
+        let mut joins = Vec::new();
+        query.root.visit(&mut |node| {
+            if let Node::Join { plan, .. } = node {
+                joins.push(plan.left_keys.len());
+            }
+        });
+        assert_eq!(joins, vec![1]);
+        assert!(
+            query
+                .root
+                .describe()
+                .contains("filter(join(scan users, scan countries))"),
+            "{}",
+            query.root.describe()
+        );
+    }
+
+    #[tokio::test]
+    async fn joins_that_cannot_stream_yet_are_refused_with_the_reason() {
+        let error = compile_one(
+            "INSERT INTO out SELECT u.id, 1, 2.0 FROM users u LEFT JOIN countries c \
+             ON u.country = c.name",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error.message.contains("Left joins are not supported"),
+            "{error}"
+        );
+
+        let error = compile_one(
+            "INSERT INTO out SELECT u.id, 1, 2.0 FROM users u JOIN countries c ON u.age > 3",
+        )
+        .await
+        .unwrap_err();
+        assert!(error.message.contains("needs an equality"), "{error}");
     }
 }

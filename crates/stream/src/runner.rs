@@ -19,9 +19,8 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::decode::decode;
 use crate::definition::SinkTable;
 use crate::definition::{DefinitionError, PipelineDefinition};
-use crate::operators::aggregate::AggregateState;
 use crate::operators::normalize::{SourceOutput, SourceState};
-use crate::operators::{stateless, Changes};
+use crate::operators::{evaluate, QueryState};
 use crate::plan::{compile, CompiledQuery};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
 
@@ -147,11 +146,12 @@ impl Pipeline {
         })
     }
 
+    /// Sources read by a stateful query (an aggregate or a join) are kept per key.
     fn keyed_sources(&self) -> Vec<&str> {
         self.queries
             .iter()
             .filter(|query| query.is_stateful())
-            .map(|query| query.source.as_str())
+            .flat_map(|query| query.sources.iter().map(String::as_str))
             .collect()
     }
 
@@ -170,11 +170,7 @@ impl Pipeline {
                     )
                 })
                 .collect(),
-            aggregates: self
-                .queries
-                .iter()
-                .map(|query| query.is_stateful().then(AggregateState::default))
-                .collect(),
+            queries: self.queries.iter().map(QueryState::new).collect(),
             ..Checkpoint::default()
         }
     }
@@ -413,24 +409,35 @@ pub async fn run(
 
         // Run the queries over the batch.
         let mut deltas: Vec<SinkDelta> = Vec::with_capacity(pipeline.queries.len());
-        for (query_index, query) in pipeline.queries.iter().enumerate() {
-            let source_index = pipeline
-                .definition
-                .sources
-                .iter()
-                .position(|source| source.name == query.source)
-                .expect("compiled against the declared sources");
-            let output = &outputs[source_index];
+        let inputs: HashMap<&str, &[(crate::value::Row, i8)]> = pipeline
+            .definition
+            .sources
+            .iter()
+            .zip(&outputs)
+            .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
+            .collect();
+        for (query, query_state) in pipeline.queries.iter().zip(&mut state.queries) {
             let mut delta = SinkDelta::default();
-            if output.truncated_first && !query.is_stateful() {
+            // Only a stateless query reads a source in images mode, and then it reads that
+            // source alone.
+            let truncated_first = !query.is_stateful()
+                && pipeline
+                    .definition
+                    .sources
+                    .iter()
+                    .zip(&outputs)
+                    .any(|(source, output)| output.truncated_first && query.reads(&source.name));
+            if truncated_first {
                 delta.truncate();
             }
-            let aggregate_state = &mut state.aggregates[query_index];
-            let needs_run = !output.changes.is_empty()
-                || (aggregate_state.as_ref().is_some_and(|s| s.groups() == 0)
-                    && query.aggregate.as_ref().is_some_and(|a| a.global));
-            if needs_run {
-                let changes = evaluate(query, aggregate_state, &output.changes)
+            let changed = query.sources.iter().any(|source| {
+                inputs
+                    .get(source.as_str())
+                    .is_some_and(|rows| !rows.is_empty())
+            });
+            if changed || query_state.awaits_first_row(query) {
+                let changes = evaluate(&query.root, &inputs, query_state)
+                    .and_then(|changes| changes.to_rows())
                     .map_err(|error| fail(format!("query into {}: {error}", query.sink.name)))?;
                 delta.add(query, changes);
             }
@@ -644,21 +651,6 @@ fn finish(
             .written_commit_time_ms
             .fetch_max(written.newest_commit_ms, Ordering::Relaxed);
     }
-}
-
-/// One query over a batch of source changes: lower steps, aggregate, upper steps.
-fn evaluate(
-    query: &CompiledQuery,
-    aggregate_state: &mut Option<AggregateState>,
-    source_changes: &[(crate::value::Row, i8)],
-) -> Result<Vec<(crate::value::Row, i8)>, datafusion::error::DataFusionError> {
-    let input = Changes::from_rows(query.source_schema.clone(), source_changes)?;
-    let lowered = stateless::apply(&query.lower, input)?;
-    let aggregated = match (&query.aggregate, aggregate_state) {
-        (Some(plan), Some(state)) => state.apply(plan, &lowered)?,
-        _ => lowered,
-    };
-    stateless::apply(&query.upper, aggregated)?.to_rows()
 }
 
 fn write_checkpoint(
