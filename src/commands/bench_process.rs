@@ -95,9 +95,13 @@ pub async fn bench_process(
         args.users.max(1),
     )?;
 
+    // The join's other side: a handful of countries with their regions.
+    let countries_topic = format!("{run_id}.public.countries");
+    let countries = produce_countries(&config.kafka_brokers, &countries_topic)?;
+
     let mut figures = Vec::new();
     let result: anyhow::Result<()> = async {
-        for name in ["users", "users_by_country"] {
+        for name in ["users", "users_by_country", "users_by_region"] {
             let path = Path::new("sql/pipelines").join(format!("{name}.sql"));
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!(
@@ -107,6 +111,7 @@ pub async fn bench_process(
             })?;
             let text = text
                 .replace("'walflow.public.users'", &format!("'{topic}'"))
+                .replace("'walflow.public.countries'", &format!("'{countries_topic}'"))
                 .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'"));
             let definition = PipelineDefinition::parse(&path, &text)?;
             let queries = walflow_stream::plan::compile(&definition).await?;
@@ -115,7 +120,23 @@ pub async fn bench_process(
                 queries,
             };
 
-            let source = pipeline.definition.sources[0].clone();
+            let source = pipeline
+                .definition
+                .sources
+                .iter()
+                .find(|source| source.topic == topic)
+                .context("the pipeline reads the users topic")?
+                .clone();
+            let expected = if pipeline
+                .definition
+                .sources
+                .iter()
+                .any(|source| source.topic == countries_topic)
+            {
+                produced + countries
+            } else {
+                produced
+            };
             eprintln!("bench process: {name}: consume + decode ceiling");
             let ceiling = consume_and_decode(&config.kafka_brokers, &topic, &source).await?;
 
@@ -131,8 +152,8 @@ pub async fn bench_process(
             let summary = runner::run(&pipeline, &options, metrics, stop).await?;
             let seconds = started.elapsed().as_secs_f64();
             anyhow::ensure!(
-                summary.events == produced,
-                "{name} read {} events of {produced}",
+                summary.events == expected,
+                "{name} read {} events of {expected}",
                 summary.events
             );
 
@@ -164,7 +185,7 @@ pub async fn bench_process(
         Ok(())
     }
     .await;
-    cleanup(config, &[topic.as_str()], &keyspace).await;
+    cleanup(config, &[topic.as_str(), countries_topic.as_str()], &keyspace).await;
     let _ = std::fs::remove_dir_all(&checkpoints);
     result?;
 
@@ -213,6 +234,30 @@ const COUNTRIES: [&str; 10] = [
     "United Kingdom",
     "United States",
 ];
+
+/// One insert per country of [`COUNTRIES`], with a region, as cdc would send the rows of
+/// sql/schema/0002_countries.sql.
+fn produce_countries(brokers: &str, topic: &str) -> anyhow::Result<u64> {
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    for (index, name) in COUNTRIES.iter().enumerate() {
+        let region = ["Americas", "Europe", "Asia"][index % 3];
+        let key = json!({ "name": name }).to_string();
+        let value = json!({
+            "before": null,
+            "after": {"name": name, "region": region, "continent": region},
+            "source": {"ts_ms": 1_795_000_000_000u64, "table": "countries"},
+            "op": "c",
+        })
+        .to_string();
+        producer
+            .send(BaseRecord::to(topic).key(&key).payload(&value))
+            .map_err(|(error, _)| error)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    Ok(COUNTRIES.len() as u64)
+}
 
 /// A users row as cdc would send it (the columns of sql/schema/0001_users.sql), varied by
 /// `version` so updates change something.
