@@ -380,12 +380,7 @@ async fn consume_and_decode(
     source: &walflow_stream::definition::SourceTable,
 ) -> anyhow::Result<f64> {
     let consumer: StreamConsumer<rdkafka::consumer::DefaultConsumerContext, DefaultRuntime> =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", format!("{topic}-ceiling"))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "20")
-            .create()?;
+        runner::consumer_config(brokers, &format!("{topic}-ceiling")).create()?;
     let mut assignment = rdkafka::TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
     consumer.assign(&assignment)?;

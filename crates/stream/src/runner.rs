@@ -176,6 +176,28 @@ impl Pipeline {
     }
 }
 
+/// The consumer every pipeline reads with (and the benchmark's consume+decode ceiling, so
+/// the two compare like with like). Offsets are committed by the checkpoint, never
+/// automatically. The prefetch queue is held small (20,000 messages, 16 MB, against
+/// librdkafka's 100,000 and 64 MB) to bound memory, and refilled 10 ms after it drains below
+/// that instead of librdkafka's 1 s: with the default pause, a queue that fills pauses the
+/// fetcher for a second at a time and one partition tops out near 50,000 events/s
+/// (docs/benchmarks.md).
+pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        .set("queued.min.messages", "20000")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("fetch.queue.backoff.ms", "10");
+    config
+}
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -250,14 +272,7 @@ pub async fn run(
 
     // Kafka: every partition of every source topic, from the checkpoint's offsets.
     let group = format!("walflow-process-{name}");
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &options.brokers)
-        .set("group.id", &group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
-        .create()?;
+    let consumer: StreamConsumer = consumer_config(&options.brokers, &group).create()?;
     let topics: Vec<String> = {
         let mut topics: Vec<String> = pipeline
             .definition
