@@ -17,9 +17,8 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::decode::decode;
-use crate::definition::SinkTable;
-use crate::definition::{DefinitionError, PipelineDefinition};
-use crate::operators::normalize::{SourceOutput, SourceState};
+use crate::definition::{DefinitionError, PipelineDefinition, SinkTable, SourceTable};
+use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
 use crate::operators::{evaluate, QueryState};
 use crate::plan::{compile, CompiledQuery};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
@@ -334,13 +333,6 @@ pub async fn run(
         .set("acks", "all")
         .create()?;
 
-    let sources_by_topic: HashMap<&str, Vec<usize>> = {
-        let mut map: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (index, source) in pipeline.definition.sources.iter().enumerate() {
-            map.entry(source.topic.as_str()).or_default().push(index);
-        }
-        map
-    };
     let mut summary = RunSummary::default();
     let mut last_checkpoint = Instant::now();
     let mut dirty = false;
@@ -358,68 +350,49 @@ pub async fn run(
     let mut read_positions: BTreeMap<(String, i32), i64> = state.offsets.clone();
     tracing::info!(pipeline = %name, topics = ?topics, group = %group, dead_letter_topic = %dead_letter_topic, "processing");
 
+    // Reading and decoding run on a task of their own, a batch ahead of the evaluation
+    // below, so the two use both cores.
+    let consumer = Arc::new(consumer);
+    let (batch_sender, mut batches) = tokio::sync::mpsc::channel::<ReadBatch>(1);
+    let reader = tokio::spawn(
+        BatchReader {
+            consumer: consumer.clone(),
+            sources: Arc::new(pipeline.definition.sources.clone()),
+            batch_max_events: options.batch_max_events,
+            batch_max_wait: options.batch_max_wait,
+            pipeline: name.clone(),
+            stop: stop.clone(),
+        }
+        .run(batch_sender),
+    );
+    let _abort_reader = AbortOnDrop(reader);
+
     loop {
-        // Gather one micro-batch.
+        let Some(read) = batches.recv().await else {
+            return Err(fail("the Kafka reading task ended unexpectedly".into()));
+        };
+        let ReadBatch {
+            changes,
+            positions,
+            dead_letters,
+            newest_commit_ms,
+            commit_times_ms,
+            events,
+            stopping,
+        } = read;
         let mut outputs: Vec<SourceOutput> = pipeline
             .definition
             .sources
             .iter()
             .map(|_| SourceOutput::default())
             .collect();
-        let mut positions: Vec<((String, i32), i64)> = Vec::new();
-        let mut dead_letters = Vec::new();
-        let mut newest_commit_ms = 0u64;
-        let mut commit_times_ms: Vec<u64> = Vec::new();
-        let mut events = 0usize;
-        let mut stopping = false;
-        let deadline = tokio::time::Instant::now() + options.batch_max_wait;
-        while events < options.batch_max_events {
-            let message = tokio::select! {
-                message = tokio::time::timeout_at(deadline, consumer.recv()) => message,
-                _ = stop.changed() => { stopping = true; break; }
-            };
-            let message = match message {
-                Err(_) => break,
-                Ok(Err(error)) => {
-                    tracing::warn!(pipeline = %name, %error, "Kafka consumer error; retrying");
-                    continue;
-                }
-                Ok(Ok(message)) => message,
-            };
-            events += 1;
-            positions.push((
-                (message.topic().to_owned(), message.partition()),
-                message.offset() + 1,
-            ));
-            for &source_index in sources_by_topic.get(message.topic()).into_iter().flatten() {
-                let source = &pipeline.definition.sources[source_index];
-                match decode(source, message.payload()) {
-                    Ok(Some(event)) => {
-                        if let Some(commit_ms) = event.commit_time_ms.filter(|&ms| ms > 0) {
-                            newest_commit_ms = newest_commit_ms.max(commit_ms as u64);
-                            commit_times_ms.push(commit_ms as u64);
-                        }
-                        let source_state = state
-                            .sources
-                            .get_mut(&source.name)
-                            .expect("every source has a state");
-                        source_state.apply(
-                            &source.primary_key,
-                            event.change,
-                            &mut outputs[source_index],
-                        );
-                    }
-                    Ok(None) => {}
-                    Err(reason) => dead_letters.push(DeadLetter {
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                        reason: format!("source {}: {reason}", source.name),
-                    }),
-                }
-            }
+        for (source_index, change) in changes {
+            let source = &pipeline.definition.sources[source_index];
+            state
+                .sources
+                .get_mut(&source.name)
+                .expect("every source has a state")
+                .apply(&source.primary_key, change, &mut outputs[source_index]);
         }
 
         // Run the queries over the batch.
@@ -524,6 +497,106 @@ pub async fn run(
     }
     tracing::info!(pipeline = %name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, "stopped");
     Ok(summary)
+}
+
+/// One micro-batch as read from Kafka and decoded, before any state is touched.
+struct ReadBatch {
+    /// Each decoded change with the index of its source, in the order read.
+    changes: Vec<(usize, SourceChange)>,
+    positions: Vec<((String, i32), i64)>,
+    dead_letters: Vec<DeadLetter>,
+    newest_commit_ms: u64,
+    commit_times_ms: Vec<u64>,
+    events: usize,
+    /// Asked to stop while reading: this is the last batch.
+    stopping: bool,
+}
+
+/// Reads micro-batches, bounded by events and by time, and decodes them.
+struct BatchReader {
+    consumer: Arc<StreamConsumer>,
+    sources: Arc<Vec<SourceTable>>,
+    batch_max_events: usize,
+    batch_max_wait: Duration,
+    pipeline: String,
+    stop: watch::Receiver<bool>,
+}
+
+impl BatchReader {
+    async fn run(mut self, batches: tokio::sync::mpsc::Sender<ReadBatch>) {
+        loop {
+            let batch = self.read().await;
+            let stopping = batch.stopping;
+            if batches.send(batch).await.is_err() || stopping {
+                return;
+            }
+        }
+    }
+
+    async fn read(&mut self) -> ReadBatch {
+        let mut batch = ReadBatch {
+            changes: Vec::new(),
+            positions: Vec::new(),
+            dead_letters: Vec::new(),
+            newest_commit_ms: 0,
+            commit_times_ms: Vec::new(),
+            events: 0,
+            stopping: *self.stop.borrow(),
+        };
+        let deadline = tokio::time::Instant::now() + self.batch_max_wait;
+        while batch.events < self.batch_max_events && !batch.stopping {
+            let message = tokio::select! {
+                message = tokio::time::timeout_at(deadline, self.consumer.recv()) => message,
+                _ = self.stop.changed() => { batch.stopping = true; break; }
+            };
+            let message = match message {
+                Err(_) => break,
+                Ok(Err(error)) => {
+                    tracing::warn!(pipeline = %self.pipeline, %error, "Kafka consumer error; retrying");
+                    continue;
+                }
+                Ok(Ok(message)) => message,
+            };
+            batch.events += 1;
+            batch.positions.push((
+                (message.topic().to_owned(), message.partition()),
+                message.offset() + 1,
+            ));
+            for (source_index, source) in self.sources.iter().enumerate() {
+                if source.topic != message.topic() {
+                    continue;
+                }
+                match decode(source, message.payload()) {
+                    Ok(Some(event)) => {
+                        if let Some(commit_ms) = event.commit_time_ms.filter(|&ms| ms > 0) {
+                            batch.newest_commit_ms = batch.newest_commit_ms.max(commit_ms as u64);
+                            batch.commit_times_ms.push(commit_ms as u64);
+                        }
+                        batch.changes.push((source_index, event.change));
+                    }
+                    Ok(None) => {}
+                    Err(reason) => batch.dead_letters.push(DeadLetter {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                        reason: format!("source {}: {reason}", source.name),
+                    }),
+                }
+            }
+        }
+        batch
+    }
+}
+
+/// Aborts a task when the run ends, however it ends.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One micro-batch on its way to Cassandra.

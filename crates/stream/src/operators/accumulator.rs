@@ -3,7 +3,9 @@
 //! its result after any sequence of additions and retractions, and serializes into the
 //! checkpoint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,7 +36,7 @@ impl Accumulator {
     pub fn new(call: &AggregateCall) -> Accumulator {
         if call.distinct && call.kind == AggregateKind::Count {
             return Accumulator::Distinct {
-                values: HashMap::new(),
+                values: HashMap::default(),
             };
         }
         match call.kind {

@@ -4,7 +4,7 @@
 //! batch is added, so downstream (and Cassandra) always hold the current result. The work
 //! per batch grows with the batch, never with the history.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
 use datafusion::error::DataFusionError;
@@ -62,7 +62,7 @@ impl AggregateState {
 
         // The output row of each touched group before this batch, in first-touch order.
         let mut touched: Vec<(Row, Option<Row>)> = Vec::new();
-        let mut touched_index: HashMap<Row, usize> = HashMap::new();
+        let mut touched_index: HashMap<Row, usize> = HashMap::default();
         if plan.global && self.groups.is_empty() {
             // A global aggregate has its row from the start, even over no input.
             self.groups.insert(Vec::new(), new_group(plan));

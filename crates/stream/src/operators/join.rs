@@ -13,12 +13,12 @@
 //! SQL equality never matches NULL, so a row whose key has a NULL joins nothing and is not
 //! kept.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::ArrayRef;
 use datafusion::error::DataFusionError;
 use datafusion::physical_expr::PhysicalExpr;
+use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::Changes;
@@ -109,9 +109,16 @@ fn keyed_rows(
 }
 
 fn add(side: &mut Side, key: Row, row: Row, weight: i8) {
-    let rows = side.entry(key.clone()).or_default();
-    let count = rows.entry(row.clone()).or_insert(0);
-    *count += i64::from(weight);
+    let weight = i64::from(weight);
+    let Some(rows) = side.get_mut(&key) else {
+        side.insert(key, HashMap::from_iter([(row, weight)]));
+        return;
+    };
+    let Some(count) = rows.get_mut(&row) else {
+        rows.insert(row, weight);
+        return;
+    };
+    *count += weight;
     if *count == 0 {
         rows.remove(&row);
         if rows.is_empty() {

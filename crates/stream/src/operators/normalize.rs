@@ -8,7 +8,7 @@
 //!   images are used, and nothing is kept. Replays are harmless because the sink writes the
 //!   same rows again.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +49,7 @@ pub struct SourceState {
 impl SourceState {
     pub fn new(keyed: bool) -> SourceState {
         SourceState {
-            rows: keyed.then(HashMap::new),
+            rows: keyed.then(HashMap::default),
         }
     }
 
