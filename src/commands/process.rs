@@ -58,6 +58,12 @@ pub struct ProcessArgs {
     #[arg(long)]
     rebuild: bool,
 
+    /// Rebuild only when the checkpoint does not fit (the file changed since it was taken, or
+    /// it is from another walflow version); otherwise resume. For the demo and containers
+    /// that should come back up on their own after an upgrade
+    #[arg(long, conflicts_with = "rebuild")]
+    rebuild_if_changed: bool,
+
     /// Stop once every partition is read up to where it ended at start
     #[arg(long)]
     until_caught_up: bool,
@@ -93,6 +99,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
             args.dead_letter_prefix, pipeline.definition.name
         ));
         options.rebuild = args.rebuild;
+        options.rebuild_if_changed = args.rebuild_if_changed;
         options.stop_when_caught_up = args.until_caught_up;
         let metrics = Arc::new(ProcessMetrics::default());
         let reporter = tokio::spawn(report_progress(

@@ -586,3 +586,96 @@ async fn cassandra_restarted_mid_stream_still_gives_the_postgres_answer() {
     scenario.process_until_caught_up(SHIPPED);
     scenario.assert_sinks_equal_postgres().await;
 }
+
+#[tokio::test]
+async fn a_changed_pipeline_is_refused_until_rebuilt_and_rebuild_if_changed_does_it_once() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let pipeline = directory.path().join("items.sql");
+    let write_pipeline = |price: &str| {
+        std::fs::write(
+            &pipeline,
+            format!(
+                "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
+                   WITH (connector = 'kafka', topic = '{topic}');
+                 CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
+                   WITH (connector = 'cassandra', keyspace = '{}');
+                 INSERT INTO item_prices SELECT id, {price} FROM items;",
+                keyspace.name
+            ),
+        )
+        .unwrap()
+    };
+    let mut kcat = Command::new("kcat")
+        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = kcat.stdin.as_mut().unwrap();
+        for (id, price) in [(1, 2.5), (2, 4.0)] {
+            writeln!(
+                stdin,
+                r#"{{"before":null,"after":{{"id":{id},"price":{price}}},"op":"c"}}"#
+            )
+            .unwrap();
+        }
+    }
+    assert!(kcat.wait().unwrap().success());
+    let process = |flags: &[&str]| {
+        run(walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--until-caught-up", "--checkpoint-dir"])
+            .arg(directory.path().join("checkpoints"))
+            .args(flags)
+            .arg(&pipeline))
+    };
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let prices = || async {
+        cassandra_rows_by_int(
+            &session,
+            &format!("SELECT JSON * FROM {}.item_prices", keyspace.name),
+        )
+        .await
+    };
+
+    write_pipeline("price");
+    assert!(process(&[]).status.success());
+    assert_eq!(prices().await, vec![(1, 2.5), (2, 4.0)]);
+
+    // The query changed: the old state and sink rows may not fit, so resuming is refused.
+    write_pipeline("price * 2");
+    let refused = process(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("changed since its checkpoint"),
+        "{message}"
+    );
+    assert!(message.contains("--rebuild"), "{message}");
+    assert_eq!(
+        prices().await,
+        vec![(1, 2.5), (2, 4.0)],
+        "nothing was touched"
+    );
+
+    let rebuilt = process(&["--rebuild-if-changed"]);
+    assert!(rebuilt.status.success());
+    assert!(
+        stderr(&rebuilt).contains("rebuilding"),
+        "{}",
+        stderr(&rebuilt)
+    );
+    assert_eq!(prices().await, vec![(1, 5.0), (2, 8.0)]);
+
+    // Unchanged since: the same flag resumes.
+    let resumed = process(&["--rebuild-if-changed"]);
+    assert!(resumed.status.success());
+    assert!(
+        stderr(&resumed).contains("resuming from the checkpoint"),
+        "{}",
+        stderr(&resumed)
+    );
+}

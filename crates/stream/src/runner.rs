@@ -35,6 +35,9 @@ pub struct ProcessOptions {
     pub dead_letter_topic: Option<String>,
     /// Forget the checkpoint, empty the sink tables and start from the topics' beginning.
     pub rebuild: bool,
+    /// Rebuild (as `rebuild`) only when the checkpoint does not fit: the pipeline file
+    /// changed since it was taken, or it is from another walflow version or damaged.
+    pub rebuild_if_changed: bool,
     /// Stop once every partition is read up to where it ended at start (benchmarks, tests).
     pub stop_when_caught_up: bool,
     pub cassandra_concurrency: usize,
@@ -51,6 +54,7 @@ impl ProcessOptions {
             batch_max_wait: Duration::from_millis(50),
             dead_letter_topic: None,
             rebuild: false,
+            rebuild_if_changed: false,
             stop_when_caught_up: false,
             cassandra_concurrency: 64,
         }
@@ -239,25 +243,45 @@ pub async fn run(
         sink.prepare(&query.sink).await?;
     }
 
-    if options.rebuild {
-        checkpoint::remove(&checkpoint_path)?;
-    }
-    let mut state = match checkpoint::load(&checkpoint_path)? {
-        Some(saved) if saved.fingerprint != checkpoint::fingerprint(&pipeline.definition.text) => {
-            return Err(fail(format!(
-                "{} changed since its checkpoint {} was taken, and its state may no longer \
-                 fit; run again with --rebuild to empty its sink tables and rebuild them from \
-                 the start of the topics",
+    let mut rebuild = options.rebuild;
+    let saved = match checkpoint::load(&checkpoint_path) {
+        Ok(Some(saved))
+            if saved.fingerprint != checkpoint::fingerprint(&pipeline.definition.text) =>
+        {
+            let message = format!(
+                "{} changed since its checkpoint {} was taken, and its state may no longer fit",
                 pipeline.definition.path.display(),
                 checkpoint_path.display()
-            )));
+            );
+            if !(rebuild || options.rebuild_if_changed) {
+                return Err(fail(format!(
+                    "{message}; run again with --rebuild to empty its sink tables and rebuild \
+                     them from the start of the topics"
+                )));
+            }
+            tracing::warn!(pipeline = %name, "{message}: rebuilding");
+            rebuild = true;
+            None
         }
+        Err(error @ CheckpointError::Corrupt { .. }) if options.rebuild_if_changed => {
+            tracing::warn!(pipeline = %name, %error, "the checkpoint cannot be used: rebuilding");
+            rebuild = true;
+            None
+        }
+        Err(error) if !rebuild => return Err(error.into()),
+        Err(_) => None,
+        Ok(saved) => saved.filter(|_| !rebuild),
+    };
+    if rebuild {
+        checkpoint::remove(&checkpoint_path)?;
+    }
+    let mut state = match saved {
         Some(saved) => {
             tracing::info!(pipeline = %name, offsets = ?saved.offsets, "resuming from the checkpoint");
             saved
         }
         None => {
-            if options.rebuild {
+            if rebuild {
                 for query in &pipeline.queries {
                     let mut delta = SinkDelta::default();
                     delta.truncate();
