@@ -111,7 +111,10 @@ pub async fn bench_process(
             })?;
             let text = text
                 .replace("'walflow.public.users'", &format!("'{topic}'"))
-                .replace("'walflow.public.countries'", &format!("'{countries_topic}'"))
+                .replace(
+                    "'walflow.public.countries'",
+                    &format!("'{countries_topic}'"),
+                )
                 .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'"));
             let definition = PipelineDefinition::parse(&path, &text)?;
             let queries = walflow_stream::plan::compile(&definition).await?;
@@ -185,7 +188,12 @@ pub async fn bench_process(
         Ok(())
     }
     .await;
-    cleanup(config, &[topic.as_str(), countries_topic.as_str()], &keyspace).await;
+    cleanup(
+        config,
+        &[topic.as_str(), countries_topic.as_str()],
+        &keyspace,
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&checkpoints);
     result?;
 
