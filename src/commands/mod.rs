@@ -6,6 +6,7 @@ mod cdc;
 mod doctor;
 mod fake_api;
 mod ingest;
+mod lag;
 mod migrate;
 mod process;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Cdc(cdc::CdcArgs),
     /// Run streaming SQL pipelines (sql/pipelines/*.sql) from Kafka into Cassandra
     Process(process::ProcessArgs),
+    /// Show how far behind each hop is (slot, Kafka, processing); exit 3 past a threshold
+    Lag(lag::LagArgs),
     /// Measure speed against a baseline in the same run (see docs/benchmarks.md)
     Bench(bench::BenchArgs),
 }
@@ -39,7 +42,7 @@ impl Command {
     /// reports every failure in its table, so the drivers' own retries would only be noise.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Doctor(_) => "error,scylla=off,rdkafka=off",
+            Command::Doctor(_) | Command::Lag(_) => "error,scylla=off,rdkafka=off",
             _ => "info",
         }
     }
@@ -74,5 +77,6 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
         Command::Bench(args) => bench::run(args, global).await,
         Command::Cdc(args) => cdc::run(args, global).await,
         Command::Process(args) => process::run(args, global).await,
+        Command::Lag(args) => lag::run(args, global).await,
     }
 }

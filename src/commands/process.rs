@@ -131,7 +131,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
     }
 }
 
-fn default_pipelines() -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn default_pipelines() -> anyhow::Result<Vec<PathBuf>> {
     let directory = PathBuf::from("sql/pipelines");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
         .map_err(|error| {

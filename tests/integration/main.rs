@@ -11,6 +11,7 @@ mod config;
 mod doctor;
 mod harness_cleanup;
 mod ingest;
+mod lag;
 mod migrate;
 mod pgoutput;
 mod process;

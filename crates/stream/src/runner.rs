@@ -507,7 +507,13 @@ pub async fn run(
             }
             if dirty {
                 write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
-                commit_offsets(&consumer, &state);
+                // The last commit waits for Kafka: the process may exit right after.
+                let mode = if stopping || caught_up {
+                    CommitMode::Sync
+                } else {
+                    CommitMode::Async
+                };
+                commit_offsets(&consumer, &state, mode);
                 metrics
                     .consumer_lag
                     .store(consumer_lag(&consumer, &state), Ordering::Relaxed);
@@ -790,7 +796,7 @@ fn write_checkpoint(
 
 /// The consumer group's committed offsets follow the checkpoint, so Kafka's own tools (and
 /// `walflow lag`) see how far processing is. The checkpoint stays the source of truth.
-fn commit_offsets(consumer: &StreamConsumer, state: &Checkpoint) {
+fn commit_offsets(consumer: &StreamConsumer, state: &Checkpoint, mode: CommitMode) {
     let mut list = TopicPartitionList::new();
     for ((topic, partition), &next) in &state.offsets {
         if list
@@ -800,7 +806,12 @@ fn commit_offsets(consumer: &StreamConsumer, state: &Checkpoint) {
             return;
         }
     }
-    if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+    let commit = || consumer.commit(&list, mode);
+    let result = match mode {
+        CommitMode::Sync => tokio::task::block_in_place(commit),
+        CommitMode::Async => commit(),
+    };
+    if let Err(error) = result {
         tracing::debug!(%error, "committing offsets to the consumer group failed");
     }
 }

@@ -1,0 +1,225 @@
+//! `walflow lag`: how far behind each hop is, read from Postgres, Kafka and the checkpoints.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::Args;
+use walflow_observe::lag::{self, CheckpointAge, ConsumerGroup, HopError, LagReport, Thresholds};
+use walflow_stream::definition::PipelineDefinition;
+
+use crate::config::{Config, GlobalArgs};
+use crate::exit::{Failure, EXIT_UNHEALTHY};
+
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Shows how far behind each hop of the pipeline is, read from the systems \
+        themselves, so it answers while walflow's own processes are down.\n\n\
+        postgres slot: bytes between the current WAL position and the slot's confirmed \
+        position (what cdc has not yet had acknowledged by Kafka), the WAL the slot keeps on \
+        disk, wal_status and safe_wal_size, and whether cdc is attached.\n\
+        kafka: per partition of each pipeline's topics, events between the log end and the \
+        offset its consumer group (walflow-process-<pipeline>) committed at its last checkpoint.\n\
+        processing: age of each pipeline's last checkpoint.\n\n\
+        A slot that is inactive yet retains WAL is warned about on stderr: it grows until \
+        Postgres's disk is full. With thresholds, exits 3 when one is exceeded (or the hop \
+        cannot be read), naming the hop, so cron and Airflow can alert.",
+    after_help = "Examples:\n  walflow lag\n  walflow lag --json\n  walflow lag --watch 2\n  walflow lag --max-lag-bytes 64MB --max-lag-events 100000"
+)]
+pub struct LagArgs {
+    /// Replication slot cdc reads
+    #[arg(long, default_value = "walflow")]
+    slot: String,
+
+    /// Pipeline files whose consumer groups to report [default: every sql/pipelines/*.sql]
+    #[arg(value_name = "FILE")]
+    pipelines: Vec<PathBuf>,
+
+    /// Where walflow process keeps its checkpoints
+    #[arg(long, default_value = ".walflow/checkpoints", value_name = "DIR")]
+    checkpoint_dir: PathBuf,
+
+    /// Print one JSON object (docs/operations.md describes its fields)
+    #[arg(long)]
+    json: bool,
+
+    /// Refresh every SECONDS until interrupted
+    #[arg(long, value_name = "SECONDS")]
+    watch: Option<u64>,
+
+    /// Exit 3 when the slot is further behind than this (bytes; kB, MB, GB accepted)
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_lag_bytes: Option<u64>,
+
+    /// Exit 3 when a consumer group is more events behind than this on a partition
+    #[arg(long, value_name = "EVENTS")]
+    max_lag_events: Option<u64>,
+
+    /// Exit 3 when a pipeline's last checkpoint is older than this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    max_checkpoint_age: Option<u64>,
+}
+
+/// `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 1048576, 512kB or 64MB"))?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (use B, kB, MB or GB)")),
+    };
+    Ok(number * factor)
+}
+
+pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
+    let config = Config::load(global)?;
+    let files = if args.pipelines.is_empty() {
+        super::process::default_pipelines().map_err(Failure::Usage)?
+    } else {
+        args.pipelines.clone()
+    };
+    let mut groups = Vec::new();
+    for file in &files {
+        let definition =
+            PipelineDefinition::load(file).map_err(|error| Failure::Usage(error.into()))?;
+        let mut topics: Vec<String> = definition
+            .sources
+            .iter()
+            .map(|source| source.topic.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        groups.push((
+            definition.name.clone(),
+            ConsumerGroup {
+                group: format!("walflow-process-{}", definition.name),
+                topics,
+            },
+        ));
+    }
+    let thresholds = Thresholds {
+        max_lag_bytes: args.max_lag_bytes,
+        max_lag_events: args.max_lag_events,
+        max_checkpoint_age_ms: args.max_checkpoint_age.map(|seconds| seconds * 1000),
+    };
+    loop {
+        let report = measure(&config, &args, &groups).await;
+        for warning in report.warnings() {
+            eprintln!("WARNING: {warning}");
+        }
+        let breaches = report.breaches(&thresholds);
+        if args.json {
+            let json = serde_json::json!({ "report": report, "breaches": breaches });
+            println!("{json}");
+        } else {
+            if args.watch.is_some() {
+                // Clear the screen and go home, as `watch` does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", report.render_table());
+        }
+        for breach in &breaches {
+            eprintln!("LAG {}: {}", breach.hop, breach.message);
+        }
+        match args.watch {
+            Some(seconds) => tokio::time::sleep(Duration::from_secs(seconds.max(1))).await,
+            None if breaches.is_empty() => return Ok(ExitCode::SUCCESS),
+            None => return Ok(ExitCode::from(EXIT_UNHEALTHY)),
+        }
+    }
+}
+
+async fn measure(config: &Config, args: &LagArgs, groups: &[(String, ConsumerGroup)]) -> LagReport {
+    let mut report = LagReport {
+        slot: None,
+        slot_name: args.slot.clone(),
+        kafka: Vec::new(),
+        checkpoints: Vec::new(),
+        errors: Vec::new(),
+    };
+    let timeout = Duration::from_secs(5);
+
+    let postgres = async {
+        let (client, connection) =
+            tokio_postgres::connect(config.postgres_url.expose(), tokio_postgres::NoTls).await?;
+        tokio::spawn(connection);
+        lag::postgres::slot_lag(&client, &args.slot).await
+    };
+    match tokio::time::timeout(timeout, postgres).await {
+        Ok(Ok(slot)) => report.slot = slot,
+        Ok(Err(error)) => report.errors.push(HopError {
+            hop: "postgres slot",
+            message: format!(
+                "cannot read the slot from {}: {error}",
+                config.postgres_url.redacted()
+            ),
+        }),
+        Err(_) => report.errors.push(HopError {
+            hop: "postgres slot",
+            message: format!("Postgres did not answer within {timeout:?}"),
+        }),
+    }
+
+    let brokers = config.kafka_brokers.clone();
+    let consumer_groups: Vec<ConsumerGroup> =
+        groups.iter().map(|(_, group)| group.clone()).collect();
+    match tokio::task::spawn_blocking(move || {
+        lag::kafka::consumer_lag(&brokers, &consumer_groups, timeout)
+    })
+    .await
+    {
+        Ok(Ok(partitions)) => report.kafka = partitions,
+        Ok(Err(error)) => report.errors.push(HopError {
+            hop: "kafka",
+            message: format!("cannot read offsets from {}: {error}", config.kafka_brokers),
+        }),
+        Err(error) => report.errors.push(HopError {
+            hop: "kafka",
+            message: error.to_string(),
+        }),
+    }
+
+    // A checkpoint file is replaced whole at every checkpoint: its mtime is its age.
+    for (pipeline, _) in groups {
+        let path = walflow_stream::checkpoint::path_for(&args.checkpoint_dir, pipeline);
+        let age_ms = std::fs::metadata(&path)
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .map(|modified| {
+                SystemTime::now()
+                    .duration_since(modified)
+                    .unwrap_or_default()
+                    .as_millis() as u64
+            });
+        report.checkpoints.push(CheckpointAge {
+            pipeline: pipeline.clone(),
+            age_ms,
+        });
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_read_with_or_without_a_unit() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512kB"), Ok(512 << 10));
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("2 GB"), Ok(2 << 30));
+        assert!(parse_size("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+    }
+}

@@ -1,0 +1,183 @@
+//! `walflow lag` against the real services: the slot's bytes grow while cdc is stopped and
+//! fall back once it catches up; Kafka lag equals the events a pipeline has not processed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cdc::{wait_for_active_slot, Cdc};
+use crate::harness::{
+    run, services, stderr, stdout, unique_name, walflow, TestDatabase, TestKeyspace, TestTopics,
+};
+
+fn lag(database_url: &str, pipeline: &Path, args: &[&str]) -> Output {
+    run(walflow(database_url).arg("lag").args(args).arg(pipeline))
+}
+
+fn lag_json(database_url: &str, pipeline: &Path, args: &[&str]) -> Value {
+    let output = lag(database_url, pipeline, &[&["--json"], args].concat());
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_str(&stdout(&output)).unwrap()
+}
+
+/// A pipeline file reading `topic`, so lag knows the consumer group and its topics.
+fn items_pipeline(directory: &Path, topic: &str, keyspace: &str) -> PathBuf {
+    let path = directory.join("items.sql");
+    std::fs::write(
+        &path,
+        format!(
+            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'kafka', topic = '{topic}');
+             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'cassandra', keyspace = '{keyspace}');
+             INSERT INTO item_prices SELECT id, price FROM items;"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test]
+async fn slot_lag_grows_while_cdc_is_stopped_breaches_the_threshold_and_falls_after() {
+    let database = TestDatabase::migrated().await;
+    let topics = TestTopics::new();
+    let directory = tempfile::tempdir().unwrap();
+    let pipeline = items_pipeline(directory.path(), "unused", "unused");
+    let slot = unique_name("walflow_slot");
+    let cdc = Cdc::start_with(&database, &slot, &topics, "public.users", &[]);
+    wait_for_active_slot(&database, &slot).await;
+    cdc.stop();
+
+    // About 10 MB of WAL that nobody confirms (rows under the TOAST threshold, so nothing is
+    // compressed away).
+    database
+        .client()
+        .await
+        .batch_execute(
+            "INSERT INTO users (id, first_name, last_name, email, username, picture_large)
+             SELECT gen_random_uuid(), 'Ada', 'Lovelace', 'ada@example.com', 'ada',
+                    (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 36) g)
+               FROM generate_series(1, 8000)",
+        )
+        .await
+        .unwrap();
+    let behind = lag_json(&database.url, &pipeline, &["--slot", &slot]);
+    let slot_report = &behind["report"]["slot"];
+    let lag_bytes = slot_report["lag_bytes"].as_i64().unwrap();
+    assert!(lag_bytes > 4 << 20, "{behind}");
+    assert_eq!(slot_report["active"], false, "{behind}");
+
+    let breached = lag(
+        &database.url,
+        &pipeline,
+        &["--slot", &slot, "--max-lag-bytes", "1MB"],
+    );
+    assert_eq!(breached.status.code(), Some(3));
+    let message = stderr(&breached);
+    assert!(message.contains("LAG postgres slot"), "{message}");
+    assert!(message.contains("INACTIVE and retains"), "{message}");
+    assert!(stdout(&breached).contains(&slot), "{}", stdout(&breached));
+
+    // cdc catches up; its status updates confirm the position again and the lag falls to
+    // what the other tests write meanwhile.
+    let _cdc = Cdc::start_with(&database, &slot, &topics, "public.users", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = lag_json(&database.url, &pipeline, &["--slot", &slot]);
+        let lag_now = now["report"]["slot"]["lag_bytes"].as_i64().unwrap();
+        if lag_now < 512 << 10 && now["report"]["slot"]["active"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slot is still {lag_now} bytes behind: {now}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn kafka_lag_is_the_events_a_pipeline_has_not_processed() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name);
+    let mut kcat = Command::new("kcat")
+        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = kcat.stdin.as_mut().unwrap();
+        for id in 0..7 {
+            writeln!(
+                stdin,
+                r#"{{"before":null,"after":{{"id":{id},"price":1.5}},"op":"c"}}"#
+            )
+            .unwrap();
+        }
+    }
+    assert!(kcat.wait().unwrap().success());
+    let database_url = services().postgres_url;
+    let checkpoints = directory.path().join("checkpoints");
+    let checkpoint_dir = checkpoints.to_str().unwrap();
+    let slot = unique_name("absent_slot");
+    let args = ["--slot", slot.as_str(), "--checkpoint-dir", checkpoint_dir];
+
+    let before = lag_json(&database_url, &pipeline, &args);
+    let partitions = before["report"]["kafka"].as_array().unwrap();
+    assert_eq!(partitions.len(), 1, "{before}");
+    assert_eq!(partitions[0]["group"], "walflow-process-items");
+    assert_eq!(partitions[0]["lag"], 7, "{before}");
+    assert_eq!(partitions[0]["committed_offset"], Value::Null);
+    assert_eq!(before["report"]["slot"], Value::Null, "no such slot");
+    assert_eq!(before["report"]["checkpoints"][0]["age_ms"], Value::Null);
+
+    let breached = lag(
+        &database_url,
+        &pipeline,
+        &[&args[..], &["--max-lag-events", "6"]].concat(),
+    );
+    assert_eq!(breached.status.code(), Some(3));
+    assert!(
+        stderr(&breached).contains("LAG kafka"),
+        "{}",
+        stderr(&breached)
+    );
+
+    let processed = run(walflow(&database_url)
+        .args([
+            "process",
+            "--until-caught-up",
+            "--checkpoint-dir",
+            checkpoint_dir,
+        ])
+        .args([
+            "--dead-letter-prefix",
+            &format!("{}.dead_letter", topics.prefix),
+        ])
+        .arg(&pipeline));
+    assert!(processed.status.success(), "{}", stderr(&processed));
+    let after = lag_json(&database_url, &pipeline, &args);
+    let partition = &after["report"]["kafka"][0];
+    assert_eq!(partition["lag"], 0, "{after}");
+    assert_eq!(partition["committed_offset"], 7, "{after}");
+    assert!(
+        after["report"]["checkpoints"][0]["age_ms"].is_u64(),
+        "{after}"
+    );
+    let healthy = lag(
+        &database_url,
+        &pipeline,
+        &[
+            &args[..],
+            &["--max-lag-events", "6", "--max-checkpoint-age", "600"],
+        ]
+        .concat(),
+    );
+    assert_eq!(healthy.status.code(), Some(0), "{}", stderr(&healthy));
+}
