@@ -20,11 +20,15 @@ use crate::exit::{Failure, EXIT_UNHEALTHY};
         disk, wal_status and safe_wal_size, and whether cdc is attached.\n\
         kafka: per partition of each pipeline's topics, events between the log end and the \
         offset its consumer group (walflow-process-<pipeline>) committed at its last checkpoint.\n\
-        processing: age of each pipeline's last checkpoint.\n\n\
+        cdc: commit -> Kafka, as Postgres measures it (pg_stat_replication.flush_lag; zero when \
+        caught up).\n\
+        processing: age of each pipeline's last checkpoint.\n\
+        end to end: now minus the commit time of the newest change in Cassandra as of the \
+        pipeline's checkpoint; zero when nothing waits anywhere.\n\n\
         A slot that is inactive yet retains WAL is warned about on stderr: it grows until \
         Postgres's disk is full. With thresholds, exits 3 when one is exceeded (or the hop \
         cannot be read), naming the hop, so cron and Airflow can alert.",
-    after_help = "Examples:\n  walflow lag\n  walflow lag --json\n  walflow lag --watch 2\n  walflow lag --max-lag-bytes 64MB --max-lag-events 100000"
+    after_help = "Examples:\n  walflow lag\n  walflow lag --json\n  walflow lag --watch 2\n  walflow lag --max-lag-bytes 64MB --max-lag-events 100000 --max-lag-seconds 60"
 )]
 pub struct LagArgs {
     /// Replication slot cdc reads
@@ -50,6 +54,11 @@ pub struct LagArgs {
     /// Exit 3 when the slot is further behind than this (bytes; kB, MB, GB accepted)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_lag_bytes: Option<u64>,
+
+    /// Exit 3 when cdc (commit -> Kafka) or a pipeline end to end (commit -> Cassandra) is
+    /// further behind than this many seconds, or cdc is not attached to the slot
+    #[arg(long, value_name = "SECONDS")]
+    max_lag_seconds: Option<u64>,
 
     /// Exit 3 when a consumer group is more events behind than this on a partition
     #[arg(long, value_name = "EVENTS")]
@@ -108,6 +117,7 @@ pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     }
     let thresholds = Thresholds {
         max_lag_bytes: args.max_lag_bytes,
+        max_lag_ms: args.max_lag_seconds.map(|seconds| seconds * 1000),
         max_lag_events: args.max_lag_events,
         max_checkpoint_age_ms: args.max_checkpoint_age.map(|seconds| seconds * 1000),
     };
@@ -188,23 +198,35 @@ async fn measure(config: &Config, args: &LagArgs, groups: &[(String, ConsumerGro
         }),
     }
 
-    // A checkpoint file is replaced whole at every checkpoint: its mtime is its age.
+    let now_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
     for (pipeline, _) in groups {
         let path = walflow_stream::checkpoint::path_for(&args.checkpoint_dir, pipeline);
-        let age_ms = std::fs::metadata(&path)
-            .and_then(|metadata| metadata.modified())
-            .ok()
-            .map(|modified| {
-                SystemTime::now()
-                    .duration_since(modified)
-                    .unwrap_or_default()
-                    .as_millis() as u64
-            });
+        let (age_ms, newest_commit_ms) = match walflow_stream::checkpoint::load(&path) {
+            Ok(Some(checkpoint)) => (
+                Some((now_ms - checkpoint.written_at_ms).max(0) as u64),
+                (checkpoint.newest_commit_ms > 0).then_some(checkpoint.newest_commit_ms),
+            ),
+            Ok(None) => (None, None),
+            Err(error) => {
+                // Reported as the hop's error, not as a missing checkpoint.
+                report.errors.push(HopError {
+                    hop: "processing",
+                    message: error.to_string(),
+                });
+                continue;
+            }
+        };
         report.checkpoints.push(CheckpointAge {
             pipeline: pipeline.clone(),
             age_ms,
+            newest_commit_ms,
+            end_to_end_ms: None,
         });
     }
+    report.settle_end_to_end(now_ms);
     report
 }
 

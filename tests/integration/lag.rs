@@ -69,14 +69,31 @@ async fn slot_lag_grows_while_cdc_is_stopped_breaches_the_threshold_and_falls_af
     assert!(lag_bytes > 4 << 20, "{behind}");
     assert_eq!(slot_report["active"], false, "{behind}");
 
+    assert_eq!(
+        slot_report["cdc_lag_ms"],
+        Value::Null,
+        "cdc is not attached"
+    );
+
     let breached = lag(
         &database.url,
         &pipeline,
-        &["--slot", &slot, "--max-lag-bytes", "1MB"],
+        &[
+            "--slot",
+            &slot,
+            "--max-lag-bytes",
+            "1MB",
+            "--max-lag-seconds",
+            "60",
+        ],
     );
     assert_eq!(breached.status.code(), Some(3));
     let message = stderr(&breached);
     assert!(message.contains("LAG postgres slot"), "{message}");
+    assert!(
+        message.contains("LAG cdc: no walflow cdc is attached"),
+        "{message}"
+    );
     assert!(message.contains("INACTIVE and retains"), "{message}");
     assert!(stdout(&breached).contains(&slot), "{}", stdout(&breached));
 
@@ -87,7 +104,10 @@ async fn slot_lag_grows_while_cdc_is_stopped_breaches_the_threshold_and_falls_af
     loop {
         let now = lag_json(&database.url, &pipeline, &["--slot", &slot]);
         let lag_now = now["report"]["slot"]["lag_bytes"].as_i64().unwrap();
-        if lag_now < 512 << 10 && now["report"]["slot"]["active"] == true {
+        if lag_now < 512 << 10
+            && now["report"]["slot"]["active"] == true
+            && now["report"]["slot"]["cdc_lag_ms"].is_number()
+        {
             break;
         }
         assert!(
@@ -113,10 +133,16 @@ async fn kafka_lag_is_the_events_a_pipeline_has_not_processed() {
     {
         use std::io::Write;
         let stdin = kcat.stdin.as_mut().unwrap();
+        // Committed in Postgres (so the events say) a minute ago.
+        let committed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            - 60_000;
         for id in 0..7 {
             writeln!(
                 stdin,
-                r#"{{"before":null,"after":{{"id":{id},"price":1.5}},"op":"c"}}"#
+                r#"{{"before":null,"after":{{"id":{id},"price":1.5}},"op":"c","source":{{"ts_ms":{committed}}}}}"#
             )
             .unwrap();
         }
@@ -169,6 +195,23 @@ async fn kafka_lag_is_the_events_a_pipeline_has_not_processed() {
     assert!(
         after["report"]["checkpoints"][0]["age_ms"].is_u64(),
         "{after}"
+    );
+    // No slot here, so cdc cannot be known caught up: end to end is the age of the newest
+    // result, committed a minute ago.
+    let end_to_end = after["report"]["checkpoints"][0]["end_to_end_ms"]
+        .as_u64()
+        .unwrap();
+    assert!((60_000..600_000).contains(&end_to_end), "{after}");
+    let late = lag(
+        &database_url,
+        &pipeline,
+        &[&args[..], &["--max-lag-seconds", "30"]].concat(),
+    );
+    assert_eq!(late.status.code(), Some(3));
+    assert!(
+        stderr(&late).contains("LAG end to end"),
+        "{}",
+        stderr(&late)
     );
     let healthy = lag(
         &database_url,

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
-/// 2: per-query state holds aggregates and joins.
-const FORMAT_VERSION: u32 = 2;
+/// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`.
+const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -26,6 +26,9 @@ pub struct Checkpoint {
     /// One per query, in file order.
     pub queries: Vec<QueryState>,
     pub written_at_ms: i64,
+    /// Postgres commit time (Unix ms) of the newest change whose results are in Cassandra as
+    /// of this checkpoint; 0 when no event said (`walflow lag`'s end-to-end measure).
+    pub newest_commit_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]

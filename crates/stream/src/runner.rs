@@ -764,6 +764,7 @@ fn finish(
         .dead_letters
         .fetch_add(written.dead_letters.len() as u64, Ordering::Relaxed);
     metrics.batches.fetch_add(1, Ordering::Relaxed);
+    state.newest_commit_ms = state.newest_commit_ms.max(written.newest_commit_ms as i64);
     if written.newest_commit_ms > 0 {
         metrics
             .written_commit_time_ms

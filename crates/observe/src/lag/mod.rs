@@ -10,12 +10,18 @@ use serde::Serialize;
 pub use kafka::{ConsumerGroup, PartitionLag};
 pub use postgres::SlotLag;
 
-/// One pipeline's checkpoint, as found on disk.
+/// One pipeline's checkpoint, as found on disk, and the end-to-end lag it implies.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct CheckpointAge {
     pub pipeline: String,
     /// Milliseconds since the checkpoint was written; `None` when there is none yet.
     pub age_ms: Option<u64>,
+    /// Postgres commit time (Unix ms) of the newest change in Cassandra as of the checkpoint.
+    pub newest_commit_ms: Option<i64>,
+    /// Now minus `newest_commit_ms`; zero when nothing is waiting anywhere (cdc attached and
+    /// caught up, the pipeline's consumer group at the end of every partition). Set by
+    /// [`LagReport::settle_end_to_end`].
+    pub end_to_end_ms: Option<u64>,
 }
 
 /// Everything `walflow lag` reports, hop by hop. The JSON shape of `walflow lag --json`.
@@ -41,6 +47,8 @@ pub struct HopError {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Thresholds {
     pub max_lag_bytes: Option<u64>,
+    /// cdc's time lag and each pipeline's end-to-end lag.
+    pub max_lag_ms: Option<u64>,
     pub max_lag_events: Option<u64>,
     pub max_checkpoint_age_ms: Option<u64>,
 }
@@ -53,6 +61,27 @@ pub struct Breach {
 }
 
 impl LagReport {
+    /// Fills in each pipeline's end-to-end lag from its checkpoint and the other hops.
+    pub fn settle_end_to_end(&mut self, now_ms: i64) {
+        let cdc_caught_up = self
+            .slot
+            .as_ref()
+            .is_some_and(|slot| slot.cdc_lag_ms == Some(0.0));
+        for checkpoint in &mut self.checkpoints {
+            let group = format!("walflow-process-{}", checkpoint.pipeline);
+            let mut partitions = self.kafka.iter().filter(|lag| lag.group == group);
+            let processed_all =
+                partitions.clone().next().is_some() && partitions.all(|lag| lag.lag == 0);
+            checkpoint.end_to_end_ms = if cdc_caught_up && processed_all {
+                Some(0)
+            } else {
+                checkpoint
+                    .newest_commit_ms
+                    .map(|commit| (now_ms - commit).max(0) as u64)
+            };
+        }
+    }
+
     /// The limits this report exceeds; a hop that could not be read counts as exceeding
     /// every limit set on it (a monitor must not go quiet because the thing is down).
     pub fn breaches(&self, thresholds: &Thresholds) -> Vec<Breach> {
@@ -76,6 +105,38 @@ impl LagReport {
                         self.slot_name
                     ),
                 }),
+            }
+        }
+        if let Some(limit) = thresholds.max_lag_ms {
+            if let Some(slot) = &self.slot {
+                match slot.cdc_lag_ms {
+                    Some(lag) if lag > limit as f64 => breaches.push(Breach {
+                        hop: "cdc".into(),
+                        message: format!(
+                            "cdc is {} behind Postgres (limit {})",
+                            human_duration_ms(lag as u64),
+                            human_duration_ms(limit)
+                        ),
+                    }),
+                    Some(_) => {}
+                    None => breaches.push(Breach {
+                        hop: "cdc".into(),
+                        message: format!("no walflow cdc is attached to slot {}", slot.slot_name),
+                    }),
+                }
+            }
+            for checkpoint in &self.checkpoints {
+                if let Some(lag) = checkpoint.end_to_end_ms.filter(|&lag| lag > limit) {
+                    breaches.push(Breach {
+                        hop: "end to end".into(),
+                        message: format!(
+                            "pipeline {}'s newest result in Cassandra was committed {} ago (limit {})",
+                            checkpoint.pipeline,
+                            human_duration_ms(lag),
+                            human_duration_ms(limit)
+                        ),
+                    });
+                }
             }
         }
         if let Some(limit) = thresholds.max_lag_events {
@@ -115,6 +176,7 @@ impl LagReport {
             let limited = match error.hop {
                 "postgres slot" => thresholds.max_lag_bytes.is_some(),
                 "kafka" => thresholds.max_lag_events.is_some(),
+                "processing" => thresholds.max_checkpoint_age_ms.is_some(),
                 _ => false,
             };
             if limited {
@@ -188,6 +250,19 @@ impl LagReport {
                 self.slot_name.clone(),
                 "does not exist (walflow cdc creates it)".into(),
             ]),
+        }
+        if let Some(slot) = &self.slot {
+            rows.push([
+                "cdc".into(),
+                slot.slot_name.clone(),
+                match slot.cdc_lag_ms {
+                    Some(0.0) => "caught up".into(),
+                    Some(lag) => {
+                        format!("{} behind (commit -> Kafka)", human_duration_ms(lag as u64))
+                    }
+                    None => "not attached to the slot".into(),
+                },
+            ]);
         }
         for partition in &self.kafka {
             rows.push([
@@ -279,6 +354,7 @@ mod tests {
                 lag_bytes: Some(lag_bytes),
                 retained_bytes: Some(lag_bytes + 100),
                 confirmed_flush_lsn: Some("0/16B3748".into()),
+                cdc_lag_ms: active.then_some(0.0),
             }),
             slot_name: "walflow".into(),
             kafka: vec![PartitionLag {
@@ -292,6 +368,8 @@ mod tests {
             checkpoints: vec![CheckpointAge {
                 pipeline: "users".into(),
                 age_ms: Some(4_000),
+                newest_commit_ms: Some(1_000_000),
+                end_to_end_ms: None,
             }],
             errors: vec![],
         }
@@ -303,6 +381,7 @@ mod tests {
         assert!(report.breaches(&Thresholds::default()).is_empty());
         let breaches = report.breaches(&Thresholds {
             max_lag_bytes: Some(4_096),
+            max_lag_ms: None,
             max_lag_events: Some(20),
             max_checkpoint_age_ms: Some(3_000),
         });
@@ -333,5 +412,38 @@ mod tests {
         assert_eq!(human_duration_ms(250), "250 ms");
         assert_eq!(human_duration_ms(1_500), "1.5 s");
         assert_eq!(human_duration_ms(90_000), "1.5 min");
+    }
+
+    #[test]
+    fn end_to_end_is_zero_only_when_nothing_waits_anywhere() {
+        let mut report = report(0, true);
+        // The consumer group is 20 events behind: the newest result is 9 s old.
+        report.settle_end_to_end(1_009_000);
+        assert_eq!(report.checkpoints[0].end_to_end_ms, Some(9_000));
+        let breaches = report.breaches(&Thresholds {
+            max_lag_ms: Some(5_000),
+            ..Thresholds::default()
+        });
+        assert_eq!(breaches.len(), 1, "{breaches:?}");
+        assert_eq!(breaches[0].hop, "end to end");
+
+        report.kafka[0].lag = 0;
+        report.settle_end_to_end(1_009_000);
+        assert_eq!(report.checkpoints[0].end_to_end_ms, Some(0));
+
+        // cdc gone: the slot has no reader, which a time limit reports.
+        let mut detached = report.clone();
+        detached.slot.as_mut().unwrap().cdc_lag_ms = None;
+        detached.settle_end_to_end(1_009_000);
+        assert_eq!(detached.checkpoints[0].end_to_end_ms, Some(9_000));
+        let hops: Vec<String> = detached
+            .breaches(&Thresholds {
+                max_lag_ms: Some(5_000),
+                ..Thresholds::default()
+            })
+            .into_iter()
+            .map(|breach| breach.hop)
+            .collect();
+        assert_eq!(hops, ["cdc", "end to end"]);
     }
 }

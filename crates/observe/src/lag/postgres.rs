@@ -21,6 +21,11 @@ pub struct SlotLag {
     /// `pg_current_wal_lsn() - restart_lsn`: WAL kept on disk for the slot.
     pub retained_bytes: Option<i64>,
     pub confirmed_flush_lsn: Option<String>,
+    /// cdc's time lag as Postgres measures it (`pg_stat_replication.flush_lag`): how long
+    /// ago the WAL that cdc has just confirmed was written. cdc confirms only what Kafka
+    /// acknowledged, so this is commit -> Kafka. Postgres reports NULL once the client is
+    /// caught up and idle: read as zero. `None` when cdc is not attached.
+    pub cdc_lag_ms: Option<f64>,
 }
 
 /// The slot's lag, or `None` when there is no such slot.
@@ -35,7 +40,9 @@ pub async fn slot_lag(
                     (pg_current_wal_lsn() - s.confirmed_flush_lsn)::bigint,
                     (pg_current_wal_lsn() - s.restart_lsn)::bigint,
                     s.confirmed_flush_lsn::text,
-                    extract(epoch FROM now() - r.backend_start)::float8
+                    extract(epoch FROM now() - r.backend_start)::float8,
+                    r.pid IS NOT NULL,
+                    coalesce(extract(epoch FROM r.flush_lag) * 1000, 0)::float8
                FROM pg_replication_slots s
                LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
               WHERE s.slot_name = $1",
@@ -52,5 +59,6 @@ pub async fn slot_lag(
         retained_bytes: row.get(6),
         confirmed_flush_lsn: row.get(7),
         active_seconds: row.get(8),
+        cdc_lag_ms: row.get::<_, bool>(9).then(|| row.get(10)),
     }))
 }
