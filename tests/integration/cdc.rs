@@ -100,6 +100,15 @@ impl Drop for Cdc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what cdc said, which its assertion cannot.
+        if std::thread::panicking() {
+            if let Some(reader) = self.reader.take() {
+                let _ = reader.join();
+            }
+            if let Ok(log) = self.log.lock() {
+                eprintln!("---- walflow cdc's log ----\n{log}---- end of walflow cdc's log ----");
+            }
+        }
     }
 }
 
