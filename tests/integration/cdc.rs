@@ -401,6 +401,33 @@ async fn an_existing_publication_lacking_an_asked_table_is_refused_with_the_fix(
 }
 
 #[tokio::test]
+async fn the_topics_of_published_tables_exist_before_their_first_event() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    database
+        .client()
+        .await
+        .batch_execute("CREATE TABLE quiet (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let cdc = Cdc::started(&database, &slot, &topics, "public.quiet").await;
+    let topic = format!("{}.public.quiet", topics.prefix);
+    let listing = Command::new("kcat")
+        .args(["-L", "-b", &services().kafka_brokers, "-t", &topic])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains(&format!("topic \"{topic}\" with 1 partitions")),
+        "{listing}"
+    );
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("topic created"), "{log}");
+}
+
+#[tokio::test]
 async fn wal_level_replica_is_refused_with_the_setting_named() {
     let scratch = ScratchPostgres::start(&["wal_level=replica"]);
     let output = run(walflow(&scratch.url).args(["cdc", "--slot", "walflow_x"]));

@@ -107,6 +107,12 @@ pub async fn run(
         tracing::info!(publication = %options.publication, "publication created");
     }
     publication::check_replica_identities(&client, &options.publication).await?;
+    let topics: Vec<String> = publication::published_tables(&client, &options.publication)
+        .await?
+        .into_iter()
+        .map(|(schema, table)| format!("{}.{schema}.{table}", options.topic_prefix))
+        .collect();
+    sink.create_topics(&topics).await;
 
     let config = ReplicationConfig::from_url(&options.postgres_url)?;
     let mut replication = ReplicationConnection::connect(&config).await?;

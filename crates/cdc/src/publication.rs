@@ -104,6 +104,24 @@ pub async fn ensure_publication(
     Ok(true)
 }
 
+/// The tables the publication publishes, as (schema, table).
+pub async fn published_tables(
+    client: &Client,
+    publication: &str,
+) -> Result<Vec<(String, String)>, SetupError> {
+    Ok(client
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables
+              WHERE pubname = $1 ORDER BY 1, 2",
+            &[&publication],
+        )
+        .await
+        .map_err(failed("cannot read pg_publication_tables"))?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect())
+}
+
 /// Tables of `tables` the publication does not publish.
 async fn missing_tables(
     client: &Client,

@@ -186,6 +186,22 @@ impl Sink {
         }
     }
 
+    /// Creates the topics that do not exist yet (broker defaults for partitions and
+    /// replication), so cdc works where the brokers do not auto-create topics, and a topic
+    /// exists before its first event. A topic that cannot be created is logged and left to
+    /// the producer; the sink's delivery errors then say what is wrong.
+    pub async fn create_topics(&self, topics: &[String]) {
+        let Sink::Kafka(kafka) = self else {
+            return;
+        };
+        if topics.is_empty() {
+            return;
+        }
+        if let Err(error) = create_missing_topics(&kafka.settings.brokers, topics).await {
+            tracing::warn!(%error, ?topics, "could not create the topics; relying on the brokers to create them on first write");
+        }
+    }
+
     pub fn kafka(brokers: &str) -> Result<Sink, SinkError> {
         Sink::kafka_with(KafkaSettings::new(brokers))
     }
@@ -356,6 +372,29 @@ impl Sink {
 }
 
 /// Deletes topics (benchmarks clean up after themselves).
+async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), SinkError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    // -1: the brokers' num.partitions and default.replication.factor.
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|topic| NewTopic::new(topic, -1, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                tracing::warn!(%topic, error = %code, "could not create the topic");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), SinkError> {
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
