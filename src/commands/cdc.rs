@@ -1,6 +1,7 @@
 //! `walflow cdc`: Postgres's committed changes to Kafka, through a pgoutput slot.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -45,6 +46,10 @@ pub struct CdcArgs {
     /// An existing publication must already publish them
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     tables: Vec<String>,
+
+    /// Serve Prometheus metrics on this address (for example 127.0.0.1:9187) at /metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 
     /// Topic prefix, and the `source.name` of events
     #[arg(long, default_value = "walflow")]
@@ -125,6 +130,16 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     };
     let stop = super::stop_on_signal("stopping: draining what was sent");
     let metrics = sink.metrics().clone();
+    if let Some(listen) = args.metrics_listen {
+        let metrics = metrics.clone();
+        let slot = args.slot.clone();
+        super::metrics_endpoint::serve(
+            listen,
+            Arc::new(move |registry| render_metrics(registry, &slot, &metrics.snapshot())),
+        )
+        .await
+        .map_err(Failure::Runtime)?;
+    }
     let reporter = tokio::spawn(report_progress(metrics));
     let result = pipeline::run(&options, sink, stop).await;
     reporter.abort();
@@ -213,4 +228,55 @@ async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure>
         said(publication)
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// cdc's counters in Prometheus's terms, labelled with the slot.
+fn render_metrics(
+    registry: &mut prometheus_client::registry::Registry,
+    slot: &str,
+    now: &walflow_cdc::metrics::CdcMetricsSnapshot,
+) {
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::registry::Unit;
+    let registry = registry
+        .sub_registry_with_prefix("cdc")
+        .sub_registry_with_label(("slot".into(), slot.to_owned().into()));
+    registry.register(
+        "events",
+        "Change events handed to Kafka, tombstones included",
+        ConstCounter::new(now.events),
+    );
+    registry.register_with_unit(
+        "event",
+        "Key and value bytes of those events",
+        Unit::Bytes,
+        ConstCounter::new(now.bytes),
+    );
+    registry.register(
+        "acknowledged_transactions",
+        "Transactions whose every event Kafka acknowledged",
+        ConstCounter::new(now.acked_transactions),
+    );
+    registry.register(
+        "acknowledged_lsn",
+        "End LSN of the newest transaction acknowledged with all before it (what the slot may confirm)",
+        ConstGauge::new(now.acked_lsn as i64),
+    );
+    registry.register_with_unit(
+        "acknowledged_commit_timestamp",
+        "Postgres commit time of that transaction, Unix time",
+        Unit::Seconds,
+        ConstGauge::new(now.acked_commit_time_us as f64 / 1e6),
+    );
+    registry.register(
+        "delivery_failures",
+        "Times Kafka refused events past the message timeout and the session restarted",
+        ConstCounter::new(now.delivery_failures),
+    );
+    registry.register(
+        "reconnects",
+        "Times the connection to Postgres was lost and made again",
+        ConstCounter::new(now.reconnects),
+    );
 }

@@ -7,6 +7,7 @@ mod doctor;
 mod fake_api;
 mod ingest;
 mod lag;
+mod metrics_endpoint;
 mod migrate;
 mod process;
 

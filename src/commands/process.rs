@@ -64,6 +64,10 @@ pub struct ProcessArgs {
     #[arg(long, conflicts_with = "rebuild")]
     rebuild_if_changed: bool,
 
+    /// Serve Prometheus metrics on this address (for example 127.0.0.1:9188) at /metrics
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
+
     /// Stop once every partition is read up to where it ended at start
     #[arg(long)]
     until_caught_up: bool,
@@ -87,6 +91,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
     let stop = super::stop_on_signal("stopping: finishing the batch and writing checkpoints");
 
     let mut tasks = tokio::task::JoinSet::new();
+    let mut all_metrics: Vec<(String, Arc<ProcessMetrics>)> = Vec::new();
     for pipeline in pipelines {
         let mut options =
             ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
@@ -102,6 +107,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         options.rebuild_if_changed = args.rebuild_if_changed;
         options.stop_when_caught_up = args.until_caught_up;
         let metrics = Arc::new(ProcessMetrics::default());
+        all_metrics.push((pipeline.definition.name.clone(), metrics.clone()));
         let reporter = tokio::spawn(report_progress(
             pipeline.definition.name.clone(),
             metrics.clone(),
@@ -112,6 +118,14 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
             reporter.abort();
             result.map_err(anyhow::Error::new)
         });
+    }
+    if let Some(listen) = args.metrics_listen {
+        super::metrics_endpoint::serve(
+            listen,
+            Arc::new(move |registry| render_metrics(registry, &all_metrics)),
+        )
+        .await
+        .map_err(Failure::Runtime)?;
     }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
@@ -207,5 +221,74 @@ async fn report_progress(pipeline: String, metrics: Arc<ProcessMetrics>) {
                 "progress"
             ),
         }
+    }
+}
+
+/// Every pipeline's counters in Prometheus's terms, labelled with the pipeline.
+fn render_metrics(
+    registry: &mut prometheus_client::registry::Registry,
+    pipelines: &[(String, Arc<ProcessMetrics>)],
+) {
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    use prometheus_client::registry::Unit;
+    let registry = registry.sub_registry_with_prefix("process");
+    for (pipeline, metrics) in pipelines {
+        let registry =
+            registry.sub_registry_with_label(("pipeline".into(), pipeline.clone().into()));
+        let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
+        registry.register(
+            "events",
+            "Change events read and applied, with their results in Cassandra",
+            ConstCounter::new(load(&metrics.events)),
+        );
+        registry.register(
+            "dead_letters",
+            "Events that could not be decoded, sent to the dead-letter topic",
+            ConstCounter::new(load(&metrics.dead_letters)),
+        );
+        registry.register(
+            "batches",
+            "Micro-batches written",
+            ConstCounter::new(load(&metrics.batches)),
+        );
+        registry.register(
+            "rows_written",
+            "Cassandra writes (upserts and deletes)",
+            ConstCounter::new(load(&metrics.rows_written)),
+        );
+        registry.register(
+            "cassandra_errors",
+            "Batch writes that failed and were retried",
+            ConstCounter::new(load(&metrics.cassandra_errors)),
+        );
+        registry.register(
+            "checkpoints",
+            "Checkpoints written",
+            ConstCounter::new(load(&metrics.checkpoints)),
+        );
+        registry.register_with_unit(
+            "last_checkpoint_timestamp",
+            "When the last checkpoint was written, Unix time",
+            Unit::Seconds,
+            ConstGauge::new(load(&metrics.last_checkpoint_unix_ms) as f64 / 1e3),
+        );
+        registry.register_with_unit(
+            "last_checkpoint_size",
+            "Size of the last checkpoint",
+            Unit::Bytes,
+            ConstGauge::new(load(&metrics.last_checkpoint_bytes) as i64),
+        );
+        registry.register_with_unit(
+            "written_commit_timestamp",
+            "Postgres commit time of the newest change whose results are in Cassandra, Unix time",
+            Unit::Seconds,
+            ConstGauge::new(load(&metrics.written_commit_time_ms) as f64 / 1e3),
+        );
+        registry.register(
+            "consumer_lag_events",
+            "Events in Kafka after the last checkpoint's offsets",
+            ConstGauge::new(load(&metrics.consumer_lag) as i64),
+        );
     }
 }

@@ -81,6 +81,11 @@ impl Cdc {
         cdc
     }
 
+    /// What cdc has logged so far.
+    pub(crate) fn log_so_far(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
     /// SIGTERM, then the exit status and what it logged.
     pub(crate) fn stop(mut self) -> (Option<i32>, String) {
         Command::new("kill")

@@ -12,6 +12,7 @@ mod doctor;
 mod harness_cleanup;
 mod ingest;
 mod lag;
+mod metrics;
 mod migrate;
 mod pgoutput;
 mod process;
