@@ -20,6 +20,35 @@ fn metrics_url(log: &str) -> Option<String> {
     )
 }
 
+/// Every metric docs/grafana-dashboard.json queries whose name starts with `prefix` must be
+/// in the scraped body: the shipped dashboard never charts a name that does not exist.
+fn assert_dashboard_metrics_served(body: &str, prefix: &str) {
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(crate::harness::repo_root()).join("docs/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .match_indices(prefix)
+        .map(|(start, _)| {
+            let rest = &dashboard[start..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(!names.is_empty(), "the dashboard charts no {prefix} metric");
+    for name in names {
+        assert!(
+            body.lines()
+                .any(|line| line.starts_with(&format!("{name}{{"))),
+            "the dashboard charts {name}, which is not served:\n{body}"
+        );
+    }
+}
+
 /// Scrapes until `wanted` holds for the body; returns the body.
 async fn scrape_until(url: &str, what: &str, wanted: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -84,6 +113,7 @@ async fn cdc_serves_its_counters_to_prometheus() {
         body.contains("# TYPE walflow_cdc_event_bytes counter"),
         "{body}"
     );
+    assert_dashboard_metrics_served(&body, "walflow_cdc_");
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
 }
@@ -170,6 +200,7 @@ async fn process_serves_each_pipelines_counters_to_prometheus() {
         body.contains("walflow_process_rows_written_total{pipeline=\"items\"} 5"),
         "{body}"
     );
+    assert_dashboard_metrics_served(&body, "walflow_process_");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
