@@ -69,7 +69,9 @@ impl Cdc {
         }
     }
 
-    /// Starts cdc and waits until its slot is streaming.
+    /// Starts cdc and waits until it streams: its slot is active and the snapshot is done.
+    /// (The slot shows as active from the moment its creation begins, before the snapshot;
+    /// writes in that window are what the slot-creation trial exercises, not these tests.)
     async fn started(
         database: &TestDatabase,
         slot: &str,
@@ -78,6 +80,15 @@ impl Cdc {
     ) -> Cdc {
         let cdc = Cdc::start(database, slot, topics, tables);
         wait_for_active_slot(database, slot).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cdc.log_so_far().contains("streaming changes") {
+            assert!(
+                Instant::now() < deadline,
+                "cdc did not start streaming within 60 s: {}",
+                cdc.log_so_far()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         cdc
     }
 
@@ -931,4 +942,62 @@ async fn postgres_restarted_mid_stream_is_followed_and_loses_nothing() {
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("reconnected to Postgres"), "{log}");
+}
+
+/// A row written while cdc is still creating its slot (the slot already shows as active,
+/// the snapshot has not been taken) must reach Kafka exactly once: in the snapshot (op r)
+/// or in the stream (op c). Twenty rounds, each a new database, slot and topic. Run alone
+/// with scripts/trial-slot-creation; it hunts a loss seen once in the full suite.
+#[tokio::test]
+#[ignore = "a 20-round trial: run with scripts/trial-slot-creation"]
+async fn a_row_written_during_slot_creation_arrives_exactly_once() {
+    let mut lost = Vec::new();
+    for round in 0..20 {
+        let database = TestDatabase::create().await;
+        let topics = TestTopics::new();
+        let slot = unique_name("walflow_slot");
+        let client = database.client().await;
+        client
+            .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            .await
+            .unwrap();
+        let cdc = Cdc::start(&database, &slot, &topics, "public.notes");
+        // As soon as the slot row appears, write.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let exists = client
+                .query_opt(
+                    "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .unwrap()
+                .is_some();
+            if exists {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no slot after 30 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        client
+            .batch_execute(
+                "INSERT INTO notes VALUES (1, (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 5000) i))",
+            )
+            .await
+            .unwrap();
+        client
+            .batch_execute("INSERT INTO notes VALUES (2, 'after')")
+            .await
+            .unwrap();
+        let messages = kcat_messages(&format!("{}.public.notes", topics.prefix), 2);
+        let ids: Vec<Value> = messages
+            .iter()
+            .map(|message| parsed(&message["payload"])["after"]["id"].clone())
+            .collect();
+        let (_, log) = cdc.stop();
+        if ids != [serde_json::json!(1), serde_json::json!(2)] {
+            lost.push(format!("round {round}: ids {ids:?}\n{log}"));
+        }
+    }
+    assert!(lost.is_empty(), "{}", lost.join("\n"));
 }
