@@ -1,15 +1,16 @@
 //! `walflow lag` against the real services: the slot's bytes grow while cdc is stopped and
 //! fall back once it catches up; Kafka lag equals the events a pipeline has not processed.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::cdc::{wait_for_active_slot, Cdc};
 use crate::harness::{
-    run, services, stderr, stdout, unique_name, walflow, TestDatabase, TestKeyspace, TestTopics,
+    items_pipeline, kcat_produce, run, services, stderr, stdout, unique_name, walflow,
+    TestDatabase, TestKeyspace, TestTopics,
 };
 
 fn lag(database_url: &str, pipeline: &Path, args: &[&str]) -> Output {
@@ -22,29 +23,12 @@ fn lag_json(database_url: &str, pipeline: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&stdout(&output)).unwrap()
 }
 
-/// A pipeline file reading `topic`, so lag knows the consumer group and its topics.
-fn items_pipeline(directory: &Path, topic: &str, keyspace: &str) -> PathBuf {
-    let path = directory.join("items.sql");
-    std::fs::write(
-        &path,
-        format!(
-            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
-               WITH (connector = 'kafka', topic = '{topic}');
-             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
-               WITH (connector = 'cassandra', keyspace = '{keyspace}');
-             INSERT INTO item_prices SELECT id, price FROM items;"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test]
 async fn slot_lag_grows_while_cdc_is_stopped_breaches_the_threshold_and_falls_after() {
     let database = TestDatabase::migrated().await;
     let topics = TestTopics::new();
     let directory = tempfile::tempdir().unwrap();
-    let pipeline = items_pipeline(directory.path(), "unused", "unused");
+    let pipeline = items_pipeline(directory.path(), "unused", "unused", "price");
     let slot = unique_name("walflow_slot");
     let cdc = Cdc::start_with(&database, &slot, &topics, "public.users", &[]);
     wait_for_active_slot(&database, &slot).await;
@@ -124,30 +108,21 @@ async fn kafka_lag_is_the_events_a_pipeline_has_not_processed() {
     let keyspace = TestKeyspace::create().await;
     let directory = tempfile::tempdir().unwrap();
     let topic = format!("{}.public.items", topics.prefix);
-    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name);
-    let mut kcat = Command::new("kcat")
-        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = kcat.stdin.as_mut().unwrap();
-        // Committed in Postgres (so the events say) a minute ago.
-        let committed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            - 60_000;
-        for id in 0..7 {
-            writeln!(
-                stdin,
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    // Committed in Postgres (so the events say) a minute ago.
+    let committed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 60_000;
+    kcat_produce(
+        &topic,
+        (0..7).map(|id| {
+            format!(
                 r#"{{"before":null,"after":{{"id":{id},"price":1.5}},"op":"c","source":{{"ts_ms":{committed}}}}}"#
             )
-            .unwrap();
-        }
-    }
-    assert!(kcat.wait().unwrap().success());
+        }),
+    );
     let database_url = services().postgres_url;
     let checkpoints = directory.path().join("checkpoints");
     let checkpoint_dir = checkpoints.to_str().unwrap();

@@ -6,7 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cdc::{wait_for_active_slot, Cdc};
-use crate::harness::{services, unique_name, walflow, TestDatabase, TestKeyspace, TestTopics};
+use crate::harness::{
+    items_pipeline, kcat_produce, services, unique_name, walflow, TestDatabase, TestKeyspace,
+    TestTopics,
+};
 
 /// The endpoint's URL from the "serving metrics" log line.
 fn metrics_url(log: &str) -> Option<String> {
@@ -124,37 +127,13 @@ async fn process_serves_each_pipelines_counters_to_prometheus() {
     let keyspace = TestKeyspace::create().await;
     let directory = tempfile::tempdir().unwrap();
     let topic = format!("{}.public.items", topics.prefix);
-    let pipeline = directory.path().join("items.sql");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
-               WITH (connector = 'kafka', topic = '{topic}');
-             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
-               WITH (connector = 'cassandra', keyspace = '{}');
-             INSERT INTO item_prices SELECT id, price FROM items;",
-            keyspace.name
-        ),
-    )
-    .unwrap();
-    let mut kcat = Command::new("kcat")
-        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = kcat.stdin.as_mut().unwrap();
-        for id in 0..5 {
-            writeln!(
-                stdin,
-                r#"{{"before":null,"after":{{"id":{id},"price":2.0}},"op":"c"}}"#
-            )
-            .unwrap();
-        }
-        writeln!(stdin, "not an event").unwrap();
-    }
-    assert!(kcat.wait().unwrap().success());
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    kcat_produce(
+        &topic,
+        (0..5)
+            .map(|id| format!(r#"{{"before":null,"after":{{"id":{id},"price":2.0}},"op":"c"}}"#))
+            .chain(["not an event".to_owned()]),
+    );
 
     let mut child = walflow(&services().postgres_url)
         .args([

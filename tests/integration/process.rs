@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::cdc::{wait_until_caught_up, Cdc};
 use crate::harness::{
-    cassandra_session, repo_root, run, services, stderr, unique_name, walflow, FakeApi,
-    TestDatabase, TestKeyspace, TestTopics,
+    cassandra_session, items_pipeline, kcat_produce, repo_root, run, services, stderr, unique_name,
+    walflow, FakeApi, TestDatabase, TestKeyspace, TestTopics,
 };
 
 /// The shipped pipelines of sql/pipelines/, all checked against Postgres.
@@ -411,19 +411,7 @@ async fn undecodable_events_go_to_the_dead_letter_topic_and_the_rest_flows_on() 
     let keyspace = TestKeyspace::create().await;
     let directory = tempfile::tempdir().unwrap();
     let topic = format!("{}.public.items", topics.prefix);
-    let pipeline = directory.path().join("items.sql");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
-               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_json');
-             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
-               WITH (connector = 'cassandra', keyspace = '{}');
-             INSERT INTO item_prices SELECT id, price FROM items;",
-            keyspace.name
-        ),
-    )
-    .unwrap();
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
     let events = [
         r#"{"before":null,"after":{"id":1,"price":2.5},"op":"c","source":{"ts_ms":1}}"#,
         r#"{"before":null,"after":{"id":2,"price":"cheap"},"op":"c"}"#,
@@ -432,19 +420,7 @@ async fn undecodable_events_go_to_the_dead_letter_topic_and_the_rest_flows_on() 
         r#"{"before":{"id":1,"price":2.5},"after":null,"op":"d"}"#,
         r#"{"before":null,"after":{"id":4,"price":1},"op":"c"}"#,
     ];
-    let mut kcat = Command::new("kcat")
-        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = kcat.stdin.as_mut().unwrap();
-        for event in events {
-            writeln!(stdin, "{event}").unwrap();
-        }
-    }
-    assert!(kcat.wait().unwrap().success());
+    kcat_produce(&topic, events);
 
     let dead_letter_prefix = format!("{}.dead_letter", topics.prefix);
     let output = run(walflow("postgres://unused@127.0.0.1/unused")
@@ -593,38 +569,15 @@ async fn a_changed_pipeline_is_refused_until_rebuilt_and_rebuild_if_changed_does
     let keyspace = TestKeyspace::create().await;
     let directory = tempfile::tempdir().unwrap();
     let topic = format!("{}.public.items", topics.prefix);
-    let pipeline = directory.path().join("items.sql");
-    let write_pipeline = |price: &str| {
-        std::fs::write(
-            &pipeline,
-            format!(
-                "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
-                   WITH (connector = 'kafka', topic = '{topic}');
-                 CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
-                   WITH (connector = 'cassandra', keyspace = '{}');
-                 INSERT INTO item_prices SELECT id, {price} FROM items;",
-                keyspace.name
-            ),
-        )
-        .unwrap()
-    };
-    let mut kcat = Command::new("kcat")
-        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let stdin = kcat.stdin.as_mut().unwrap();
-        for (id, price) in [(1, 2.5), (2, 4.0)] {
-            writeln!(
-                stdin,
-                r#"{{"before":null,"after":{{"id":{id},"price":{price}}},"op":"c"}}"#
-            )
-            .unwrap();
-        }
-    }
-    assert!(kcat.wait().unwrap().success());
+    let write_pipeline =
+        |price: &str| items_pipeline(directory.path(), &topic, &keyspace.name, price);
+    kcat_produce(
+        &topic,
+        [(1, 2.5), (2, 4.0)].map(|(id, price)| {
+            format!(r#"{{"before":null,"after":{{"id":{id},"price":{price}}},"op":"c"}}"#)
+        }),
+    );
+    let pipeline = write_pipeline("price");
     let process = |flags: &[&str]| {
         run(walflow("postgres://unused@127.0.0.1/unused")
             .args(["process", "--until-caught-up", "--checkpoint-dir"])
@@ -641,7 +594,6 @@ async fn a_changed_pipeline_is_refused_until_rebuilt_and_rebuild_if_changed_does
         .await
     };
 
-    write_pipeline("price");
     assert!(process(&[]).status.success());
     assert_eq!(prices().await, vec![(1, 2.5), (2, 4.0)]);
 

@@ -296,3 +296,48 @@ pub fn stderr(output: &Output) -> String {
 pub fn repo_root() -> &'static str {
     env!("CARGO_MANIFEST_DIR")
 }
+
+/// Produces one message per line into `topic` with kcat, a producer that shares no code
+/// with walflow.
+pub fn kcat_produce<S: AsRef<str>>(topic: &str, lines: impl IntoIterator<Item = S>) {
+    use std::io::Write;
+    let mut kcat = Command::new("kcat")
+        .args(["-P", "-b", &services().kafka_brokers, "-t", topic])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat");
+    {
+        let stdin = kcat.stdin.as_mut().unwrap();
+        for line in lines {
+            writeln!(stdin, "{}", line.as_ref()).unwrap();
+        }
+    }
+    assert!(
+        kcat.wait().unwrap().success(),
+        "kcat could not produce to {topic}"
+    );
+}
+
+/// Writes `items.sql` into `directory`: the change events of `topic` (items: id INT key,
+/// price DOUBLE) kept in `keyspace`.item_prices, the price given by `price`, an expression
+/// over items.
+pub fn items_pipeline(
+    directory: &std::path::Path,
+    topic: &str,
+    keyspace: &str,
+    price: &str,
+) -> std::path::PathBuf {
+    let path = directory.join("items.sql");
+    std::fs::write(
+        &path,
+        format!(
+            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_json');
+             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'cassandra', keyspace = '{keyspace}');
+             INSERT INTO item_prices SELECT id, {price} FROM items;"
+        ),
+    )
+    .unwrap();
+    path
+}
