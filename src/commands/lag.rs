@@ -100,18 +100,11 @@ pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     for file in &files {
         let definition =
             PipelineDefinition::load(file).map_err(|error| Failure::Usage(error.into()))?;
-        let mut topics: Vec<String> = definition
-            .sources
-            .iter()
-            .map(|source| source.topic.clone())
-            .collect();
-        topics.sort();
-        topics.dedup();
         groups.push((
             definition.name.clone(),
             ConsumerGroup {
-                group: format!("walflow-process-{}", definition.name),
-                topics,
+                group: definition.consumer_group(),
+                topics: definition.topics(),
             },
         ));
     }

@@ -107,6 +107,23 @@ pub struct PipelineDefinition {
 }
 
 impl PipelineDefinition {
+    /// The Kafka topics the sources read, each once, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .sources
+            .iter()
+            .map(|source| source.topic.clone())
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+
+    /// The consumer group whose committed offsets follow the pipeline's checkpoints.
+    pub fn consumer_group(&self) -> String {
+        format!("walflow-process-{}", self.name)
+    }
+
     pub fn load(path: &Path) -> Result<PipelineDefinition, DefinitionError> {
         let text = std::fs::read_to_string(path).map_err(|error| DefinitionError {
             file: path.to_owned(),

@@ -294,19 +294,9 @@ pub async fn run(
     };
 
     // Kafka: every partition of every source topic, from the checkpoint's offsets.
-    let group = format!("walflow-process-{name}");
+    let group = pipeline.definition.consumer_group();
     let consumer: StreamConsumer = consumer_config(&options.brokers, &group).create()?;
-    let topics: Vec<String> = {
-        let mut topics: Vec<String> = pipeline
-            .definition
-            .sources
-            .iter()
-            .map(|source| source.topic.clone())
-            .collect();
-        topics.sort();
-        topics.dedup();
-        topics
-    };
+    let topics = pipeline.definition.topics();
     let mut partitions: Vec<(String, i32)> = Vec::new();
     for topic in &topics {
         let mut backoff = RETRY_MIN;
