@@ -31,17 +31,8 @@ use crate::exit::{Failure, EXIT_UNHEALTHY};
     after_help = "Examples:\n  walflow lag\n  walflow lag --json\n  walflow lag --watch 2\n  walflow lag --max-lag-bytes 64MB --max-lag-events 100000 --max-lag-seconds 60"
 )]
 pub struct LagArgs {
-    /// Replication slot cdc reads
-    #[arg(long, default_value = "walflow")]
-    slot: String,
-
-    /// Pipeline files whose consumer groups to report [default: every sql/pipelines/*.sql]
-    #[arg(value_name = "FILE")]
-    pipelines: Vec<PathBuf>,
-
-    /// Where walflow process keeps its checkpoints
-    #[arg(long, default_value = ".walflow/checkpoints", value_name = "DIR")]
-    checkpoint_dir: PathBuf,
+    #[command(flatten)]
+    sources: LagSources,
 
     /// Print one JSON object (docs/operations.md describes its fields)
     #[arg(long)]
@@ -69,6 +60,63 @@ pub struct LagArgs {
     max_checkpoint_age: Option<u64>,
 }
 
+/// Where `walflow lag` and `walflow dashboard` read from besides Postgres and Kafka: the
+/// slot, the pipeline files (their topics and consumer groups) and the checkpoints.
+#[derive(Debug, Args)]
+pub struct LagSources {
+    /// Replication slot cdc reads
+    #[arg(long, default_value = "walflow")]
+    pub slot: String,
+
+    /// Pipeline files whose consumer groups to report [default: every .sql file of
+    /// --pipelines-dir]
+    #[arg(value_name = "FILE")]
+    pub pipelines: Vec<PathBuf>,
+
+    /// Where the pipeline files are when none are named
+    #[arg(
+        long,
+        env = "WALFLOW_PIPELINES_DIR",
+        default_value = "sql/pipelines",
+        value_name = "DIR"
+    )]
+    pub pipelines_dir: PathBuf,
+
+    /// Where walflow process keeps its checkpoints
+    #[arg(
+        long,
+        env = "WALFLOW_CHECKPOINT_DIR",
+        default_value = ".walflow/checkpoints",
+        value_name = "DIR"
+    )]
+    pub checkpoint_dir: PathBuf,
+}
+
+impl LagSources {
+    /// Each pipeline's name with its consumer group and topics; a broken file is a usage
+    /// error naming it.
+    pub fn consumer_groups(&self) -> Result<Vec<(String, ConsumerGroup)>, Failure> {
+        let files = if self.pipelines.is_empty() {
+            super::process::default_pipelines(&self.pipelines_dir).map_err(Failure::Usage)?
+        } else {
+            self.pipelines.clone()
+        };
+        let mut groups = Vec::new();
+        for file in &files {
+            let definition =
+                PipelineDefinition::load(file).map_err(|error| Failure::Usage(error.into()))?;
+            groups.push((
+                definition.name.clone(),
+                ConsumerGroup {
+                    group: definition.consumer_group(),
+                    topics: definition.topics(),
+                },
+            ));
+        }
+        Ok(groups)
+    }
+}
+
 /// `1048576`, `512kB`, `64MB`, `2GB` (powers of 1024).
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -91,23 +139,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
     let config = Config::load(global)?;
-    let files = if args.pipelines.is_empty() {
-        super::process::default_pipelines().map_err(Failure::Usage)?
-    } else {
-        args.pipelines.clone()
-    };
-    let mut groups = Vec::new();
-    for file in &files {
-        let definition =
-            PipelineDefinition::load(file).map_err(|error| Failure::Usage(error.into()))?;
-        groups.push((
-            definition.name.clone(),
-            ConsumerGroup {
-                group: definition.consumer_group(),
-                topics: definition.topics(),
-            },
-        ));
-    }
+    let groups = args.sources.consumer_groups()?;
     let thresholds = Thresholds {
         max_lag_bytes: args.max_lag_bytes,
         max_lag_ms: args.max_lag_seconds.map(|seconds| seconds * 1000),
@@ -115,7 +147,7 @@ pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         max_checkpoint_age_ms: args.max_checkpoint_age.map(|seconds| seconds * 1000),
     };
     loop {
-        let report = measure(&config, &args, &groups).await;
+        let report = measure(&config, &args.sources, &groups).await;
         for warning in report.warnings() {
             eprintln!("WARNING: {warning}");
         }
@@ -141,10 +173,15 @@ pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     }
 }
 
-async fn measure(config: &Config, args: &LagArgs, groups: &[(String, ConsumerGroup)]) -> LagReport {
+/// One reading of every hop; what cannot be read is reported in `errors`, never fatal.
+pub async fn measure(
+    config: &Config,
+    sources: &LagSources,
+    groups: &[(String, ConsumerGroup)],
+) -> LagReport {
     let mut report = LagReport {
         slot: None,
-        slot_name: args.slot.clone(),
+        slot_name: sources.slot.clone(),
         kafka: Vec::new(),
         checkpoints: Vec::new(),
         errors: Vec::new(),
@@ -155,7 +192,7 @@ async fn measure(config: &Config, args: &LagArgs, groups: &[(String, ConsumerGro
         let (client, connection) =
             tokio_postgres::connect(config.postgres_url.expose(), tokio_postgres::NoTls).await?;
         tokio::spawn(connection);
-        lag::postgres::slot_lag(&client, &args.slot).await
+        lag::postgres::slot_lag(&client, &sources.slot).await
     };
     match tokio::time::timeout(timeout, postgres).await {
         Ok(Ok(slot)) => report.slot = slot,
@@ -196,7 +233,7 @@ async fn measure(config: &Config, args: &LagArgs, groups: &[(String, ConsumerGro
         .unwrap_or_default()
         .as_millis() as i64;
     for (pipeline, _) in groups {
-        let path = walflow_stream::checkpoint::path_for(&args.checkpoint_dir, pipeline);
+        let path = walflow_stream::checkpoint::path_for(&sources.checkpoint_dir, pipeline);
         let (age_ms, newest_commit_ms) = match walflow_stream::checkpoint::load(&path) {
             Ok(Some(checkpoint)) => (
                 Some((now_ms - checkpoint.written_at_ms).max(0) as u64),

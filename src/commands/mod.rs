@@ -3,6 +3,7 @@
 mod bench;
 mod bench_process;
 mod cdc;
+mod dashboard;
 mod doctor;
 mod fake_api;
 mod ingest;
@@ -34,6 +35,8 @@ pub enum Command {
     Process(process::ProcessArgs),
     /// Show how far behind each hop is (slot, Kafka, processing); exit 3 past a threshold
     Lag(lag::LagArgs),
+    /// Serve a live page of the pipeline: every hop's lag and throughput (loopback by default)
+    Dashboard(dashboard::DashboardArgs),
     /// Measure speed against a baseline in the same run (see docs/benchmarks.md)
     Bench(bench::BenchArgs),
 }
@@ -44,6 +47,8 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Doctor(_) | Command::Lag(_) => "error,scylla=off,rdkafka=off",
+            // Its readings report what cannot be read; the drivers' retries are noise.
+            Command::Dashboard(_) => "info,scylla=off,rdkafka=off",
             _ => "info",
         }
     }
@@ -79,5 +84,6 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
         Command::Cdc(args) => cdc::run(args, global).await,
         Command::Process(args) => process::run(args, global).await,
         Command::Lag(args) => lag::run(args, global).await,
+        Command::Dashboard(args) => dashboard::run(args, global).await,
     }
 }

@@ -29,12 +29,26 @@ use crate::exit::Failure;
     after_help = "Examples:\n  walflow process\n  walflow process sql/pipelines/users_by_country.sql\n  walflow process --rebuild sql/pipelines/users.sql"
 )]
 pub struct ProcessArgs {
-    /// Pipeline files to run [default: every sql/pipelines/*.sql]
+    /// Pipeline files to run [default: every .sql file of --pipelines-dir]
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
 
+    /// Where the pipeline files are when none are named
+    #[arg(
+        long,
+        env = "WALFLOW_PIPELINES_DIR",
+        default_value = "sql/pipelines",
+        value_name = "DIR"
+    )]
+    pipelines_dir: PathBuf,
+
     /// Where checkpoints are kept, one file per pipeline
-    #[arg(long, default_value = ".walflow/checkpoints", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "WALFLOW_CHECKPOINT_DIR",
+        default_value = ".walflow/checkpoints",
+        value_name = "DIR"
+    )]
     checkpoint_dir: PathBuf,
 
     /// How often offsets and state are checkpointed, in milliseconds
@@ -76,7 +90,7 @@ pub struct ProcessArgs {
 pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
     let config = Config::load(global)?;
     let files = if args.files.is_empty() {
-        default_pipelines().map_err(Failure::Usage)?
+        default_pipelines(&args.pipelines_dir).map_err(Failure::Usage)?
     } else {
         args.files.clone()
     };
@@ -145,12 +159,11 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
     }
 }
 
-pub(crate) fn default_pipelines() -> anyhow::Result<Vec<PathBuf>> {
-    let directory = PathBuf::from("sql/pipelines");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&directory)
+pub(crate) fn default_pipelines(directory: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
         .map_err(|error| {
             anyhow::anyhow!(
-                "cannot list {}: {error}; name the pipeline files to run",
+                "cannot list {}: {error}; name the pipeline files to run, or their directory with --pipelines-dir (WALFLOW_PIPELINES_DIR)",
                 directory.display()
             )
         })?

@@ -8,6 +8,7 @@ mod airflow;
 mod cdc;
 mod compose;
 mod config;
+mod dashboard;
 mod doctor;
 mod harness_cleanup;
 mod ingest;
