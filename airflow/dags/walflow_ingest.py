@@ -15,7 +15,7 @@ WALFLOW = "${WALFLOW_BIN:-walflow}"
 
 with DAG(
     dag_id="walflow_ingest",
-    description="randomuser-style API -> Postgres with walflow ingest, then walflow doctor",
+    description="randomuser-style API -> Postgres with walflow ingest, then the pipeline's health and lag",
     schedule=timedelta(minutes=10),
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -34,11 +34,22 @@ with DAG(
         append_env=True,
     )
 
-    # Fails the run when Postgres, Kafka or Cassandra is unreachable or unfit.
-    # Once `walflow lag` exists, also run it here with --max-... thresholds.
+    # Fails the run when Postgres, Kafka or Cassandra is unreachable or unfit (doctor), or
+    # when a hop is further behind than its threshold (walflow lag exits 3 naming the hop:
+    # the slot's unconfirmed WAL, cdc not attached or behind, a pipeline's results in
+    # Cassandra older than the limit). Thresholds come from the environment
+    # (WALFLOW_MAX_LAG_BYTES, WALFLOW_MAX_LAG_SECONDS, WALFLOW_MAX_LAG_EVENTS), as do the slot
+    # (WALFLOW_SLOT), the pipelines (WALFLOW_PIPELINES_DIR) and the checkpoints
+    # (WALFLOW_CHECKPOINT_DIR).
     check_pipeline_health = BashOperator(
         task_id="check_pipeline_health",
-        bash_command=f"{WALFLOW} doctor",
+        bash_command=(
+            f"{WALFLOW} doctor && "
+            f"{WALFLOW} lag "
+            '--max-lag-bytes "${WALFLOW_MAX_LAG_BYTES:-256MB}" '
+            '--max-lag-seconds "${WALFLOW_MAX_LAG_SECONDS:-300}" '
+            '${WALFLOW_MAX_LAG_EVENTS:+--max-lag-events "$WALFLOW_MAX_LAG_EVENTS"}'
+        ),
         append_env=True,
     )
 

@@ -35,7 +35,7 @@ pub struct CdcArgs {
     action: Option<CdcAction>,
 
     /// Replication slot to read (created when missing)
-    #[arg(long, default_value = "walflow", global = true)]
+    #[arg(long, env = "WALFLOW_SLOT", default_value = "walflow", global = true)]
     slot: String,
 
     /// Publication naming the captured tables (created when missing)

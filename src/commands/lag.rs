@@ -65,7 +65,7 @@ pub struct LagArgs {
 #[derive(Debug, Args)]
 pub struct LagSources {
     /// Replication slot cdc reads
-    #[arg(long, default_value = "walflow")]
+    #[arg(long, env = "WALFLOW_SLOT", default_value = "walflow")]
     pub slot: String,
 
     /// Pipeline files whose consumer groups to report [default: every .sql file of
