@@ -135,7 +135,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         let slot = args.slot.clone();
         super::metrics_endpoint::serve(
             listen,
-            Arc::new(move |registry| render_metrics(registry, &slot, &metrics.snapshot())),
+            Arc::new(move |registry| render_metrics(registry, &slot, &metrics)),
         )
         .await
         .map_err(Failure::Runtime)?;
@@ -234,11 +234,13 @@ async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure>
 fn render_metrics(
     registry: &mut prometheus_client::registry::Registry,
     slot: &str,
-    now: &walflow_cdc::metrics::CdcMetricsSnapshot,
+    metrics: &walflow_cdc::metrics::CdcMetrics,
 ) {
     use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::ConstGauge;
     use prometheus_client::registry::Unit;
+    let now = metrics.snapshot();
     let registry = registry
         .sub_registry_with_prefix("cdc")
         .sub_registry_with_label(("slot".into(), slot.to_owned().into()));
@@ -252,6 +254,43 @@ fn render_metrics(
         "Key and value bytes of those events",
         Unit::Bytes,
         ConstCounter::new(now.bytes),
+    );
+    let topic_events =
+        Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default();
+    let topic_bytes =
+        Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default();
+    for (topic, count) in metrics.per_topic() {
+        let labels = vec![("topic".to_owned(), topic)];
+        topic_events.get_or_create(&labels).inc_by(count.events);
+        topic_bytes.get_or_create(&labels).inc_by(count.bytes);
+    }
+    registry.register(
+        "topic_events",
+        "Change events per topic (one topic per table)",
+        topic_events,
+    );
+    registry.register_with_unit(
+        "topic_event",
+        "Key and value bytes of the events, per topic",
+        Unit::Bytes,
+        topic_bytes,
+    );
+    let errors =
+        Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default();
+    for (kind, count) in [
+        ("kafka_undelivered", now.delivery_failures),
+        ("postgres_session_lost", now.postgres_sessions_lost),
+    ] {
+        errors
+            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
+            .inc_by(count);
+    }
+    registry.register(
+        "errors",
+        "Errors cdc recovered from, by kind: kafka_undelivered (Kafka refused events past the \
+         message timeout; resent from the slot), postgres_session_lost (the replication \
+         session ended; resumed from the slot)",
+        errors,
     );
     registry.register(
         "acknowledged_transactions",
@@ -269,10 +308,17 @@ fn render_metrics(
         Unit::Seconds,
         ConstGauge::new(now.acked_commit_time_us as f64 / 1e6),
     );
-    registry.register(
-        "delivery_failures",
-        "Times Kafka refused events past the message timeout and the session restarted",
-        ConstCounter::new(now.delivery_failures),
+    registry.register_with_unit(
+        "slot_lag",
+        "WAL the server reported written that the slot has not confirmed, as cdc last heard",
+        Unit::Bytes,
+        ConstGauge::new(now.slot_lag_bytes() as i64),
+    );
+    registry.register_with_unit(
+        "commit_to_ack",
+        "Postgres commit -> every event of the transaction acknowledged by Kafka",
+        Unit::Seconds,
+        metrics.commit_to_ack_seconds(),
     );
     registry.register(
         "reconnects",

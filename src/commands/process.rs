@@ -270,10 +270,19 @@ fn render_metrics(
             "Cassandra writes (upserts and deletes)",
             ConstCounter::new(load(&metrics.rows_written)),
         );
+        let errors = prometheus_client::metrics::family::Family::<
+            Vec<(String, String)>,
+            prometheus_client::metrics::counter::Counter,
+        >::default();
+        errors
+            .get_or_create(&vec![("kind".to_owned(), "cassandra_write".to_owned())])
+            .inc_by(load(&metrics.cassandra_errors));
         registry.register(
-            "cassandra_errors",
-            "Batch writes that failed and were retried",
-            ConstCounter::new(load(&metrics.cassandra_errors)),
+            "errors",
+            "Errors the pipeline recovered from, by kind: cassandra_write (a batch write failed \
+             and was retried; the position holds until it succeeds). Undecodable events are \
+             counted as dead letters",
+            errors,
         );
         registry.register(
             "checkpoints",
@@ -303,5 +312,29 @@ fn render_metrics(
             "Events in Kafka after the last checkpoint's offsets",
             ConstGauge::new(load(&metrics.consumer_lag) as i64),
         );
+        for (name, help, histogram) in [
+            (
+                "commit_to_write",
+                "Postgres commit -> the event's results written to Cassandra",
+                &metrics.commit_to_write_seconds,
+            ),
+            (
+                "batch_evaluate",
+                "Applying a micro-batch to the state and evaluating the queries over it",
+                &metrics.batch_evaluate_seconds,
+            ),
+            (
+                "batch_write",
+                "Writing a micro-batch's results to Cassandra, retries included",
+                &metrics.batch_write_seconds,
+            ),
+            (
+                "checkpoint",
+                "Writing a checkpoint (state and offsets) to disk",
+                &metrics.checkpoint_seconds,
+            ),
+        ] {
+            registry.register_with_unit(name, help, Unit::Seconds, histogram.clone());
+        }
     }
 }

@@ -81,17 +81,23 @@ impl Cdc {
         tables: &str,
     ) -> Cdc {
         let cdc = Cdc::start(database, slot, topics, tables);
-        wait_for_active_slot(database, slot).await;
+        cdc.wait_until_streaming(database).await;
+        cdc
+    }
+
+    /// Waits until the slot is active and cdc has logged that it streams (the snapshot,
+    /// if any, is done).
+    pub(crate) async fn wait_until_streaming(&self, database: &TestDatabase) {
+        wait_for_active_slot(database, &self.slot).await;
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !cdc.log_so_far().contains("streaming changes") {
+        while !self.log_so_far().contains("streaming changes") {
             assert!(
                 Instant::now() < deadline,
                 "cdc did not start streaming within 60 s: {}",
-                cdc.log_so_far()
+                self.log_so_far()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        cdc
     }
 
     /// What cdc has logged so far.

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::cdc::{wait_for_active_slot, Cdc};
+use crate::cdc::Cdc;
 use crate::harness::{
     items_pipeline, kcat_produce, services, unique_name, walflow, TestDatabase, TestKeyspace,
     TestTopics,
@@ -52,6 +52,17 @@ fn assert_dashboard_metrics_served(body: &str, prefix: &str) {
     }
 }
 
+/// The value of the first sample of `name` whose labels contain every one of `labels`.
+fn sample(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    body.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Scrapes until `wanted` holds for the body; returns the body.
 async fn scrape_until(url: &str, what: &str, wanted: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -94,7 +105,7 @@ async fn cdc_serves_its_counters_to_prometheus() {
         "public.ticks",
         &["--metrics-listen", "127.0.0.1:0"],
     );
-    wait_for_active_slot(&database, &slot).await;
+    cdc.wait_until_streaming(&database).await;
     client
         .batch_execute("INSERT INTO ticks SELECT generate_series(1, 3)")
         .await
@@ -116,6 +127,29 @@ async fn cdc_serves_its_counters_to_prometheus() {
         body.contains("# TYPE walflow_cdc_event_bytes counter"),
         "{body}"
     );
+    let topic = format!("{}.public.ticks", topics.prefix);
+    assert_eq!(
+        sample(&body, "walflow_cdc_topic_events_total", &[&topic]),
+        Some(3.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "walflow_cdc_commit_to_ack_seconds_count", &[]) >= Some(1.0),
+        "a latency per acknowledged transaction: {body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "walflow_cdc_errors_total",
+            &["kind=\"kafka_undelivered\""]
+        ),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        sample(&body, "walflow_cdc_slot_lag_bytes", &[]).is_some(),
+        "{body}"
+    );
     assert_dashboard_metrics_served(&body, "walflow_cdc_");
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
@@ -128,10 +162,14 @@ async fn process_serves_each_pipelines_counters_to_prometheus() {
     let directory = tempfile::tempdir().unwrap();
     let topic = format!("{}.public.items", topics.prefix);
     let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    let committed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
     kcat_produce(
         &topic,
         (0..5)
-            .map(|id| format!(r#"{{"before":null,"after":{{"id":{id},"price":2.0}},"op":"c"}}"#))
+            .map(|id| format!(r#"{{"before":null,"after":{{"id":{id},"price":2.0}},"op":"c","source":{{"ts_ms":{committed}}}}}"#))
             .chain(["not an event".to_owned()]),
     );
 
@@ -177,6 +215,24 @@ async fn process_serves_each_pipelines_counters_to_prometheus() {
     );
     assert!(
         body.contains("walflow_process_rows_written_total{pipeline=\"items\"} 5"),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "walflow_process_commit_to_write_seconds_count", &[]),
+        Some(5.0),
+        "one latency per event with a commit time: {body}"
+    );
+    assert!(
+        sample(&body, "walflow_process_batch_write_seconds_count", &[]) >= Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(
+            &body,
+            "walflow_process_errors_total",
+            &["kind=\"cassandra_write\""]
+        ),
+        Some(0.0),
         "{body}"
     );
     assert_dashboard_metrics_served(&body, "walflow_process_");

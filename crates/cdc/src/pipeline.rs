@@ -209,6 +209,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
             Err(error) if is_transient(&error) => {
+                sink.metrics().record_session_lost();
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "lost Postgres; will resume from the slot");
                 sink.abandon_open_transaction();
                 state.start_new_session();
@@ -307,18 +308,20 @@ async fn stream_session(
                 };
                 match message {
                     ReplicationMessage::XLogData(data) => {
+                        sink.metrics().record_server_wal_end(data.wal_end.0);
                         state.change_lsn = data.wal_start;
                         let message = state.decoder.decode(data.data).map_err(ReplicationError::from)?;
                         state.handle(message, client, options, sink).await?;
                     }
                     ReplicationMessage::PrimaryKeepalive(keepalive) => {
+                        sink.metrics().record_server_wal_end(keepalive.wal_end.0);
                         // Idle and fully acknowledged: all WAL the server has sent so far is
                         // done with, published tables or not (the heartbeat that keeps an
                         // idle slot from holding WAL back).
                         let idle = state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
                         let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
                         if keepalive.reply_requested || position > state.confirmed {
-                            state.confirm(&mut stream, position).await?;
+                            state.confirm(&mut stream, position, sink.metrics()).await?;
                         }
                     }
                 }
@@ -329,7 +332,7 @@ async fn stream_session(
                 }
                 let acked = sink.acked_lsn();
                 if acked > state.confirmed {
-                    state.confirm(&mut stream, acked).await?;
+                    state.confirm(&mut stream, acked, sink.metrics()).await?;
                 }
             }
             _ = stop.changed() => break,
@@ -347,7 +350,7 @@ async fn stream_session(
     }
     let acked = sink.acked_lsn();
     if acked > state.confirmed {
-        state.confirm(&mut stream, acked).await?;
+        state.confirm(&mut stream, acked, sink.metrics()).await?;
     }
     Ok(())
 }
@@ -510,6 +513,7 @@ impl StreamState {
         &mut self,
         stream: &mut ReplicationStream,
         position: Lsn,
+        metrics: &crate::metrics::CdcMetrics,
     ) -> Result<(), CdcError> {
         stream
             .send_status(StandbyStatusUpdate {
@@ -521,6 +525,7 @@ impl StreamState {
             })
             .await?;
         tracing::debug!(%position, "confirmed to Postgres");
+        metrics.record_confirmed(position.0);
         self.confirmed = position;
         self.summary.confirmed_lsn = position;
         Ok(())

@@ -60,6 +60,7 @@ impl AckLedger {
                     }
                     if let Some(commit_time_us) = open.commit_time_us {
                         let latency_us = (unix_micros() - commit_time_us).max(0) as u64;
+                        metrics.record_commit_to_ack(latency_us as f64 / 1e6);
                         if self.latencies_us.len() == LATENCY_SAMPLES {
                             self.latencies_us.pop_front();
                         }
@@ -258,8 +259,10 @@ impl Sink {
     pub async fn send(&mut self, event: &ChangeEvent) -> Result<(), SinkError> {
         let key = event.key.as_ref();
         let value = event.value.as_ref();
-        self.metrics()
-            .record_event(key.map_or(0, String::len) + value.map_or(0, String::len));
+        self.metrics().record_event(
+            &event.topic,
+            key.map_or(0, String::len) + value.map_or(0, String::len),
+        );
         match self {
             Sink::Stdout { .. } => {
                 let mut stdout = std::io::stdout().lock();

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -75,8 +76,13 @@ pub enum ProcessError {
     Pipeline { pipeline: String, message: String },
 }
 
+/// Latency buckets in seconds, 1 ms to 30 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// What a running pipeline counts; read by the status line and the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessMetrics {
     pub events: AtomicU64,
     pub dead_letters: AtomicU64,
@@ -92,6 +98,36 @@ pub struct ProcessMetrics {
     pub consumer_lag: AtomicU64,
     /// Commit-to-Cassandra times of recent events (ms), bounded.
     latencies_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
+    /// Postgres commit -> results in Cassandra, per event.
+    pub commit_to_write_seconds: Histogram,
+    /// Applying a batch to the state and evaluating the queries over it.
+    pub batch_evaluate_seconds: Histogram,
+    /// Writing a batch's results to Cassandra, retries included.
+    pub batch_write_seconds: Histogram,
+    /// Writing a checkpoint file.
+    pub checkpoint_seconds: Histogram,
+}
+
+impl Default for ProcessMetrics {
+    fn default() -> ProcessMetrics {
+        ProcessMetrics {
+            events: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            rows_written: AtomicU64::new(0),
+            cassandra_errors: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            last_checkpoint_unix_ms: AtomicU64::new(0),
+            last_checkpoint_bytes: AtomicU64::new(0),
+            written_commit_time_ms: AtomicU64::new(0),
+            consumer_lag: AtomicU64::new(0),
+            latencies_ms: Default::default(),
+            commit_to_write_seconds: Histogram::new(LATENCY_BUCKETS),
+            batch_evaluate_seconds: Histogram::new(LATENCY_BUCKETS),
+            batch_write_seconds: Histogram::new(LATENCY_BUCKETS),
+            checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 /// Enough recent samples for percentiles, bounded so memory stays flat.
@@ -111,7 +147,10 @@ impl ProcessMetrics {
             if samples.len() == LATENCY_SAMPLES {
                 samples.pop_front();
             }
-            samples.push_back(now.saturating_sub(commit));
+            let latency_ms = now.saturating_sub(commit);
+            samples.push_back(latency_ms);
+            self.commit_to_write_seconds
+                .observe(latency_ms as f64 / 1e3);
         }
     }
 
@@ -385,6 +424,7 @@ pub async fn run(
         let Some(read) = batches.recv().await else {
             return Err(fail("the Kafka reading task ended unexpectedly".into()));
         };
+        let evaluating = Instant::now();
         let ReadBatch {
             changes,
             positions,
@@ -448,6 +488,10 @@ pub async fn run(
             }
             deltas.push(delta);
         }
+
+        metrics
+            .batch_evaluate_seconds
+            .observe(evaluating.elapsed().as_secs_f64());
 
         // Batch N is written while batch N+1 is read and evaluated: wait for the previous
         // write first (so each key's writes stay in order), then start this one.
@@ -647,6 +691,7 @@ impl BatchWriter {
     async fn write(mut self, batch: BatchWrite) -> Option<BatchWrite> {
         let name = &self.pipeline;
         let mut backoff = RETRY_MIN;
+        let writing = Instant::now();
         loop {
             let mut result: Result<u64, String> = Ok(0);
             for (sink_table, delta) in self.sinks.iter().zip(&batch.deltas) {
@@ -682,6 +727,9 @@ impl BatchWriter {
             }
             match result {
                 Ok(rows) => {
+                    self.metrics
+                        .batch_write_seconds
+                        .observe(writing.elapsed().as_secs_f64());
                     self.metrics.record_latencies(&batch.commit_times_ms);
                     self.metrics.rows_written.fetch_add(rows, Ordering::Relaxed);
                     if !batch.dead_letters.is_empty() {
@@ -777,6 +825,9 @@ fn write_checkpoint(
     metrics
         .last_checkpoint_bytes
         .store(bytes as u64, Ordering::Relaxed);
+    metrics
+        .checkpoint_seconds
+        .observe(started.elapsed().as_secs_f64());
     tracing::debug!(
         bytes,
         took_ms = started.elapsed().as_millis() as u64,
