@@ -330,10 +330,12 @@ async fn stream_session(
                 if let Some(failure) = sink.failure() {
                     return Err(CdcError::Delivery(failure));
                 }
-                let acked = sink.acked_lsn();
-                if acked > state.confirmed {
-                    state.confirm(&mut stream, acked, sink.metrics()).await?;
-                }
+                // A status update every tick, moved on or not, as a standby sends them:
+                // Postgres learns from two updates in a row that confirm everything it sent
+                // that cdc is caught up (pg_stat_replication's lag times then read NULL, which
+                // walflow lag shows as zero).
+                let position = sink.acked_lsn().max(state.confirmed);
+                state.confirm(&mut stream, position, sink.metrics()).await?;
             }
             _ = stop.changed() => break,
         }
