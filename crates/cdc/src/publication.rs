@@ -183,12 +183,14 @@ pub struct SlotState {
     pub active_pid: Option<i32>,
     pub plugin: Option<String>,
     pub database: Option<String>,
+    /// `reserved`, `extended`, `unreserved` or `lost`.
+    pub wal_status: Option<String>,
 }
 
 pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, SetupError> {
     let row = client
         .query_opt(
-            "SELECT active_pid, plugin::text, database::text FROM pg_replication_slots WHERE slot_name = $1",
+            "SELECT active_pid, plugin::text, database::text, wal_status FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
@@ -197,6 +199,7 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
         active_pid: row.get(0),
         plugin: row.get(1),
         database: row.get(2),
+        wal_status: row.get(3),
     }))
 }
 
@@ -218,6 +221,15 @@ pub async fn ensure_slot(
                 return Err(SetupError::Unfit(format!(
                     "slot {slot} is in use by another connection (pid {pid}): is another walflow cdc running? \
                      Stop it, or give this one its own --slot"
+                )));
+            }
+            if state.wal_status.as_deref() == Some("lost") {
+                return Err(SetupError::Unfit(format!(
+                    "slot {slot} was invalidated by Postgres (wal_status lost): it fell further behind \
+                     than max_slot_wal_keep_size allows and the WAL it still needed is gone, so the \
+                     changes since cdc last confirmed cannot be streamed. Run `walflow cdc drop --slot \
+                     {slot}` and start cdc again: a new slot is created and the current rows are sent \
+                     as a snapshot (op r)"
                 )));
             }
             if state.plugin.as_deref() != Some("pgoutput") {
