@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNHEALTHY: u8 = 3;
 
 /// Why a command stopped, which decides its exit code.
@@ -17,7 +18,7 @@ pub enum Failure {
 impl Failure {
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Failure::Usage(_) => ExitCode::from(2),
+            Failure::Usage(_) => ExitCode::from(EXIT_USAGE),
             Failure::Runtime(_) => ExitCode::from(1),
         }
     }

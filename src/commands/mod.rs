@@ -11,6 +11,7 @@ mod lag;
 mod metrics_endpoint;
 mod migrate;
 mod process;
+mod sql;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Cdc(cdc::CdcArgs),
     /// Run streaming SQL pipelines (sql/pipelines/*.sql) from Kafka into Cassandra
     Process(process::ProcessArgs),
+    /// Check, explain and test pipeline SQL files without Kafka or Cassandra
+    Sql(sql::SqlArgs),
     /// Show how far behind each hop is (slot, Kafka, processing); exit 3 past a threshold
     Lag(lag::LagArgs),
     /// Serve a live page of the pipeline: every hop's lag and throughput (loopback by default)
@@ -47,6 +50,7 @@ impl Command {
     pub fn default_log_filter(&self) -> &'static str {
         match self {
             Command::Doctor(_) | Command::Lag(_) => "error,scylla=off,rdkafka=off",
+            Command::Sql(_) => "warn",
             // Its readings report what cannot be read; the drivers' retries are noise.
             Command::Dashboard(_) => "info,scylla=off,rdkafka=off",
             _ => "info",
@@ -84,6 +88,7 @@ pub async fn run(command: Command, global: &GlobalArgs) -> Result<ExitCode, Fail
         Command::Cdc(args) => cdc::run(args, global).await,
         Command::Process(args) => process::run(args, global).await,
         Command::Lag(args) => lag::run(args, global).await,
+        Command::Sql(args) => sql::run(args).await,
         Command::Dashboard(args) => dashboard::run(args, global).await,
     }
 }

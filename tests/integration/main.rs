@@ -18,3 +18,4 @@ mod migrate;
 mod pgoutput;
 mod process;
 mod replication;
+mod sql;

@@ -471,6 +471,98 @@ async fn undecodable_events_go_to_the_dead_letter_topic_and_the_rest_flows_on() 
     );
 }
 
+/// An update that leaves a TOASTed column untouched carries no value for it
+/// (`__debezium_unavailable_value`): a mirror of the table must keep the value Cassandra has,
+/// in the same batch as the insert or in a later one, and fill it from a before image when
+/// the event has one.
+#[tokio::test]
+async fn unchanged_toast_values_are_kept_in_cassandra_not_overwritten_by_the_marker() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.notes", topics.prefix);
+    let pipeline = directory.path().join("notes.sql");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "CREATE TABLE notes (id INT PRIMARY KEY, title TEXT, body TEXT)
+               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_json');
+             CREATE TABLE note_copies (id INT PRIMARY KEY, title TEXT, body TEXT)
+               WITH (connector = 'cassandra', keyspace = '{}');
+             INSERT INTO note_copies SELECT id, title, body FROM notes;",
+            keyspace.name
+        ),
+    )
+    .unwrap();
+    let marker = "__debezium_unavailable_value";
+    let process = |checkpoints: &std::path::Path| {
+        let output = run(walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--until-caught-up", "--checkpoint-dir"])
+            .arg(checkpoints)
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", topics.prefix),
+            ])
+            .arg(&pipeline));
+        assert!(output.status.success(), "{}", stderr(&output));
+    };
+    let checkpoints = directory.path().join("checkpoints");
+    // Note 1: inserted and updated in one batch; note 2: inserted now, updated in a later run.
+    kcat_produce(
+        &topic,
+        [
+            r#"{"before":null,"after":{"id":1,"title":"a","body":"long body one"},"op":"c"}"#
+                .to_owned(),
+            format!(
+                r#"{{"before":null,"after":{{"id":1,"title":"b","body":"{marker}"}},"op":"u"}}"#
+            ),
+            r#"{"before":null,"after":{"id":2,"title":"a","body":"long body two"},"op":"c"}"#
+                .to_owned(),
+            r#"{"before":null,"after":{"id":3,"title":"a","body":"long body three"},"op":"c"}"#
+                .to_owned(),
+        ],
+    );
+    process(&checkpoints);
+    kcat_produce(
+        &topic,
+        [
+            format!(
+                r#"{{"before":null,"after":{{"id":2,"title":"c","body":"{marker}"}},"op":"u"}}"#
+            ),
+            // REPLICA IDENTITY FULL: the before image holds the value.
+            format!(
+                r#"{{"before":{{"id":3,"title":"a","body":"long body three"}},"after":{{"id":3,"title":"d","body":"{marker}"}},"op":"u"}}"#
+            ),
+        ],
+    );
+    process(&checkpoints);
+
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let result = session
+        .query_unpaged(
+            format!("SELECT id, title, body FROM {}.note_copies", keyspace.name),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let mut rows: Vec<(i32, String, String)> = result
+        .rows::<(i32, String, String)>()
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "b".to_owned(), "long body one".to_owned()),
+            (2, "c".to_owned(), "long body two".to_owned()),
+            (3, "d".to_owned(), "long body three".to_owned()),
+        ]
+    );
+}
+
 async fn cassandra_rows_by_int(
     session: &scylla::client::session::Session,
     cql: &str,

@@ -35,6 +35,13 @@ struct SourceBlock {
     ts_ms: Option<i64>,
 }
 
+/// A value the change event did not carry: a TOASTed column an update left untouched
+/// (Postgres does not send it; the event says [`UNAVAILABLE_MARKER`]), or a value computed
+/// from one. The Cassandra sink writes it as unset, so Cassandra keeps what it has.
+pub fn is_unavailable(value: &Value) -> bool {
+    matches!(value, Value::Text(text) if text.contains(UNAVAILABLE_MARKER))
+}
+
 /// A decoded event: the change and its commit time (milliseconds), when the event says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvent {

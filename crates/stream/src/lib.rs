@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod decode;
 pub mod definition;
+pub mod golden;
 pub mod operators;
 pub mod plan;
 pub mod runner;

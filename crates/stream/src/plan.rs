@@ -124,6 +124,61 @@ impl Node {
         }
     }
 
+    /// What each stateful node of the tree keeps, one line each (for `walflow sql explain`).
+    pub fn state_description(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.visit(&mut |node| match node {
+            Node::Aggregate { plan, .. } => {
+                let groups: Vec<String> = plan
+                    .group_exprs
+                    .iter()
+                    .map(|expr| expr.to_string())
+                    .collect();
+                let calls: Vec<String> = plan
+                    .calls
+                    .iter()
+                    .map(|call| {
+                        let name = format!("{:?}", call.kind).to_lowercase();
+                        let kept = match (call.kind, call.distinct) {
+                            (_, true) => "a count per distinct value",
+                            (AggregateKind::Count, false) => "a count",
+                            (AggregateKind::Sum, false) => "a sum and a count",
+                            (AggregateKind::Avg, false) => "a sum and a count",
+                            (AggregateKind::Min | AggregateKind::Max, false) => {
+                                "a count per value (so a retraction can find the next one)"
+                            }
+                        };
+                        let distinct = if call.distinct { "distinct " } else { "" };
+                        format!("{name}({distinct}...): {kept}")
+                    })
+                    .collect();
+                lines.push(if plan.global {
+                    format!("aggregate, one row over everything: {}", calls.join("; "))
+                } else {
+                    format!(
+                        "aggregate per group of [{}]: {}",
+                        groups.join(", "),
+                        calls.join("; ")
+                    )
+                });
+            }
+            Node::Join { plan, .. } => {
+                let keys: Vec<String> = plan
+                    .left_keys
+                    .iter()
+                    .zip(&plan.right_keys)
+                    .map(|(left, right)| format!("{left} = {right}"))
+                    .collect();
+                lines.push(format!(
+                    "join on [{}]: both sides' current rows, per join key",
+                    keys.join(", ")
+                ));
+            }
+            Node::Source { .. } | Node::Step { .. } => {}
+        });
+        lines
+    }
+
     fn visit<'a>(&'a self, found: &mut impl FnMut(&'a Node)) {
         found(self);
         match self {
@@ -221,6 +276,18 @@ async fn compile_query(
                 definition.find_word(query.position, &name)
             })
             .unwrap_or(query.position);
+        let mut message = message;
+        if message.contains("table '") && message.contains("not found") {
+            let names: Vec<String> = definition
+                .sources
+                .iter()
+                .map(|source| source.name.clone())
+                .collect();
+            message.push_str(&format!(
+                "; the sources this file declares (CREATE TABLE ... WITH (connector = 'kafka')) are: {}",
+                names.join(", ")
+            ));
+        }
         definition.error_at(position, message)
     };
     let statement =

@@ -197,7 +197,73 @@ impl Pipeline {
             .collect()
     }
 
-    fn fresh_checkpoint(&self) -> Checkpoint {
+    /// One micro-batch through the pipeline: its changes applied to the sources' state, then
+    /// every query evaluated over them; returns the writes each sink needs, in query order.
+    /// No I/O: the runner calls it between reading Kafka and writing Cassandra, and
+    /// `walflow sql test` between an input file and an in-memory table.
+    pub fn apply_batch(
+        &self,
+        state: &mut Checkpoint,
+        changes: Vec<(usize, SourceChange)>,
+    ) -> Result<Vec<SinkDelta>, String> {
+        let mut outputs: Vec<SourceOutput> = self
+            .definition
+            .sources
+            .iter()
+            .map(|_| SourceOutput::default())
+            .collect();
+        for (source_index, change) in changes {
+            let source = &self.definition.sources[source_index];
+            state
+                .sources
+                .get_mut(&source.name)
+                .expect("every source has a state")
+                .apply(&source.primary_key, change, &mut outputs[source_index]);
+        }
+
+        // Run the queries over the batch.
+        let mut deltas: Vec<SinkDelta> = Vec::with_capacity(self.queries.len());
+        let inputs: HashMap<&str, &[(crate::value::Row, i8)]> = self
+            .definition
+            .sources
+            .iter()
+            .zip(&outputs)
+            .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
+            .collect();
+        for (query, query_state) in self.queries.iter().zip(&mut state.queries) {
+            let mut delta = SinkDelta::default();
+            // Only a stateless query reads a source in images mode, and then it reads that
+            // source alone.
+            let truncated_first = !query.is_stateful()
+                && self
+                    .definition
+                    .sources
+                    .iter()
+                    .zip(&outputs)
+                    .any(|(source, output)| output.truncated_first && query.reads(&source.name));
+            if truncated_first {
+                delta.truncate();
+            }
+            let changed = query.sources.iter().any(|source| {
+                inputs
+                    .get(source.as_str())
+                    .is_some_and(|rows| !rows.is_empty())
+            });
+            if changed || query_state.awaits_first_row(query) {
+                let changes = evaluate(&query.root, &inputs, query_state)
+                    .and_then(|changes| changes.to_rows())
+                    .map_err(|error| format!("query into {}: {error}", query.sink.name))?;
+                delta.add(query, changes);
+            }
+            if delta.null_keys > 0 {
+                tracing::warn!(pipeline = %self.definition.name, sink = %query.sink.name, rows = delta.null_keys, "rows with a NULL key column skipped (Cassandra cannot store them)");
+            }
+            deltas.push(delta);
+        }
+        Ok(deltas)
+    }
+
+    pub fn fresh_checkpoint(&self) -> Checkpoint {
         let keyed = self.keyed_sources();
         Checkpoint {
             fingerprint: checkpoint::fingerprint(&self.definition.text),
@@ -434,60 +500,7 @@ pub async fn run(
             events,
             stopping,
         } = read;
-        let mut outputs: Vec<SourceOutput> = pipeline
-            .definition
-            .sources
-            .iter()
-            .map(|_| SourceOutput::default())
-            .collect();
-        for (source_index, change) in changes {
-            let source = &pipeline.definition.sources[source_index];
-            state
-                .sources
-                .get_mut(&source.name)
-                .expect("every source has a state")
-                .apply(&source.primary_key, change, &mut outputs[source_index]);
-        }
-
-        // Run the queries over the batch.
-        let mut deltas: Vec<SinkDelta> = Vec::with_capacity(pipeline.queries.len());
-        let inputs: HashMap<&str, &[(crate::value::Row, i8)]> = pipeline
-            .definition
-            .sources
-            .iter()
-            .zip(&outputs)
-            .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
-            .collect();
-        for (query, query_state) in pipeline.queries.iter().zip(&mut state.queries) {
-            let mut delta = SinkDelta::default();
-            // Only a stateless query reads a source in images mode, and then it reads that
-            // source alone.
-            let truncated_first = !query.is_stateful()
-                && pipeline
-                    .definition
-                    .sources
-                    .iter()
-                    .zip(&outputs)
-                    .any(|(source, output)| output.truncated_first && query.reads(&source.name));
-            if truncated_first {
-                delta.truncate();
-            }
-            let changed = query.sources.iter().any(|source| {
-                inputs
-                    .get(source.as_str())
-                    .is_some_and(|rows| !rows.is_empty())
-            });
-            if changed || query_state.awaits_first_row(query) {
-                let changes = evaluate(&query.root, &inputs, query_state)
-                    .and_then(|changes| changes.to_rows())
-                    .map_err(|error| fail(format!("query into {}: {error}", query.sink.name)))?;
-                delta.add(query, changes);
-            }
-            if delta.null_keys > 0 {
-                tracing::warn!(pipeline = %name, sink = %query.sink.name, rows = delta.null_keys, "rows with a NULL key column skipped (Cassandra cannot store them)");
-            }
-            deltas.push(delta);
-        }
+        let deltas = pipeline.apply_batch(&mut state, changes).map_err(fail)?;
 
         metrics
             .batch_evaluate_seconds

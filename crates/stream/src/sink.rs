@@ -11,8 +11,9 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlDate, CqlTimestamp, CqlValue};
+use scylla::value::{CqlDate, CqlTimestamp, CqlValue, MaybeUnset};
 
+use crate::decode::is_unavailable;
 use crate::definition::SinkTable;
 use crate::plan::CompiledQuery;
 use crate::value::{Row, Value};
@@ -59,6 +60,36 @@ impl SinkDelta {
         self.truncate_first = true;
     }
 
+    /// The same writes, applied to a table held in memory (rows by key), as Cassandra would
+    /// apply them.
+    pub fn apply_to(&self, table: &mut HashMap<Row, Row>) {
+        if self.truncate_first {
+            table.clear();
+        }
+        for (key, row) in &self.pending {
+            match row {
+                Some(row) => {
+                    let mut row = row.clone();
+                    match table.get(key) {
+                        Some(existing) => fill_unavailable(&mut row, existing),
+                        // Unset columns of a new row read as null in Cassandra.
+                        None => {
+                            for value in &mut row {
+                                if is_unavailable(value) {
+                                    *value = Value::Null;
+                                }
+                            }
+                        }
+                    }
+                    table.insert(key.clone(), row);
+                }
+                None => {
+                    table.remove(key);
+                }
+            }
+        }
+    }
+
     /// Folds a query's output changes in, in order.
     pub fn add(&mut self, query: &CompiledQuery, changes: Vec<(Row, i8)>) {
         let sink = &query.sink;
@@ -84,6 +115,12 @@ impl SinkDelta {
                 continue;
             }
             if weight > 0 {
+                let mut row = row;
+                // A newer image with unchanged TOAST values keeps what this batch already
+                // knows of them.
+                if let Some(Some(pending)) = self.pending.get(&key) {
+                    fill_unavailable(&mut row, pending);
+                }
                 self.pending.insert(key, Some(row));
             } else {
                 // A retraction removes the key unless a newer row for it came in this batch.
@@ -94,6 +131,15 @@ impl SinkDelta {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Replaces the unavailable values of `row` with `known`'s.
+fn fill_unavailable(row: &mut Row, known: &Row) {
+    for (value, known) in row.iter_mut().zip(known) {
+        if is_unavailable(value) && !is_unavailable(known) {
+            *value = known.clone();
         }
     }
 }
@@ -233,12 +279,28 @@ impl CassandraSink {
                 .await
                 .map_err(cassandra)?;
         }
-        let writes: Vec<(bool, Vec<Option<CqlValue>>)> = delta
+        let writes: Vec<(bool, Vec<MaybeUnset<Option<CqlValue>>>)> = delta
             .pending
             .iter()
             .map(|(key, row)| match row {
-                Some(row) => (true, row.iter().map(cql_value).collect()),
-                None => (false, key.iter().map(cql_value).collect()),
+                Some(row) => (
+                    true,
+                    row.iter()
+                        .map(|value| {
+                            if is_unavailable(value) {
+                                MaybeUnset::Unset
+                            } else {
+                                MaybeUnset::Set(cql_value(value))
+                            }
+                        })
+                        .collect(),
+                ),
+                None => (
+                    false,
+                    key.iter()
+                        .map(|value| MaybeUnset::Set(cql_value(value)))
+                        .collect(),
+                ),
             })
             .collect();
         stream::iter(writes)

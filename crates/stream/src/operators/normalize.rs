@@ -12,6 +12,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::decode::is_unavailable;
 use crate::value::Row;
 
 /// One change event of a source, decoded to the declared columns.
@@ -94,8 +95,12 @@ impl SourceState {
                 let key = key_of(&after);
                 let old = rows.get(&key);
                 for &index in &unavailable {
-                    if let Some(old) = old {
-                        after[index] = old[index].clone();
+                    // The kept row knows the value; else the event's before image may
+                    // (REPLICA IDENTITY FULL sends whole old rows).
+                    if let Some(known) = old.or(before.as_ref()) {
+                        if !is_unavailable(&known[index]) {
+                            after[index] = known[index].clone();
+                        }
                     }
                 }
                 if old == Some(&after) {
@@ -116,7 +121,24 @@ impl SourceState {
                     .changes
                     .extend(rows.drain().map(|(_, row)| (row, -1)));
             }
-            (None, SourceChange::Upsert { before, after, .. }) => {
+            (
+                None,
+                SourceChange::Upsert {
+                    before,
+                    mut after,
+                    unavailable,
+                },
+            ) => {
+                // Nothing is kept here: only a before image (REPLICA IDENTITY FULL) can fill
+                // in unchanged TOAST values; otherwise they stay marked, and the sink leaves
+                // them as they are in Cassandra.
+                if let Some(before) = &before {
+                    for &index in &unavailable {
+                        if !is_unavailable(&before[index]) {
+                            after[index] = before[index].clone();
+                        }
+                    }
+                }
                 if let Some(before) = before {
                     if before == after {
                         return;
