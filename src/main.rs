@@ -45,6 +45,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` or `less` ends quietly when they stop reading, as with other
+    // command-line tools, instead of a panic on a closed stdout.
+    // SAFETY: called first, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
