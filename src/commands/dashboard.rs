@@ -301,6 +301,8 @@ mod tests {
                 age_ms: Some(1000),
                 newest_commit_ms: Some(5),
                 end_to_end_ms: Some(1500),
+                watermark_ms: None,
+                watermark_lag_ms: None,
             }],
             errors: vec![],
         };

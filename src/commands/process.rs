@@ -67,6 +67,10 @@ pub struct ProcessArgs {
     #[arg(long, default_value = "walflow.dead_letter", value_name = "PREFIX")]
     dead_letter_prefix: String,
 
+    /// Events too late for their window (windowed queries) go to <PREFIX>.<pipeline>
+    #[arg(long, default_value = "walflow.late", value_name = "PREFIX")]
+    late_events_prefix: String,
+
     /// Forget the checkpoint, empty the sink tables and rebuild them from the start of the
     /// topics (needed after changing a pipeline file)
     #[arg(long)]
@@ -116,6 +120,10 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         options.dead_letter_topic = Some(format!(
             "{}.{}",
             args.dead_letter_prefix, pipeline.definition.name
+        ));
+        options.late_topic = Some(format!(
+            "{}.{}",
+            args.late_events_prefix, pipeline.definition.name
         ));
         options.rebuild = args.rebuild;
         options.rebuild_if_changed = args.rebuild_if_changed;
@@ -312,6 +320,20 @@ fn render_metrics(
             "Events in Kafka after the last checkpoint's offsets",
             ConstGauge::new(load(&metrics.consumer_lag) as i64),
         );
+        registry.register(
+            "late_events",
+            "Events too late for their window, sent to the late-events topic",
+            ConstCounter::new(load(&metrics.late_events)),
+        );
+        let watermark_ms = load(&metrics.watermark_ms);
+        if watermark_ms > 0 {
+            registry.register_with_unit(
+                "watermark_timestamp",
+                "The lowest watermark of the pipeline's windowed sources (event time up to which windows are complete), Unix time",
+                Unit::Seconds,
+                ConstGauge::new(watermark_ms as f64 / 1e3),
+            );
+        }
         for (name, help, histogram) in [
             (
                 "commit_to_write",

@@ -137,7 +137,7 @@ async fn explain(file: &Path) -> Result<ExitCode, Failure> {
         definition.name
     );
     println!();
-    println!("sources (Kafka change streams, read as updating tables):");
+    println!("sources (Kafka change streams):");
     let keyed: Vec<&str> = pipeline
         .queries
         .iter()
@@ -145,6 +145,24 @@ async fn explain(file: &Path) -> Result<ExitCode, Failure> {
         .flat_map(|query| query.sources.iter().map(String::as_str))
         .collect();
     for source in &definition.sources {
+        if source.mode == walflow_stream::definition::SourceMode::Changelog {
+            let event_time = match &source.watermark {
+                Some(watermark) => format!(
+                    "; event time {}, watermark {} behind the newest seen (slowest partition; \
+                     idle after {})",
+                    source.columns[watermark.column].name,
+                    walflow_stream::time::human_micros(watermark.delay_us.max(1)),
+                    walflow_stream::time::human_micros(watermark.idle_timeout_us)
+                ),
+                None => String::new(),
+            };
+            println!(
+                "  {} <- topic {} (debezium_json), changelog: each change event is one appended \
+                 row (after image, or before image of a delete; _op, _commit_time){event_time}",
+                source.name, source.topic
+            );
+            continue;
+        }
         let key: Vec<&str> = source
             .primary_key
             .iter()
@@ -182,10 +200,41 @@ async fn explain(file: &Path) -> Result<ExitCode, Failure> {
                 println!("    {line}");
             }
         }
-        println!(
-            "  emits: updating; each result row is upserted when it changes and deleted when \
-             it disappears (no event-time windows, so no watermark)"
-        );
+        let windowed = query
+            .root
+            .state_description()
+            .iter()
+            .any(|line| line.starts_with("windows of"));
+        let sink = &query.sink;
+        if !windowed {
+            println!(
+                "  emits: updating; each result row is upserted when it changes and deleted when \
+                 it disappears (no event-time windows, so no watermark)"
+            );
+        } else {
+            use walflow_stream::definition::{EmitMode, LateEvents};
+            println!(
+                "  emits: {}",
+                match sink.emit {
+                    EmitMode::OnClose => "on close: a window's row is written once, when the watermark passes its end",
+                    EmitMode::Updating => "updating: a window's row is upserted as the window grows",
+                }
+            );
+            println!(
+                "  late events: {}",
+                match sink.late_events {
+                    LateEvents::Topic => format!(
+                        "counted and sent to walflow.late.{} (--late-events-prefix)",
+                        definition.name
+                    ),
+                    LateEvents::Update => format!(
+                        "applied to their window for {} after its end, then sent to walflow.late.{}",
+                        walflow_stream::time::human_micros(sink.allowed_lateness_us),
+                        definition.name
+                    ),
+                }
+            );
+        }
         println!("  logical plan (DataFusion):");
         for line in query.logical_plan.lines() {
             println!("    {line}");

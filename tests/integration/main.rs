@@ -19,3 +19,4 @@ mod pgoutput;
 mod process;
 mod replication;
 mod sql;
+mod windows;

@@ -13,7 +13,7 @@ use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
 /// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`.
-const FORMAT_VERSION: u32 = 3;
+const FORMAT_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -29,6 +29,8 @@ pub struct Checkpoint {
     /// Postgres commit time (Unix ms) of the newest change whose results are in Cassandra as
     /// of this checkpoint; 0 when no event said (`walflow lag`'s end-to-end measure).
     pub newest_commit_ms: i64,
+    /// Per source with a WATERMARK: its partitions' event-time clocks and watermark.
+    pub watermarks: BTreeMap<String, crate::operators::watermark::SourceWatermark>,
 }
 
 #[derive(Debug, thiserror::Error)]

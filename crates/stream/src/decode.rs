@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value as Json;
 
-use crate::definition::SourceTable;
+use crate::definition::{SourceMode, SourceTable, COMMIT_TIME_COLUMN, OP_COLUMN};
 use crate::operators::normalize::SourceChange;
 use crate::value::{ColumnType, Row, Value};
 
@@ -60,6 +60,14 @@ pub fn decode(
     let envelope: Envelope<'_> = serde_json::from_slice(payload)
         .map_err(|error| format!("not a Debezium JSON change event: {error}"))?;
     let commit_time_ms = envelope.source.as_ref().and_then(|source| source.ts_ms);
+    if source.mode == SourceMode::Changelog {
+        return changelog_row(source, &envelope, commit_time_ms).map(|row| {
+            Some(DecodedEvent {
+                change: SourceChange::Append(row),
+                commit_time_ms,
+            })
+        });
+    }
     let change = match envelope.op.as_ref() {
         "c" | "r" | "u" => {
             let after = image(envelope.after)
@@ -89,6 +97,48 @@ pub fn decode(
         change,
         commit_time_ms,
     }))
+}
+
+/// A changelog source's row for one event: the after image (the before image of a delete;
+/// nothing of a truncate), and the metadata columns.
+fn changelog_row(
+    source: &SourceTable,
+    envelope: &Envelope<'_>,
+    commit_time_ms: Option<i64>,
+) -> Result<Row, String> {
+    let op = envelope.op.as_ref();
+    let image = match op {
+        "c" | "r" | "u" => {
+            Some(image(envelope.after).ok_or_else(|| format!("op '{op}' without an `after` row"))?)
+        }
+        "d" => {
+            Some(image(envelope.before).ok_or_else(|| "op 'd' without a `before` row".to_owned())?)
+        }
+        "t" => None,
+        other => return Err(format!("unknown op '{other}' (expected c, r, u, d or t)")),
+    };
+    let mut row = match image {
+        Some(image) => row(source, image, if op == "d" { "before" } else { "after" })?.0,
+        None => vec![Value::Null; source.columns.len()],
+    };
+    for (index, column) in source.columns.iter().enumerate() {
+        match column.name.as_str() {
+            OP_COLUMN => row[index] = Value::Text(op.to_owned()),
+            COMMIT_TIME_COLUMN => {
+                row[index] = commit_time_ms.map_or(Value::Null, |ms| Value::Timestamp(ms * 1000))
+            }
+            _ => {}
+        }
+    }
+    if let Some(watermark) = &source.watermark {
+        if row[watermark.column].is_null() {
+            return Err(format!(
+                "no event time: `{}` is missing or null, and {} keeps its watermark on it",
+                source.columns[watermark.column].name, source.name
+            ));
+        }
+    }
+    Ok(row)
 }
 
 /// An image, unless absent or `null`.
@@ -250,6 +300,8 @@ mod tests {
             primary_key: vec![0],
             topic: "t".into(),
             format: SourceFormat::DebeziumJson,
+            mode: crate::definition::SourceMode::Updating,
+            watermark: None,
             position: Position::default(),
         }
     }

@@ -60,7 +60,35 @@ pub enum SourceFormat {
     DebeziumJson,
 }
 
-/// A Kafka topic of change events, read as an updating table.
+/// How a source's change events are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceMode {
+    /// The table the events describe: an insert adds a row, an update replaces it, a delete
+    /// removes it (the default).
+    Updating,
+    /// The events themselves, append-only: one row per change, with the after image (the
+    /// before image for a delete) and the metadata columns `_op` and `_commit_time`. What
+    /// event-time windows read.
+    Changelog,
+}
+
+/// The change's operation (`c`, `r`, `u`, `d`, `t`), in a changelog source.
+pub const OP_COLUMN: &str = "_op";
+/// The change's Postgres commit time, in a changelog source.
+pub const COMMIT_TIME_COLUMN: &str = "_commit_time";
+
+/// Event time and how far behind it the watermark trails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The TIMESTAMP column that holds event time (index into `columns`).
+    pub column: usize,
+    /// The watermark is the newest event time seen minus this.
+    pub delay_us: i64,
+    /// A partition without events for this long stops holding the watermark back.
+    pub idle_timeout_us: i64,
+}
+
+/// A Kafka topic of change events, read as an updating table or as a changelog.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceTable {
     pub name: String,
@@ -69,7 +97,28 @@ pub struct SourceTable {
     pub primary_key: Vec<usize>,
     pub topic: String,
     pub format: SourceFormat,
+    pub mode: SourceMode,
+    pub watermark: Option<Watermark>,
     pub position: Position,
+}
+
+/// When a windowed query writes a window's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitMode {
+    /// Once, when the watermark passes the window's end (the default).
+    OnClose,
+    /// As the window grows: its row is upserted with every batch that changes it.
+    Updating,
+}
+
+/// What happens to an event whose window the watermark has already closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateEvents {
+    /// Counted and sent to the late-events topic (the default).
+    Topic,
+    /// Applied to its window, whose row is written again, while the window is within
+    /// `allowed_lateness` of the watermark; later still, sent to the topic.
+    Update,
 }
 
 /// A Cassandra table kept equal to a query's result.
@@ -81,6 +130,13 @@ pub struct SinkTable {
     pub primary_key: Vec<usize>,
     pub keyspace: String,
     pub table: String,
+    /// For a windowed query into this sink.
+    pub emit: EmitMode,
+    pub late_events: LateEvents,
+    pub allowed_lateness_us: i64,
+    /// Whether any of `emit`, `late_events` or `allowed_lateness` was written (they mean
+    /// something for a windowed query only).
+    pub window_options_given: bool,
     pub position: Position,
 }
 
@@ -146,10 +202,13 @@ impl PipelineDefinition {
             message,
         };
         let dialect = GenericDialect {};
-        let starts = statement_starts(text, &dialect)
+        let (parsed_text, watermarks) = crate::time::extract_watermarks(text)
+            .map_err(|(position, message)| error(position, message))?;
+        let text_for_parser = parsed_text.as_str();
+        let starts = statement_starts(text_for_parser, &dialect)
             .map_err(|(position, message)| error(position, message))?;
         let statements = Parser::new(&dialect)
-            .try_with_sql(text)
+            .try_with_sql(text_for_parser)
             .and_then(|mut parser| parser.parse_statements())
             .map_err(|parse_error| {
                 let (position, message) = split_parser_message(&parse_error.to_string());
@@ -165,14 +224,30 @@ impl PipelineDefinition {
         };
         for (index, statement) in statements.into_iter().enumerate() {
             let position = starts.get(index).copied().unwrap_or_default();
+            let next_start = starts.get(index + 1).copied();
+            let statement_watermarks: Vec<&crate::time::WatermarkClause> = watermarks
+                .iter()
+                .filter(|clause| {
+                    (clause.position.line, clause.position.column)
+                        >= (position.line, position.column)
+                        && next_start.is_none_or(|next| {
+                            (clause.position.line, clause.position.column)
+                                < (next.line, next.column)
+                        })
+                })
+                .collect();
+            if !statement_watermarks.is_empty() && !matches!(statement, Statement::CreateTable(_)) {
+                return Err(error(
+                    statement_watermarks[0].position,
+                    "WATERMARK FOR belongs in the column list of a source's CREATE TABLE".into(),
+                ));
+            }
             match statement {
-                Statement::CreateTable(create) => {
-                    definition
-                        .add_table(create, position)
-                        .map_err(|(at, message)| {
-                            error(at.filter(|at| at.line > 0).unwrap_or(position), message)
-                        })?
-                }
+                Statement::CreateTable(create) => definition
+                    .add_table(create, position, &statement_watermarks)
+                    .map_err(|(at, message)| {
+                        error(at.filter(|at| at.line > 0).unwrap_or(position), message)
+                    })?,
                 Statement::Insert(insert) => {
                     let TableObject::TableName(table) = &insert.table else {
                         return Err(error(
@@ -239,6 +314,7 @@ impl PipelineDefinition {
         &mut self,
         create: CreateTable,
         position: Position,
+        watermarks: &[&crate::time::WatermarkClause],
     ) -> Result<(), (Option<Position>, String)> {
         let name = object_name(&create.name);
         if self.sources.iter().any(|source| source.name == name)
@@ -308,7 +384,10 @@ impl PipelineDefinition {
                 }
             }
         }
-        if primary_key.is_empty() {
+        let connector = required_option(&options, "connector", &name)?;
+        let changelog =
+            connector == "kafka" && options.get("mode").map(String::as_str) == Some("changelog");
+        if primary_key.is_empty() && !changelog {
             return Err((
                 None,
                 format!(
@@ -317,7 +396,43 @@ impl PipelineDefinition {
                 ),
             ));
         }
-        let connector = required_option(&options, "connector", &name)?;
+        if let Some(clause) = watermarks.get(1) {
+            return Err((
+                Some(clause.position),
+                format!("table {name} has two WATERMARK clauses"),
+            ));
+        }
+        if let Some(clause) = watermarks.first() {
+            if connector != "kafka" {
+                return Err((
+                    Some(clause.position),
+                    format!("table {name}: a WATERMARK belongs to a Kafka source, not a sink"),
+                ));
+            }
+        }
+        for (index, column) in columns.iter().enumerate() {
+            let expected = match column.name.as_str() {
+                OP_COLUMN => ColumnType::Text,
+                COMMIT_TIME_COLUMN => ColumnType::Timestamp,
+                _ => continue,
+            };
+            if !changelog {
+                return Err((
+                    Some(ident_position(&create.columns[index].name)),
+                    format!(
+                        "column {} is metadata of a changelog source: add mode = 'changelog' to \
+                         table {name}'s WITH options, or rename the column",
+                        column.name
+                    ),
+                ));
+            }
+            if column.column_type != expected {
+                return Err((
+                    Some(ident_position(&create.columns[index].name)),
+                    format!("column {} must be {}", column.name, expected.sql()),
+                ));
+            }
+        }
         match connector.as_str() {
             "kafka" => {
                 let topic = required_option(&options, "topic", &name)?;
@@ -330,20 +445,129 @@ impl PipelineDefinition {
                         ))
                     }
                 };
-                reject_unknown_options(&options, &["connector", "topic", "format"], &name)?;
+                let mode = match options.get("mode").map(String::as_str) {
+                    None | Some("updating") => SourceMode::Updating,
+                    Some("changelog") => SourceMode::Changelog,
+                    Some(other) => {
+                        return Err((
+                            None,
+                            format!("table {name}: mode '{other}' is not known; use 'updating' (the table) or 'changelog' (the events)"),
+                        ))
+                    }
+                };
+                let idle_timeout_us = match options.get("watermark_idle_timeout") {
+                    Some(text) => crate::time::interval_micros(text, None)
+                        .map_err(|message| (None, format!("table {name}: watermark_idle_timeout {message}")))?,
+                    None => 30 * crate::time::MICROS_PER_SECOND,
+                };
+                let watermark = match watermarks.first() {
+                    Some(clause) => {
+                        if mode != SourceMode::Changelog {
+                            return Err((
+                                Some(clause.position),
+                                format!(
+                                    "table {name}: a WATERMARK needs mode = 'changelog' (windows \
+                                     count the change events, which only a changelog source reads)"
+                                ),
+                            ));
+                        }
+                        let column = columns
+                            .iter()
+                            .position(|column| column.name == clause.column)
+                            .ok_or_else(|| {
+                                (
+                                    Some(clause.position),
+                                    format!(
+                                        "WATERMARK FOR {}: table {name} has no such column{}",
+                                        clause.column,
+                                        hint_names(&clause.column, columns.iter().map(|c| &c.name))
+                                    ),
+                                )
+                            })?;
+                        if columns[column].column_type != ColumnType::Timestamp {
+                            return Err((
+                                Some(clause.position),
+                                format!(
+                                    "WATERMARK FOR {}: event time must be a TIMESTAMP column \
+                                     (declare {COMMIT_TIME_COLUMN} TIMESTAMP for the commit time)",
+                                    clause.column
+                                ),
+                            ));
+                        }
+                        Some(Watermark {
+                            column,
+                            delay_us: clause.delay_us,
+                            idle_timeout_us,
+                        })
+                    }
+                    None => None,
+                };
+                reject_unknown_options(
+                    &options,
+                    &["connector", "topic", "format", "mode", "watermark_idle_timeout"],
+                    &name,
+                )?;
                 self.sources.push(SourceTable {
                     name,
                     columns,
                     primary_key,
                     topic,
                     format,
+                    mode,
+                    watermark,
                     position,
                 });
             }
             "cassandra" => {
                 let keyspace = required_option(&options, "keyspace", &name)?;
                 let table = options.get("table").cloned().unwrap_or_else(|| name.clone());
-                reject_unknown_options(&options, &["connector", "keyspace", "table"], &name)?;
+                reject_unknown_options(
+                    &options,
+                    &[
+                        "connector",
+                        "keyspace",
+                        "table",
+                        "emit",
+                        "late_events",
+                        "allowed_lateness",
+                    ],
+                    &name,
+                )?;
+                let emit = match options.get("emit").map(String::as_str) {
+                    None | Some("on_close") => EmitMode::OnClose,
+                    Some("updating") => EmitMode::Updating,
+                    Some(other) => {
+                        return Err((
+                            None,
+                            format!("table {name}: emit '{other}' is not known; use 'on_close' or 'updating'"),
+                        ))
+                    }
+                };
+                let late_events = match options.get("late_events").map(String::as_str) {
+                    None | Some("topic") => LateEvents::Topic,
+                    Some("update") => LateEvents::Update,
+                    Some(other) => {
+                        return Err((
+                            None,
+                            format!("table {name}: late_events '{other}' is not known; use 'topic' or 'update'"),
+                        ))
+                    }
+                };
+                let allowed_lateness_us = match options.get("allowed_lateness") {
+                    Some(_) if late_events == LateEvents::Topic => {
+                        return Err((
+                            None,
+                            format!("table {name}: allowed_lateness needs late_events = 'update' (with 'topic', every late event goes to the topic)"),
+                        ))
+                    }
+                    Some(text) => crate::time::interval_micros(text, None)
+                        .map_err(|message| (None, format!("table {name}: allowed_lateness {message}")))?,
+                    None if late_events == LateEvents::Update => 3_600 * crate::time::MICROS_PER_SECOND,
+                    None => 0,
+                };
+                let window_options_given = ["emit", "late_events", "allowed_lateness"]
+                    .iter()
+                    .any(|key| options.contains_key(*key));
                 for identifier in [&keyspace, &table] {
                     if !is_plain_identifier(identifier) {
                         return Err((
@@ -361,6 +585,10 @@ impl PipelineDefinition {
                     primary_key,
                     keyspace,
                     table,
+                    emit,
+                    late_events,
+                    allowed_lateness_us,
+                    window_options_given,
                     position,
                 });
             }

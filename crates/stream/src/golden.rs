@@ -14,9 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode;
-use crate::operators::normalize::SourceChange;
-use crate::runner::Pipeline;
-use crate::value::Row;
+use crate::runner::{BatchChange, Pipeline};
+use crate::value::{Row, Value};
 
 /// One golden case: a pipeline file, its input and its expected output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +115,8 @@ pub struct GoldenOutput {
     pub tables: Vec<HashMap<Row, Row>>,
     /// `(line, reason)` of each event that would go to the dead-letter topic.
     pub dead_letters: Vec<(usize, String)>,
+    /// What would go to the late-events topic, one line each.
+    pub late: Vec<String>,
 }
 
 /// Runs the events through the pipeline, `batch_size` events per batch.
@@ -128,20 +129,42 @@ pub fn run(
     let mut output = GoldenOutput {
         tables: vec![HashMap::new(); pipeline.queries.len()],
         dead_letters: Vec::new(),
+        late: Vec::new(),
     };
     for batch in events.chunks(batch_size.max(1)) {
-        let mut changes: Vec<(usize, SourceChange)> = Vec::with_capacity(batch.len());
+        let mut changes: Vec<BatchChange> = Vec::with_capacity(batch.len());
         for event in batch {
             let source = &pipeline.definition.sources[event.source];
             match decode(source, event.payload.as_deref()) {
-                Ok(Some(decoded)) => changes.push((event.source, decoded.change)),
+                Ok(Some(decoded)) => changes.push(BatchChange {
+                    source: event.source,
+                    partition: 0,
+                    change: decoded.change,
+                }),
                 Ok(None) => {}
                 Err(reason) => output.dead_letters.push((event.line, reason)),
             }
         }
-        let deltas = pipeline.apply_batch(&mut state, changes)?;
-        for (table, delta) in output.tables.iter_mut().zip(&deltas) {
+        // No wall clock: no partition goes idle, so the result depends on the input alone.
+        let batch_output = pipeline.apply_batch(&mut state, changes, None)?;
+        for (table, delta) in output.tables.iter_mut().zip(&batch_output.deltas) {
             delta.apply_to(table);
+        }
+        for (sink, event) in batch_output.late {
+            let time = |micros: i64| Value::Timestamp(micros).to_string();
+            let row: Vec<String> = event
+                .column_names
+                .iter()
+                .zip(&event.row)
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            output.late.push(format!(
+                "{sink}: window [{}, {}) closed at watermark {}: {}",
+                time(event.window_start_us),
+                time(event.window_end_us),
+                time(event.watermark_us),
+                row.join(", ")
+            ));
         }
     }
     Ok(output)
@@ -180,6 +203,12 @@ pub fn render(pipeline: &Pipeline, output: &GoldenOutput) -> String {
             let _ = writeln!(text, "{row}");
         }
     }
+    if !output.late.is_empty() {
+        let _ = writeln!(text, "## late events: {}", output.late.len());
+        for line in &output.late {
+            let _ = writeln!(text, "{line}");
+        }
+    }
     if !output.dead_letters.is_empty() {
         let _ = writeln!(text, "## dead letters: {}", output.dead_letters.len());
         for (line, reason) in &output.dead_letters {
@@ -201,4 +230,102 @@ pub fn evaluate(pipeline: &Pipeline, events: &[InputEvent]) -> Result<String, St
         ));
     }
     Ok(one_by_one)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::PipelineDefinition;
+
+    async fn pipeline(sink_options: &str) -> Pipeline {
+        let definition = PipelineDefinition::parse(
+            Path::new("windows.sql"),
+            &format!(
+                "CREATE TABLE changes (id TEXT, _op TEXT, _commit_time TIMESTAMP,
+                   WATERMARK FOR _commit_time AS _commit_time - INTERVAL '10' SECOND)
+                   WITH (connector = 'kafka', topic = 't', mode = 'changelog');
+                 CREATE TABLE per_minute (minute TIMESTAMP PRIMARY KEY, changes BIGINT)
+                   WITH (connector = 'cassandra', keyspace = 'ks'{sink_options});
+                 INSERT INTO per_minute SELECT window_start, count(*) FROM changes
+                   GROUP BY tumble(_commit_time, INTERVAL '1' MINUTE);"
+            ),
+        )
+        .unwrap();
+        let queries = crate::plan::compile(&definition).await.unwrap();
+        Pipeline {
+            definition,
+            queries,
+        }
+    }
+
+    /// Events at these seconds past midnight, in this order.
+    fn input(pipeline: &Pipeline, seconds: &[i64]) -> Vec<InputEvent> {
+        let lines: Vec<String> = seconds
+            .iter()
+            .enumerate()
+            .map(|(index, second)| {
+                format!(
+                    r#"{{"topic":"t","value":{{"op":"c","after":{{"id":"e{index}"}},"source":{{"ts_ms":{}}}}}}}"#,
+                    1_767_225_600_000 + second * 1000
+                )
+            })
+            .collect();
+        read_input(pipeline, Path::new("in.jsonl"), &lines.join("\n")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn on_close_writes_a_window_once_the_watermark_passes_it_and_routes_later_events() {
+        let pipeline = pipeline("").await;
+        // 75 s: watermark 65 s, minute 0 closes with 3 events; 130 s: minute 1 closes with
+        // 2; the event at 20 s after that is late (to the topic); minute 2 stays open.
+        let events = input(&pipeline, &[5, 30, 59, 75, 62, 130, 20, 140]);
+        let text = evaluate(&pipeline, &events).unwrap();
+        assert_eq!(
+            text,
+            "## ks.per_minute (minute, changes): 2 rows\n\
+             2026-01-01T00:00:00.000000Z | 3\n\
+             2026-01-01T00:01:00.000000Z | 2\n\
+             ## late events: 1\n\
+             per_minute: window [2026-01-01T00:00:00.000000Z, 2026-01-01T00:01:00.000000Z) \
+             closed at watermark 2026-01-01T00:02:00.000000Z: id=\"e6\", _op=\"c\", \
+             _commit_time=2026-01-01T00:00:20.000000Z, window_start=2026-01-01T00:00:00.000000Z\n"
+                .replace(", window_start=2026-01-01T00:00:00.000000Z", "")
+        );
+    }
+
+    #[tokio::test]
+    async fn late_updates_within_allowed_lateness_then_the_topic() {
+        let pipeline = pipeline(", late_events = 'update', allowed_lateness = '1 minute'").await;
+        // 20 s arrives under watermark 115 s: minute 0 ended at 60 s, within its minute of
+        // lateness, so it counts (the closed window's row is written again); 10 s arrives
+        // under watermark 190 s: past it, to the topic.
+        let events = input(&pipeline, &[5, 125, 20, 200, 10]);
+        let output = run(&pipeline, &events, 1).unwrap();
+        let text = render(&pipeline, &output);
+        assert!(
+            text.starts_with(
+                "## ks.per_minute (minute, changes): 2 rows\n\
+                 2026-01-01T00:00:00.000000Z | 2\n\
+                 2026-01-01T00:02:00.000000Z | 1\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(output.late.len(), 1, "{text}");
+        assert!(output.late[0].contains("id=\"e4\""), "{text}");
+        // Window state is freed once past its lateness: minutes 2 and 3 remain.
+        let mut state = pipeline.fresh_checkpoint();
+        let changes: Vec<BatchChange> = events
+            .iter()
+            .map(|event| BatchChange {
+                source: 0,
+                partition: 0,
+                change: decode(&pipeline.definition.sources[0], event.payload.as_deref())
+                    .unwrap()
+                    .unwrap()
+                    .change,
+            })
+            .collect();
+        pipeline.apply_batch(&mut state, changes, None).unwrap();
+        assert_eq!(state.queries[0].aggregates[0].groups(), 2);
+    }
 }

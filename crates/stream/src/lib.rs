@@ -9,4 +9,6 @@ pub mod operators;
 pub mod plan;
 pub mod runner;
 pub mod sink;
+pub mod time;
 pub mod value;
+pub mod windows;

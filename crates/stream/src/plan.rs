@@ -20,7 +20,9 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
-use crate::definition::{DefinitionError, PipelineDefinition, QueryDefinition, SinkTable};
+use crate::definition::{
+    DefinitionError, EmitMode, LateEvents, PipelineDefinition, QueryDefinition, SinkTable,
+};
 use crate::value::ColumnType;
 
 /// A stateless step over a batch of changes.
@@ -33,6 +35,34 @@ pub enum Step {
         exprs: Vec<Arc<dyn PhysicalExpr>>,
         schema: SchemaRef,
     },
+    /// Gives each row of a changelog source its event-time window(s): the row once per
+    /// window, with the window's start appended as the last column.
+    AssignWindows(WindowAssign),
+}
+
+#[derive(Debug, Clone)]
+pub struct WindowAssign {
+    /// The source whose watermark decides lateness.
+    pub source: String,
+    /// Event time, evaluated over the input rows.
+    pub time: Arc<dyn PhysicalExpr>,
+    pub size_us: i64,
+    pub slide_us: i64,
+    /// How long after its end a window still takes late events (0: none).
+    pub allowed_lateness_us: i64,
+    /// The input's columns, then `window_start`.
+    pub schema: SchemaRef,
+}
+
+/// An aggregate over windows: what tells it when a window is complete and can be freed.
+#[derive(Debug, Clone)]
+pub struct WindowedAggregate {
+    pub source: String,
+    /// Which group column holds the window's start.
+    pub start_group: usize,
+    pub size_us: i64,
+    pub emit: EmitMode,
+    pub allowed_lateness_us: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +94,8 @@ pub struct AggregatePlan {
     pub output_schema: SchemaRef,
     /// Without GROUP BY there is always exactly one row, even over no input.
     pub global: bool,
+    /// Set when the groups are event-time windows.
+    pub window: Option<WindowedAggregate>,
 }
 
 /// An inner equi-join of two updating inputs.
@@ -117,6 +149,21 @@ impl Node {
                 input,
                 step: Step::Project { .. },
             } => format!("project({})", input.describe()),
+            Node::Step {
+                input,
+                step: Step::AssignWindows(assign),
+            } => {
+                let kind = if assign.size_us == assign.slide_us {
+                    format!("tumble {}", crate::time::human_micros(assign.size_us))
+                } else {
+                    format!(
+                        "hop {} every {}",
+                        crate::time::human_micros(assign.size_us),
+                        crate::time::human_micros(assign.slide_us)
+                    )
+                };
+                format!("windows[{kind}]({})", input.describe())
+            }
             Node::Aggregate { input, .. } => format!("aggregate({})", input.describe()),
             Node::Join { left, right, .. } => {
                 format!("join({}, {})", left.describe(), right.describe())
@@ -152,6 +199,27 @@ impl Node {
                         format!("{name}({distinct}...): {kept}")
                     })
                     .collect();
+                if let Some(window) = &plan.window {
+                    lines.push(format!(
+                        "windows of {}: each window's groups are kept until the watermark of \
+                         {} passes its end{}; then {}",
+                        crate::time::human_micros(window.size_us),
+                        window.source,
+                        if window.allowed_lateness_us > 0 {
+                            format!(
+                                " plus {} of allowed lateness",
+                                crate::time::human_micros(window.allowed_lateness_us)
+                            )
+                        } else {
+                            String::new()
+                        },
+                        match window.emit {
+                            EmitMode::OnClose => "its final row is written and its state freed",
+                            EmitMode::Updating =>
+                                "its state is freed (its row was written as it grew)",
+                        }
+                    ));
+                }
                 lines.push(if plan.global {
                     format!("aggregate, one row over everything: {}", calls.join("; "))
                 } else {
@@ -238,6 +306,9 @@ pub async fn compile(
     definition: &PipelineDefinition,
 ) -> Result<Vec<CompiledQuery>, DefinitionError> {
     let context = SessionContext::new();
+    for function in crate::windows::functions() {
+        context.register_udf(function);
+    }
     for source in &definition.sources {
         let schema = source_schema(definition, &source.name).expect("declared source");
         let table = MemTable::try_new(schema, vec![vec![]])
@@ -290,8 +361,9 @@ async fn compile_query(
         }
         definition.error_at(position, message)
     };
-    let statement =
-        DFStatement::Statement(Box::new(Statement::Query(Box::new(query.query.clone()))));
+    let mut sql_query = query.query.clone();
+    crate::windows::rewrite_window_columns(&mut sql_query).map_err(fail)?;
+    let statement = DFStatement::Statement(Box::new(Statement::Query(Box::new(sql_query))));
     let plan = state
         .statement_to_plan(statement)
         .await
@@ -309,10 +381,20 @@ async fn compile_query(
     let mut builder = PlanBuilder {
         state,
         definition,
+        sink: &sink,
         aggregates: 0,
         joins: 0,
+        windows: 0,
     };
     let root = builder.build(&plan).map_err(fail)?;
+    let (aggregates, joins, windows) = (builder.aggregates, builder.joins, builder.windows);
+    if windows == 0 && sink.window_options_given {
+        return Err(fail(format!(
+            "sink {} sets emit, late_events or allowed_lateness, which only a windowed query \
+             uses (GROUP BY tumble(...) or hop(...))",
+            sink.name
+        )));
+    }
     let mut sources: Vec<String> = Vec::new();
     let mut has_global_aggregate = false;
     root.visit(&mut |node| match node {
@@ -399,8 +481,8 @@ async fn compile_query(
         sink,
         root,
         sources,
-        aggregates: builder.aggregates,
-        joins: builder.joins,
+        aggregates,
+        joins,
         has_global_aggregate,
         sink_columns_from_output,
         logical_plan,
@@ -420,9 +502,12 @@ fn convertible(from: ColumnType, to: ColumnType) -> bool {
 struct PlanBuilder<'a> {
     state: &'a SessionState,
     definition: &'a PipelineDefinition,
+    /// Where the query writes: its emit and lateness options govern windows.
+    sink: &'a SinkTable,
     /// State slots handed out so far.
     aggregates: usize,
     joins: usize,
+    windows: usize,
 }
 
 impl PlanBuilder<'_> {
@@ -439,9 +524,64 @@ impl PlanBuilder<'_> {
                  a retraction would not remove what was added; use columns of the row instead"
             ));
         }
+        // Some functions (coalesce, nvl, ...) exist only to be rewritten by DataFusion's
+        // simplifier before execution.
+        let context = datafusion::optimizer::simplify_expressions::SimplifyContext::builder()
+            .with_schema(Arc::new(schema.clone()))
+            .build();
+        let simplified = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(context)
+            .simplify(expr.clone())
+            .map_err(|error| error.to_string())?;
         self.state
-            .create_physical_expr(expr.clone(), schema)
+            .create_physical_expr(simplified, schema)
             .map_err(|error| error.to_string())
+    }
+
+    /// The changelog source a window reads, checking that its time is that source's
+    /// event time (the column its WATERMARK is on).
+    fn window_source(
+        &self,
+        input: &Node,
+        call: &crate::windows::WindowCall,
+        input_schema: &DFSchema,
+    ) -> Result<String, String> {
+        let mut sources = Vec::new();
+        let mut joined = false;
+        input.visit(&mut |node| match node {
+            Node::Source { name, .. } => sources.push(name.clone()),
+            Node::Join { .. } | Node::Aggregate { .. } => joined = true,
+            Node::Step { .. } => {}
+        });
+        if joined || sources.len() != 1 {
+            return Err(
+                "a window reads one changelog source directly (not a join or an aggregate)".into(),
+            );
+        }
+        let source = self
+            .definition
+            .source(&sources[0])
+            .expect("a planned source is declared");
+        let Some(watermark) = source.watermark else {
+            return Err(format!(
+                "a window needs event time: declare WATERMARK FOR <timestamp column> AS \
+                 <column> - INTERVAL '...' in source {} (with mode = 'changelog')",
+                source.name
+            ));
+        };
+        let event_time = &source.columns[watermark.column].name;
+        let names_event_time = match &call.time {
+            Expr::Column(column) => &column.name == event_time,
+            _ => false,
+        };
+        if !names_event_time {
+            return Err(format!(
+                "the window's time must be {}'s event time {event_time} (its WATERMARK column), \
+                 not {}",
+                source.name, call.time
+            ));
+        }
+        let _ = input_schema;
+        Ok(source.name.clone())
     }
 
     fn step(input: Node, step: Step) -> Node {
@@ -480,13 +620,32 @@ impl PlanBuilder<'_> {
             LogicalPlan::SubqueryAlias(alias) => self.build(&alias.input),
             LogicalPlan::Aggregate(aggregate) => {
                 let input_schema = aggregate.input.schema();
+                let mut window = None;
+                for (index, expr) in aggregate.group_expr.iter().enumerate() {
+                    if let Some(call) = crate::windows::window_call(expr)? {
+                        if window.is_some() {
+                            return Err("one window per GROUP BY".into());
+                        }
+                        window = Some((index, call));
+                    }
+                }
                 let group_exprs = aggregate
                     .group_expr
                     .iter()
-                    .map(|expr| match expr {
+                    .enumerate()
+                    .map(|(index, expr)| match expr {
                         Expr::GroupingSet(_) => {
                             Err("GROUPING SETS, CUBE and ROLLUP are not supported".to_owned())
                         }
+                        // The window operator appends the window's start after the input's
+                        // columns.
+                        _ if window.as_ref().is_some_and(|(at, _)| *at == index) => Ok(Arc::new(
+                            datafusion::physical_expr::expressions::Column::new(
+                                crate::windows::WINDOW_START,
+                                input_schema.fields().len(),
+                            ),
+                        )
+                            as Arc<dyn PhysicalExpr>),
                         expr => self.physical(expr, input_schema),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
@@ -500,7 +659,44 @@ impl PlanBuilder<'_> {
                         self.aggregate_call(expr, input_schema, field)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let input = self.build(&aggregate.input)?;
+                let mut input = self.build(&aggregate.input)?;
+                let mut windowed = None;
+                if let Some((start_group, call)) = window {
+                    let source = self.window_source(&input, &call, input_schema)?;
+                    let allowed_lateness_us = match self.sink.late_events {
+                        LateEvents::Topic => 0,
+                        LateEvents::Update => self.sink.allowed_lateness_us,
+                    };
+                    let mut fields: Vec<Field> = input_schema
+                        .fields()
+                        .iter()
+                        .map(|field| field.as_ref().clone())
+                        .collect();
+                    fields.push(Field::new(
+                        crate::windows::WINDOW_START,
+                        ColumnType::Timestamp.arrow(),
+                        false,
+                    ));
+                    input = Self::step(
+                        input,
+                        Step::AssignWindows(WindowAssign {
+                            source: source.clone(),
+                            time: self.physical(&call.time, input_schema)?,
+                            size_us: call.size_us,
+                            slide_us: call.slide_us,
+                            allowed_lateness_us,
+                            schema: Arc::new(Schema::new(fields)),
+                        }),
+                    );
+                    self.windows += 1;
+                    windowed = Some(WindowedAggregate {
+                        source,
+                        start_group,
+                        size_us: call.size_us,
+                        emit: self.sink.emit,
+                        allowed_lateness_us,
+                    });
+                }
                 Ok(self.aggregate_node(
                     input,
                     AggregatePlan {
@@ -508,6 +704,7 @@ impl PlanBuilder<'_> {
                         group_exprs,
                         calls,
                         output_schema,
+                        window: windowed,
                     },
                 ))
             }
@@ -526,6 +723,7 @@ impl PlanBuilder<'_> {
                         group_exprs,
                         calls: Vec::new(),
                         output_schema: Arc::new(schema.as_arrow().clone()),
+                        window: None,
                     },
                 ))
             }

@@ -4,7 +4,7 @@
 //! its dead letters are acknowledged by Kafka, so nothing accepted is lost; Cassandra or
 //! Kafka trouble makes the batch wait and retry, holding its position.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +20,8 @@ use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::decode::decode;
 use crate::definition::{DefinitionError, PipelineDefinition, SinkTable, SourceTable};
 use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
-use crate::operators::{evaluate, QueryState};
+use crate::operators::window::LateEvent;
+use crate::operators::{evaluate, BatchInput, QueryState};
 use crate::plan::{compile, CompiledQuery};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
 
@@ -34,6 +35,8 @@ pub struct ProcessOptions {
     pub batch_max_wait: Duration,
     /// Dead-letter topic; `None`: `walflow.dead_letter.<pipeline>`.
     pub dead_letter_topic: Option<String>,
+    /// Late-events topic of windowed queries; `None`: `walflow.late.<pipeline>`.
+    pub late_topic: Option<String>,
     /// Forget the checkpoint, empty the sink tables and start from the topics' beginning.
     pub rebuild: bool,
     /// Rebuild (as `rebuild`) only when the checkpoint does not fit: the pipeline file
@@ -54,6 +57,7 @@ impl ProcessOptions {
             batch_max_events: 10_000,
             batch_max_wait: Duration::from_millis(50),
             dead_letter_topic: None,
+            late_topic: None,
             rebuild: false,
             rebuild_if_changed: false,
             stop_when_caught_up: false,
@@ -96,6 +100,10 @@ pub struct ProcessMetrics {
     pub written_commit_time_ms: AtomicU64,
     /// Events left in Kafka after the last batch (end offsets minus positions).
     pub consumer_lag: AtomicU64,
+    /// Events too late for their window, sent to the late-events topic.
+    pub late_events: AtomicU64,
+    /// The lowest watermark of the pipeline's sources (Unix ms); 0 without one.
+    pub watermark_ms: AtomicU64,
     /// Commit-to-Cassandra times of recent events (ms), bounded.
     latencies_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
     /// Postgres commit -> results in Cassandra, per event.
@@ -121,6 +129,8 @@ impl Default for ProcessMetrics {
             last_checkpoint_bytes: AtomicU64::new(0),
             written_commit_time_ms: AtomicU64::new(0),
             consumer_lag: AtomicU64::new(0),
+            late_events: AtomicU64::new(0),
+            watermark_ms: AtomicU64::new(0),
             latencies_ms: Default::default(),
             commit_to_write_seconds: Histogram::new(LATENCY_BUCKETS),
             batch_evaluate_seconds: Histogram::new(LATENCY_BUCKETS),
@@ -170,6 +180,7 @@ pub struct RunSummary {
     pub events: u64,
     pub dead_letters: u64,
     pub rows_written: u64,
+    pub late_events: u64,
 }
 
 /// A pipeline ready to run: its file, its compiled queries and its state.
@@ -204,16 +215,38 @@ impl Pipeline {
     pub fn apply_batch(
         &self,
         state: &mut Checkpoint,
-        changes: Vec<(usize, SourceChange)>,
-    ) -> Result<Vec<SinkDelta>, String> {
+        changes: Vec<BatchChange>,
+        now_ms: Option<u64>,
+    ) -> Result<BatchOutput, String> {
         let mut outputs: Vec<SourceOutput> = self
             .definition
             .sources
             .iter()
             .map(|_| SourceOutput::default())
             .collect();
-        for (source_index, change) in changes {
+        let mut arrivals: Vec<Vec<i64>> = vec![Vec::new(); self.definition.sources.len()];
+        for source in &self.definition.sources {
+            if let (Some(spec), Some(watermark)) =
+                (&source.watermark, state.watermarks.get_mut(&source.name))
+            {
+                // Partitions may have gone idle since the last batch.
+                watermark.advance(spec, now_ms);
+            }
+        }
+        for BatchChange {
+            source: source_index,
+            partition,
+            change,
+        } in changes
+        {
             let source = &self.definition.sources[source_index];
+            if let (Some(spec), SourceChange::Append(row)) = (&source.watermark, &change) {
+                if let Some(crate::value::Value::Timestamp(event_us)) = row.get(spec.column) {
+                    let watermark = state.watermarks.entry(source.name.clone()).or_default();
+                    arrivals[source_index]
+                        .push(watermark.observe(spec, partition, *event_us, now_ms));
+                }
+            }
             state
                 .sources
                 .get_mut(&source.name)
@@ -223,13 +256,31 @@ impl Pipeline {
 
         // Run the queries over the batch.
         let mut deltas: Vec<SinkDelta> = Vec::with_capacity(self.queries.len());
-        let inputs: HashMap<&str, &[(crate::value::Row, i8)]> = self
-            .definition
-            .sources
-            .iter()
-            .zip(&outputs)
-            .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
-            .collect();
+        let mut late = Vec::new();
+        let input = BatchInput {
+            changes: self
+                .definition
+                .sources
+                .iter()
+                .zip(&outputs)
+                .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
+                .collect(),
+            arrivals: self
+                .definition
+                .sources
+                .iter()
+                .zip(&arrivals)
+                .filter(|(source, _)| source.watermark.is_some())
+                .map(|(source, arrivals)| (source.name.as_str(), arrivals.as_slice()))
+                .collect(),
+            watermarks: state
+                .watermarks
+                .iter()
+                .filter(|(_, watermark)| watermark.is_set())
+                .map(|(name, watermark)| (name.as_str(), watermark.current()))
+                .collect(),
+        };
+        let inputs = &input.changes;
         for (query, query_state) in self.queries.iter().zip(&mut state.queries) {
             let mut delta = SinkDelta::default();
             // Only a stateless query reads a source in images mode, and then it reads that
@@ -250,17 +301,23 @@ impl Pipeline {
                     .is_some_and(|rows| !rows.is_empty())
             });
             if changed || query_state.awaits_first_row(query) {
-                let changes = evaluate(&query.root, &inputs, query_state)
+                let mut query_late = Vec::new();
+                let changes = evaluate(&query.root, &input, query_state, &mut query_late)
                     .and_then(|changes| changes.to_rows())
                     .map_err(|error| format!("query into {}: {error}", query.sink.name))?;
                 delta.add(query, changes);
+                late.extend(
+                    query_late
+                        .into_iter()
+                        .map(|event| (query.sink.name.clone(), event)),
+                );
             }
             if delta.null_keys > 0 {
                 tracing::warn!(pipeline = %self.definition.name, sink = %query.sink.name, rows = delta.null_keys, "rows with a NULL key column skipped (Cassandra cannot store them)");
             }
             deltas.push(delta);
         }
-        Ok(deltas)
+        Ok(BatchOutput { deltas, late })
     }
 
     pub fn fresh_checkpoint(&self) -> Checkpoint {
@@ -446,6 +503,10 @@ pub async fn run(
         .dead_letter_topic
         .clone()
         .unwrap_or_else(|| format!("walflow.dead_letter.{name}"));
+    let late_topic = options
+        .late_topic
+        .clone()
+        .unwrap_or_else(|| format!("walflow.late.{name}"));
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         .set("enable.idempotence", "true")
@@ -500,7 +561,24 @@ pub async fn run(
             events,
             stopping,
         } = read;
-        let deltas = pipeline.apply_batch(&mut state, changes).map_err(fail)?;
+        let BatchOutput { deltas, late } = pipeline
+            .apply_batch(&mut state, changes, Some(unix_ms()))
+            .map_err(fail)?;
+        let late: Vec<DeadLetter> = late
+            .into_iter()
+            .map(|(sink, event)| late_letter(&pipeline.definition, &sink, &event))
+            .collect();
+        if let Some(watermark) = state
+            .watermarks
+            .values()
+            .filter(|watermark| watermark.is_set())
+            .map(|watermark| watermark.current())
+            .min()
+        {
+            metrics
+                .watermark_ms
+                .store((watermark / 1000).max(0) as u64, Ordering::Relaxed);
+        }
 
         metrics
             .batch_evaluate_seconds
@@ -511,6 +589,7 @@ pub async fn run(
         let batch = BatchWrite {
             deltas,
             dead_letters,
+            late,
             positions,
             commit_times_ms,
             newest_commit_ms,
@@ -530,6 +609,7 @@ pub async fn run(
             sinks: sinks.clone(),
             producer: producer.clone(),
             dead_letter_topic: dead_letter_topic.clone(),
+            late_topic: late_topic.clone(),
             pipeline: name.clone(),
             metrics: metrics.clone(),
             stop: stop.clone(),
@@ -579,7 +659,7 @@ pub async fn run(
 /// One micro-batch as read from Kafka and decoded, before any state is touched.
 struct ReadBatch {
     /// Each decoded change with the index of its source, in the order read.
-    changes: Vec<(usize, SourceChange)>,
+    changes: Vec<BatchChange>,
     positions: Vec<((String, i32), i64)>,
     dead_letters: Vec<DeadLetter>,
     newest_commit_ms: u64,
@@ -649,7 +729,11 @@ impl BatchReader {
                             batch.newest_commit_ms = batch.newest_commit_ms.max(commit_ms as u64);
                             batch.commit_times_ms.push(commit_ms as u64);
                         }
-                        batch.changes.push((source_index, event.change));
+                        batch.changes.push(BatchChange {
+                            source: source_index,
+                            partition: message.partition(),
+                            change: event.change,
+                        });
                     }
                     Ok(None) => {}
                     Err(reason) => batch.dead_letters.push(DeadLetter {
@@ -680,10 +764,30 @@ impl<T> Drop for AbortOnDrop<T> {
 struct BatchWrite {
     deltas: Vec<SinkDelta>,
     dead_letters: Vec<DeadLetter>,
+    /// Events too late for their window, for the late-events topic.
+    late: Vec<DeadLetter>,
     positions: Vec<((String, i32), i64)>,
     commit_times_ms: Vec<u64>,
     newest_commit_ms: u64,
     events: usize,
+}
+
+/// One decoded change of a batch, with where it came from.
+#[derive(Debug, Clone)]
+pub struct BatchChange {
+    /// Index of the source in the pipeline file.
+    pub source: usize,
+    /// Its Kafka partition (watermarks are kept per partition).
+    pub partition: i32,
+    pub change: SourceChange,
+}
+
+/// What a batch does: the writes each sink needs, in query order, and the events that came
+/// too late for their window, with the sink of the query they were late for.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub deltas: Vec<SinkDelta>,
+    pub late: Vec<(String, crate::operators::window::LateEvent)>,
 }
 
 /// What a write task needs; it owns its share so it can run beside the next batch.
@@ -692,6 +796,7 @@ struct BatchWriter {
     sinks: Arc<Vec<SinkTable>>,
     producer: FutureProducer,
     dead_letter_topic: String,
+    late_topic: String,
     pipeline: String,
     metrics: Arc<ProcessMetrics>,
     stop: watch::Receiver<bool>,
@@ -738,8 +843,18 @@ impl BatchWriter {
                     ));
                 }
             }
+            if result.is_ok() && !batch.late.is_empty() {
+                if let Err(error) =
+                    send_dead_letters(&self.producer, &self.late_topic, name, &batch.late).await
+                {
+                    result = Err(format!("late-events topic {}: {error}", self.late_topic));
+                }
+            }
             match result {
                 Ok(rows) => {
+                    if !batch.late.is_empty() {
+                        tracing::warn!(pipeline = %name, count = batch.late.len(), topic = %self.late_topic, first = %batch.late[0].reason, "events too late for their window sent to the late-events topic");
+                    }
                     self.metrics
                         .batch_write_seconds
                         .observe(writing.elapsed().as_secs_f64());
@@ -814,6 +929,10 @@ fn finish(
     metrics
         .dead_letters
         .fetch_add(written.dead_letters.len() as u64, Ordering::Relaxed);
+    metrics
+        .late_events
+        .fetch_add(written.late.len() as u64, Ordering::Relaxed);
+    summary.late_events += written.late.len() as u64;
     metrics.batches.fetch_add(1, Ordering::Relaxed);
     state.newest_commit_ms = state.newest_commit_ms.max(written.newest_commit_ms as i64);
     if written.newest_commit_ms > 0 {
@@ -891,6 +1010,41 @@ struct DeadLetter {
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     reason: String,
+}
+
+/// A late event as a record of the late-events topic: the row as JSON, and why it is late
+/// in the `walflow.error` header.
+fn late_letter(definition: &PipelineDefinition, sink: &str, event: &LateEvent) -> DeadLetter {
+    let time = |micros: i64| crate::value::Value::Timestamp(micros).to_string();
+    let row: serde_json::Map<String, serde_json::Value> = event
+        .column_names
+        .iter()
+        .zip(&event.row)
+        .map(|(name, value)| (name.clone(), crate::value::value_to_json(value)))
+        .collect();
+    let payload = serde_json::json!({
+        "sink": sink,
+        "row": row,
+        "window_start": time(event.window_start_us),
+        "window_end": time(event.window_end_us),
+        "watermark": time(event.watermark_us),
+    });
+    DeadLetter {
+        topic: definition
+            .source(&event.source)
+            .map(|source| source.topic.clone())
+            .unwrap_or_default(),
+        partition: -1,
+        offset: -1,
+        key: None,
+        payload: Some(payload.to_string().into_bytes()),
+        reason: format!(
+            "late for window [{}, {}) of sink {sink}: the watermark was already {}",
+            time(event.window_start_us),
+            time(event.window_end_us),
+            time(event.watermark_us)
+        ),
+    }
 }
 
 async fn send_dead_letters(

@@ -432,6 +432,10 @@ mod tests {
             primary_key: vec![0],
             keyspace: "ks".into(),
             table: "by_country".into(),
+            emit: crate::definition::EmitMode::OnClose,
+            late_events: crate::definition::LateEvents::Topic,
+            allowed_lateness_us: 0,
+            window_options_given: false,
             position: Position::default(),
         }
     }

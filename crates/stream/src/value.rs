@@ -243,6 +243,23 @@ impl std::fmt::Display for Value {
     }
 }
 
+/// A value as JSON, for the records walflow writes to Kafka (late events): numbers and
+/// booleans as such, the rest as their text.
+pub fn value_to_json(value: &Value) -> serde_json::Value {
+    match value {
+        Value::Null => serde_json::Value::Null,
+        Value::Boolean(flag) => serde_json::Value::Bool(*flag),
+        Value::Int32(number) => serde_json::Value::from(*number),
+        Value::Int64(number) => serde_json::Value::from(*number),
+        Value::Float64(number) => serde_json::Number::from_f64(*number).map_or_else(
+            || serde_json::Value::String(number.to_string()),
+            serde_json::Value::Number,
+        ),
+        Value::Text(text) => serde_json::Value::String(text.clone()),
+        other => serde_json::Value::String(other.to_string()),
+    }
+}
+
 /// Builds one Arrow column of `column_type` from the `index`-th value of each row.
 pub fn column_to_array<'a>(
     rows: impl Iterator<Item = &'a Row>,

@@ -22,6 +22,10 @@ pub struct CheckpointAge {
     /// caught up, the pipeline's consumer group at the end of every partition). Set by
     /// [`LagReport::settle_end_to_end`].
     pub end_to_end_ms: Option<u64>,
+    /// For a pipeline with event-time windows: its lowest watermark as of the checkpoint
+    /// (Unix ms), and now minus it (how far behind wall-clock time its windows close).
+    pub watermark_ms: Option<i64>,
+    pub watermark_lag_ms: Option<u64>,
 }
 
 /// Everything `walflow lag` reports, hop by hop. The JSON shape of `walflow lag --json`.
@@ -285,9 +289,14 @@ impl LagReport {
             rows.push([
                 "processing".into(),
                 checkpoint.pipeline.clone(),
-                match checkpoint.age_ms {
-                    Some(age) => format!("checkpoint {} old", human_duration_ms(age)),
-                    None => "no checkpoint yet".into(),
+                match (checkpoint.age_ms, checkpoint.watermark_lag_ms) {
+                    (Some(age), Some(watermark)) => format!(
+                        "checkpoint {} old, watermark {} behind",
+                        human_duration_ms(age),
+                        human_duration_ms(watermark)
+                    ),
+                    (Some(age), None) => format!("checkpoint {} old", human_duration_ms(age)),
+                    (None, _) => "no checkpoint yet".into(),
                 },
             ]);
         }
@@ -370,6 +379,8 @@ mod tests {
                 age_ms: Some(4_000),
                 newest_commit_ms: Some(1_000_000),
                 end_to_end_ms: None,
+                watermark_ms: None,
+                watermark_lag_ms: None,
             }],
             errors: vec![],
         }

@@ -3,6 +3,12 @@
 //! for each, the group's row as it was before the batch is retracted and its row after the
 //! batch is added, so downstream (and Cassandra) always hold the current result. The work
 //! per batch grows with the batch, never with the history.
+//!
+//! Over event-time windows (one group column is a window's start), the watermark decides
+//! the rest: with `emit = 'on_close'` a window's rows are held back until the watermark
+//! passes its end, then written once; with `'updating'` they are written as they grow.
+//! Either way a window's groups are freed once the watermark passes its end plus the
+//! allowed lateness, so state holds only the open windows.
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -12,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::accumulator::Accumulator;
 use super::Changes;
-use crate::plan::AggregatePlan;
+use crate::definition::EmitMode;
+use crate::plan::{AggregatePlan, WindowedAggregate};
 use crate::value::{value_at, Row, Value};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -26,6 +33,9 @@ struct GroupState {
     /// global, which always has its one row).
     rows: i64,
     accumulators: Vec<Accumulator>,
+    /// A window's group whose row has been written (emit on close).
+    #[serde(default)]
+    emitted: bool,
 }
 
 impl AggregateState {
@@ -38,7 +48,64 @@ impl AggregateState {
         &mut self,
         plan: &AggregatePlan,
         input: &Changes,
+        watermark: Option<i64>,
     ) -> Result<Changes, DataFusionError> {
+        let mut changes = self.apply_rows(plan, input, watermark)?;
+        if let (Some(window), Some(watermark)) = (&plan.window, watermark) {
+            changes.extend(self.close_windows(plan, window, watermark));
+        }
+        Changes::from_rows(plan.output_schema.clone(), &changes)
+    }
+
+    /// Writes the rows of windows the watermark has closed (emit on close) and frees the
+    /// windows past their allowed lateness.
+    fn close_windows(
+        &mut self,
+        plan: &AggregatePlan,
+        window: &WindowedAggregate,
+        watermark: i64,
+    ) -> Vec<(Row, i8)> {
+        let end_of = |key: &Row| match key.get(window.start_group) {
+            Some(Value::Timestamp(start)) => Some(start + window.size_us),
+            _ => None,
+        };
+        let mut closed = Vec::new();
+        if window.emit == EmitMode::OnClose {
+            for (key, group) in self.groups.iter_mut() {
+                if !group.emitted && end_of(key).is_some_and(|end| end <= watermark) {
+                    group.emitted = true;
+                    if group.rows > 0 {
+                        closed.push((output_row(plan, key, group), 1));
+                    }
+                }
+            }
+            // The same order whatever the hash map's.
+            closed.sort_by(|a: &(Row, i8), b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        }
+        self.groups.retain(|key, _| {
+            end_of(key).is_none_or(|end| end.saturating_add(window.allowed_lateness_us) > watermark)
+        });
+        closed
+    }
+
+    fn apply_rows(
+        &mut self,
+        plan: &AggregatePlan,
+        input: &Changes,
+        watermark: Option<i64>,
+    ) -> Result<Vec<(Row, i8)>, DataFusionError> {
+        // With emit on close, a window's row is written only once the window is closed.
+        let held_back = |key: &Row| -> bool {
+            let Some(window) = plan.window.as_ref().filter(|w| w.emit == EmitMode::OnClose) else {
+                return false;
+            };
+            match (key.get(window.start_group), watermark) {
+                (Some(Value::Timestamp(start)), Some(watermark)) => {
+                    start + window.size_us > watermark
+                }
+                _ => true,
+            }
+        };
         let rows = input.len();
         let evaluate = |expr: &std::sync::Arc<dyn datafusion::physical_expr::PhysicalExpr>| {
             expr.evaluate(&input.batch)?.into_array(rows)
@@ -79,6 +146,13 @@ impl AggregateState {
                     .groups
                     .get(&key)
                     .filter(|group| plan.global || group.rows > 0)
+                    // Emit on close: only a written row can be retracted.
+                    .filter(|group| {
+                        plan.window
+                            .as_ref()
+                            .is_none_or(|w| w.emit == EmitMode::Updating)
+                            || group.emitted
+                    })
                     .map(|group| output_row(plan, &key, group));
                 touched_index.insert(key.clone(), touched.len());
                 touched.push((key.clone(), before));
@@ -109,8 +183,15 @@ impl AggregateState {
         let mut retractions = Vec::new();
         let mut insertions = Vec::new();
         for (key, before) in touched {
-            let after = match self.groups.get(&key) {
-                Some(group) if plan.global || group.rows > 0 => Some(output_row(plan, &key, group)),
+            let after = match self.groups.get_mut(&key) {
+                // An open window's row waits for its close (emit on close).
+                Some(_) if held_back(&key) => None,
+                Some(group) if plan.global || group.rows > 0 => {
+                    if plan.window.is_some() {
+                        group.emitted = true;
+                    }
+                    Some(output_row(plan, &key, group))
+                }
                 _ => {
                     self.groups.remove(&key);
                     None
@@ -127,7 +208,7 @@ impl AggregateState {
             }
         }
         retractions.extend(insertions);
-        Changes::from_rows(plan.output_schema.clone(), &retractions)
+        Ok(retractions)
     }
 }
 
@@ -135,6 +216,7 @@ fn new_group(plan: &AggregatePlan) -> GroupState {
     GroupState {
         rows: 0,
         accumulators: plan.calls.iter().map(Accumulator::new).collect(),
+        emitted: false,
     }
 }
 

@@ -7,6 +7,8 @@ pub mod aggregate;
 pub mod join;
 pub mod normalize;
 pub mod stateless;
+pub mod watermark;
+pub mod window;
 
 use std::collections::HashMap;
 
@@ -42,28 +44,65 @@ impl QueryState {
     }
 }
 
-/// Runs a query's dataflow over one batch: `inputs` holds each source's changes (absent:
-/// none). Returns the changes of the query's result.
+/// What one batch gives a query's dataflow.
+#[derive(Debug, Default)]
+pub struct BatchInput<'a> {
+    /// Each source's changes (absent: none).
+    pub changes: HashMap<&'a str, &'a [(Row, i8)]>,
+    /// For a source with a watermark: per change, the watermark when it arrived.
+    pub arrivals: HashMap<&'a str, &'a [i64]>,
+    /// For a source with a watermark: its watermark after the batch (Unix microseconds).
+    pub watermarks: HashMap<&'a str, i64>,
+}
+
+impl<'a> BatchInput<'a> {
+    pub fn of_changes(changes: HashMap<&'a str, &'a [(Row, i8)]>) -> BatchInput<'a> {
+        BatchInput {
+            changes,
+            ..BatchInput::default()
+        }
+    }
+}
+
+/// Runs a query's dataflow over one batch. Returns the changes of the query's result;
+/// events that came too late for their window are added to `late`.
 pub fn evaluate(
     node: &Node,
-    inputs: &HashMap<&str, &[(Row, i8)]>,
+    input: &BatchInput<'_>,
     state: &mut QueryState,
+    late: &mut Vec<window::LateEvent>,
 ) -> Result<Changes, DataFusionError> {
     Ok(match node {
         Node::Source { name, schema } => {
-            let rows = inputs.get(name.as_str()).copied().unwrap_or_default();
-            Changes::from_rows(schema.clone(), rows)?
+            let rows = input
+                .changes
+                .get(name.as_str())
+                .copied()
+                .unwrap_or_default();
+            let mut changes = Changes::from_rows(schema.clone(), rows)?;
+            changes.arrivals = input
+                .arrivals
+                .get(name.as_str())
+                .filter(|arrivals| arrivals.len() == rows.len())
+                .map(|arrivals| arrivals.to_vec());
+            changes
         }
-        Node::Step { input, step } => {
-            stateless::apply(std::slice::from_ref(step), evaluate(input, inputs, state)?)?
-        }
+        Node::Step { input: inner, step } => stateless::apply(
+            std::slice::from_ref(step),
+            evaluate(inner, input, state, late)?,
+            late,
+        )?,
         Node::Aggregate {
-            input,
+            input: inner,
             plan,
             state: slot,
         } => {
-            let changes = evaluate(input, inputs, state)?;
-            state.aggregates[*slot].apply(plan, &changes)?
+            let changes = evaluate(inner, input, state, late)?;
+            let watermark = plan
+                .window
+                .as_ref()
+                .and_then(|window| input.watermarks.get(window.source.as_str()).copied());
+            state.aggregates[*slot].apply(plan, &changes, watermark)?
         }
         Node::Join {
             left,
@@ -71,8 +110,8 @@ pub fn evaluate(
             plan,
             state: slot,
         } => {
-            let left = evaluate(left, inputs, state)?;
-            let right = evaluate(right, inputs, state)?;
+            let left = evaluate(left, input, state, late)?;
+            let right = evaluate(right, input, state, late)?;
             state.joins[*slot].apply(plan, &left, &right)?
         }
     })
@@ -83,6 +122,9 @@ pub fn evaluate(
 pub struct Changes {
     pub batch: RecordBatch,
     pub weights: Vec<i8>,
+    /// Per row, the watermark of its source when it arrived (rows of a source with a
+    /// watermark, until the window operator has used it).
+    pub arrivals: Option<Vec<i64>>,
 }
 
 impl Changes {
@@ -119,6 +161,7 @@ impl Changes {
         Ok(Changes {
             batch,
             weights: rows.iter().map(|(_, weight)| *weight).collect(),
+            arrivals: None,
         })
     }
 
@@ -178,8 +221,8 @@ mod tests {
         let user =
             |id: &str, country: &str| vec![Value::Text(id.into()), Value::Text(country.into())];
         let mut run = |rows: Vec<(Row, i8)>| {
-            let inputs = HashMap::from([("users", rows.as_slice())]);
-            let mut out = evaluate(&query.root, &inputs, &mut state)
+            let input = BatchInput::of_changes(HashMap::from([("users", rows.as_slice())]));
+            let mut out = evaluate(&query.root, &input, &mut state, &mut Vec::new())
                 .unwrap()
                 .to_rows()
                 .unwrap();

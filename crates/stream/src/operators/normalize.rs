@@ -30,6 +30,8 @@ pub enum SourceChange {
         before: Row,
     },
     Truncate,
+    /// One event of a changelog source: a row that only ever enters (windows read these).
+    Append(Row),
 }
 
 /// What one batch of a source's changes becomes.
@@ -75,6 +77,7 @@ impl SourceState {
                 .collect()
         };
         match (&mut self.rows, change) {
+            (_, SourceChange::Append(row)) => output.changes.push((row, 1)),
             (
                 Some(rows),
                 SourceChange::Upsert {

@@ -1,4 +1,5 @@
-//! Filters and projections: evaluated by DataFusion over the batch, weights carried along.
+//! Filters, projections and window assignment: evaluated over the batch, weights (and arrival
+//! watermarks) carried along.
 //! They keep no state, so a retraction passes through exactly like the row it removes.
 
 use datafusion::arrow::array::{Array, BooleanArray};
@@ -7,13 +8,19 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::DataFusionError;
 
 use super::Changes;
-use crate::plan::Step;
+use crate::plan::{Step, WindowAssign};
 
-pub fn apply(steps: &[Step], mut changes: Changes) -> Result<Changes, DataFusionError> {
+pub fn apply(
+    steps: &[Step],
+    mut changes: Changes,
+    late: &mut Vec<super::window::LateEvent>,
+) -> Result<Changes, DataFusionError> {
     for step in steps {
         if changes.is_empty() {
             // Still give the batch the step's shape.
-            if let Step::Project { schema, .. } = step {
+            if let Step::Project { schema, .. } | Step::AssignWindows(WindowAssign { schema, .. }) =
+                step
+            {
                 changes.batch = RecordBatch::new_empty(schema.clone());
             }
             continue;
@@ -29,16 +36,26 @@ pub fn apply(steps: &[Step], mut changes: Changes) -> Result<Changes, DataFusion
                     .ok_or_else(|| {
                         DataFusionError::Internal("a filter did not give booleans".into())
                     })?;
+                let keep = |index: &usize| mask.is_valid(*index) && mask.value(*index);
                 let weights = changes
                     .weights
                     .iter()
                     .enumerate()
-                    .filter(|(index, _)| mask.is_valid(*index) && mask.value(*index))
+                    .filter(|(index, _)| keep(index))
                     .map(|(_, weight)| *weight)
                     .collect();
+                let arrivals = changes.arrivals.as_ref().map(|arrivals| {
+                    arrivals
+                        .iter()
+                        .enumerate()
+                        .filter(|(index, _)| keep(index))
+                        .map(|(_, arrival)| *arrival)
+                        .collect()
+                });
                 Changes {
                     batch: filter_record_batch(&changes.batch, mask)?,
                     weights,
+                    arrivals,
                 }
             }
             Step::Project { exprs, schema } => {
@@ -52,8 +69,10 @@ pub fn apply(steps: &[Step], mut changes: Changes) -> Result<Changes, DataFusion
                 Changes {
                     batch: RecordBatch::try_new_with_options(schema.clone(), columns, &options)?,
                     weights: changes.weights,
+                    arrivals: changes.arrivals,
                 }
             }
+            Step::AssignWindows(assign) => super::window::assign(assign, changes, late)?,
         };
     }
     Ok(changes)
