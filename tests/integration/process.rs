@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -561,6 +561,134 @@ async fn unchanged_toast_values_are_kept_in_cassandra_not_overwritten_by_the_mar
             (3, "d".to_owned(), "long body three".to_owned()),
         ]
     );
+}
+
+/// `walflow process` follows edits of its file: a broken edit leaves the running version
+/// going, a fitting one takes over from a checkpoint, one whose state would not fit is
+/// refused with the way out, and the running version keeps going.
+#[tokio::test]
+async fn a_running_pipeline_follows_edits_of_its_file() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price * 2");
+    let item = |id: u32| format!(r#"{{"before":null,"after":{{"id":{id},"price":1.0}},"op":"c"}}"#);
+    kcat_produce(&topic, [item(1)]);
+    let mut child = walflow(&services().postgres_url)
+        .args([
+            "process",
+            "--checkpoint-interval-ms",
+            "200",
+            "--checkpoint-dir",
+        ])
+        .arg(directory.path().join("checkpoints"))
+        .args([
+            "--dead-letter-prefix",
+            &format!("{}.dead_letter", topics.prefix),
+        ])
+        .arg(&pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr_pipe = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let prices = format!("SELECT JSON * FROM {}.item_prices", keyspace.name);
+    let wait_for = |what: &'static str, rows: Vec<(i64, f64)>| {
+        let session = &session;
+        let prices = &prices;
+        let log = log.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                // The table appears once process has started.
+                let exists = session.query_unpaged(prices.as_str(), ()).await.is_ok();
+                if exists && cassandra_rows_by_int(session, prices).await == rows {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: Cassandra never held {rows:?}\n{}",
+                    log.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let wait_for_log = |text: &'static str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !log.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} in the log:\n{}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the first version", vec![(1, 2.0)]).await;
+
+    // A broken edit: said with file, line and column; the running version goes on.
+    let good = std::fs::read_to_string(&pipeline).unwrap();
+    std::fs::write(&pipeline, good.replace("price * 2", "price *")).unwrap();
+    wait_for_log("does not check");
+    assert!(
+        log.lock()
+            .unwrap()
+            .contains(&format!("{}:", pipeline.display())),
+        "{}",
+        log.lock().unwrap()
+    );
+    kcat_produce(&topic, [item(2)]);
+    wait_for("still the first version", vec![(1, 2.0), (2, 2.0)]).await;
+
+    // A fitting edit takes over at the next batch.
+    std::fs::write(&pipeline, good.replace("price * 2", "price * 3")).unwrap();
+    wait_for_log("switched to the edited pipeline file");
+    kcat_produce(&topic, [item(3)]);
+    wait_for("the edited version", vec![(1, 2.0), (2, 2.0), (3, 3.0)]).await;
+
+    // A source declared differently would need the state rebuilt: refused, with the way out.
+    std::fs::write(
+        &pipeline,
+        good.replace("price * 2", "price * 4").replacen(
+            "price DOUBLE)",
+            "price DOUBLE, note TEXT)",
+            1,
+        ),
+    )
+    .unwrap();
+    wait_for_log("does not fit the running one");
+    assert!(
+        log.lock().unwrap().contains("--rebuild"),
+        "{}",
+        log.lock().unwrap()
+    );
+    kcat_produce(&topic, [item(4)]);
+    wait_for(
+        "still the edited version",
+        vec![(1, 2.0), (2, 2.0), (3, 3.0), (4, 3.0)],
+    )
+    .await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{}", log.lock().unwrap());
 }
 
 async fn cassandra_rows_by_int(

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod definition;
 pub mod golden;
+pub mod live_edit;
 pub mod operators;
 pub mod plan;
 pub mod runner;

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::decode::decode;
 use crate::definition::{DefinitionError, PipelineDefinition, SinkTable, SourceTable};
+use crate::live_edit::{state_fits, FileWatch};
 use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
 use crate::operators::window::LateEvent;
 use crate::operators::{evaluate, BatchInput, QueryState};
@@ -184,6 +185,7 @@ pub struct RunSummary {
 }
 
 /// A pipeline ready to run: its file, its compiled queries and its state.
+#[derive(Debug, Clone)]
 pub struct Pipeline {
     pub definition: PipelineDefinition,
     pub queries: Vec<CompiledQuery>,
@@ -525,6 +527,11 @@ pub async fn run(
             .collect(),
     );
     let mut in_flight: Option<tokio::task::JoinHandle<Option<BatchWrite>>> = None;
+    // Edits of the file take over at a batch boundary (live_edit.rs); not while draining a
+    // topic to its end (benchmarks, tests that stop when caught up).
+    let mut pipeline = pipeline.clone();
+    let mut file_watch = (!options.stop_when_caught_up)
+        .then(|| FileWatch::new(&pipeline.definition.path, &pipeline.definition.text));
     // How far the consumer has read (ahead of the checkpointed offsets while a batch is in
     // flight).
     let mut read_positions: BTreeMap<(String, i32), i64> = state.offsets.clone();
@@ -551,6 +558,42 @@ pub async fn run(
         let Some(read) = batches.recv().await else {
             return Err(fail("the Kafka reading task ended unexpectedly".into()));
         };
+        if file_watch.as_mut().is_some_and(FileWatch::changed) {
+            let path = pipeline.definition.path.clone();
+            match Pipeline::load(&path).await {
+                Err(error) => {
+                    tracing::error!(pipeline = %name, %error, "the edited pipeline file does not check; the running version keeps going")
+                }
+                Ok(edited) => match state_fits(&pipeline, &edited) {
+                    Err(why) => tracing::warn!(
+                        pipeline = %name,
+                        "the edited pipeline's state does not fit the running one ({why}); the \
+                         running version keeps going: run walflow process --rebuild {} to rebuild \
+                         it from the start of the topics",
+                        path.display()
+                    ),
+                    Ok(()) => {
+                        // From a checkpoint of everything the old text did.
+                        if !settle(in_flight.take(), &mut state, &mut summary, &metrics)
+                            .await
+                            .map_err(fail)?
+                        {
+                            return Ok(summary);
+                        }
+                        state.fingerprint = checkpoint::fingerprint(&edited.definition.text);
+                        write_checkpoint(&checkpoint_path, &mut state, &metrics)?;
+                        commit_offsets(&consumer, &state, CommitMode::Async);
+                        dirty = false;
+                        last_checkpoint = Instant::now();
+                        if let Some(watch) = file_watch.as_mut() {
+                            watch.switched_to(&edited.definition.text);
+                        }
+                        pipeline = edited;
+                        tracing::info!(pipeline = %name, file = %path.display(), "switched to the edited pipeline file from its last checkpoint");
+                    }
+                },
+            }
+        }
         let evaluating = Instant::now();
         let ReadBatch {
             changes,

@@ -1,0 +1,198 @@
+//! Live edits of a running pipeline's file. `walflow process` looks at the file about once a
+//! second; when its text changes, the new text is checked. A file that does not check leaves
+//! the running version going (the error is logged with file:line:col). One that checks
+//! replaces the running version at the next batch, from a checkpoint taken just before,
+//! when its state fits: same sources and sinks, and every stateful part of every query (an
+//! aggregate or join, with everything below it) unchanged, so the kept state means the same
+//! thing. Anything else would need the state rebuilt from the start of the topics: that is
+//! said, and the running version keeps going until `walflow process --rebuild`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::checkpoint;
+use crate::definition::{SinkTable, SourceTable};
+use crate::plan::Node;
+use crate::runner::Pipeline;
+
+/// Notices when a file's text changes.
+pub struct FileWatch {
+    path: PathBuf,
+    /// The fingerprint of the text now running.
+    running: u64,
+    seen: Option<(SystemTime, u64)>,
+    last_look: Instant,
+    every: Duration,
+}
+
+impl FileWatch {
+    pub fn new(path: &Path, running_text: &str) -> FileWatch {
+        FileWatch {
+            path: path.to_owned(),
+            running: checkpoint::fingerprint(running_text),
+            seen: modified(path),
+            last_look: Instant::now(),
+            every: Duration::from_secs(1),
+        }
+    }
+
+    /// True when the file's text has changed from the running one since the last call
+    /// that said so (each edit is reported once).
+    pub fn changed(&mut self) -> bool {
+        if self.last_look.elapsed() < self.every {
+            return false;
+        }
+        self.last_look = Instant::now();
+        let now = modified(&self.path);
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => checkpoint::fingerprint(&text) != self.running,
+            // Mid-save or removed: look again at the next change.
+            Err(_) => false,
+        }
+    }
+
+    /// The running version is now `text`.
+    pub fn switched_to(&mut self, text: &str) {
+        self.running = checkpoint::fingerprint(text);
+    }
+}
+
+fn modified(path: &Path) -> Option<(SystemTime, u64)> {
+    let metadata = std::fs::metadata(path).ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// `Ok` when `edited` can take over `running`'s state; else why not.
+pub fn state_fits(running: &Pipeline, edited: &Pipeline) -> Result<(), String> {
+    let sources = |pipeline: &Pipeline| -> Vec<String> {
+        pipeline
+            .definition
+            .sources
+            .iter()
+            .map(source_shape)
+            .collect()
+    };
+    if sources(running) != sources(edited) {
+        return Err("its sources are declared differently".into());
+    }
+    let sinks = |pipeline: &Pipeline| -> Vec<String> {
+        pipeline.definition.sinks.iter().map(sink_shape).collect()
+    };
+    if sinks(running) != sinks(edited) {
+        return Err("its sinks are declared differently".into());
+    }
+    if running.queries.len() != edited.queries.len() {
+        return Err(format!(
+            "it has {} queries instead of {}",
+            edited.queries.len(),
+            running.queries.len()
+        ));
+    }
+    for (index, (old, new)) in running.queries.iter().zip(&edited.queries).enumerate() {
+        if old.sink.name != new.sink.name {
+            return Err(format!(
+                "query {} now writes {} instead of {}",
+                index + 1,
+                new.sink.name,
+                old.sink.name
+            ));
+        }
+        if stateful_parts(&old.root) != stateful_parts(&new.root) {
+            return Err(format!(
+                "query {} into {} changed below or in its aggregate or join, whose state was \
+                 built by the old text",
+                index + 1,
+                new.sink.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A source as it shapes events and state (not where it is written in the file).
+fn source_shape(source: &SourceTable) -> String {
+    format!(
+        "{} {:?} {:?} {} {:?} {:?} {:?}",
+        source.name,
+        source.columns,
+        source.primary_key,
+        source.topic,
+        source.format,
+        source.mode,
+        source.watermark
+    )
+}
+
+fn sink_shape(sink: &SinkTable) -> String {
+    format!(
+        "{} {:?} {:?} {}.{} {:?} {:?} {}",
+        sink.name,
+        sink.columns,
+        sink.primary_key,
+        sink.keyspace,
+        sink.table,
+        sink.emit,
+        sink.late_events,
+        sink.allowed_lateness_us
+    )
+}
+
+/// Every aggregate and join of the tree with everything below it, as text: what the state
+/// was built from.
+fn stateful_parts(node: &Node) -> Vec<String> {
+    match node {
+        Node::Aggregate { .. } | Node::Join { .. } => vec![format!("{node:?}")],
+        Node::Step { input, .. } => stateful_parts(input),
+        Node::Source { .. } => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::PipelineDefinition;
+
+    async fn pipeline(select: &str) -> Pipeline {
+        let definition = PipelineDefinition::parse(
+            Path::new("p.sql"),
+            &format!(
+                "CREATE TABLE users (id TEXT PRIMARY KEY, country TEXT, age INT)
+                   WITH (connector = 'kafka', topic = 't');
+                 CREATE TABLE out (k TEXT PRIMARY KEY, n BIGINT)
+                   WITH (connector = 'cassandra', keyspace = 'ks');
+                 INSERT INTO out {select};"
+            ),
+        )
+        .unwrap();
+        let queries = crate::plan::compile(&definition).await.unwrap();
+        Pipeline {
+            definition,
+            queries,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_changes_above_the_state_fit() {
+        let running =
+            pipeline("SELECT country, count(*) FROM users WHERE age > 18 GROUP BY country").await;
+        // Above the aggregate: fits.
+        let above =
+            pipeline("SELECT upper(country), count(*) FROM users WHERE age > 18 GROUP BY country")
+                .await;
+        assert_eq!(state_fits(&running, &above), Ok(()));
+        // Below it (the filter the counts were built with): does not.
+        let below =
+            pipeline("SELECT country, count(*) FROM users WHERE age > 21 GROUP BY country").await;
+        assert!(state_fits(&running, &below)
+            .unwrap_err()
+            .contains("below or in its aggregate"));
+        // A stateless query may change freely.
+        let mirror = pipeline("SELECT id, age FROM users").await;
+        let edited_mirror = pipeline("SELECT id, age * 2 FROM users").await;
+        assert_eq!(state_fits(&mirror, &edited_mirror), Ok(()));
+    }
+}
