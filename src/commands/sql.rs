@@ -204,7 +204,7 @@ async fn explain(file: &Path) -> Result<ExitCode, Failure> {
             .root
             .state_description()
             .iter()
-            .any(|line| line.starts_with("windows of"));
+            .any(|line| line.starts_with("windows of") || line.starts_with("sessions per key"));
         let sink = &query.sink;
         if !windowed {
             println!(

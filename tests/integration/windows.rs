@@ -76,8 +76,10 @@ async fn write_event_log(topic: &str, client: &tokio_postgres::Client, count: us
                 1..=3 => "u",
                 _ => "c",
             };
+            // Thirty users, so their updates form sessions.
+            let _ = index;
             let event = Event {
-                id: format!("u{index}"),
+                id: format!("u{}", random.below(30)),
                 country: COUNTRIES[random.below(COUNTRIES.len() as u64) as usize],
                 op,
                 commit_ms,
@@ -145,23 +147,26 @@ fn windowed_pipelines(
     topic: &str,
     keyspace: &str,
 ) -> Vec<std::path::PathBuf> {
-    ["changes_per_minute", "signups_last_10_minutes"]
-        .iter()
-        .map(|name| {
-            let shipped =
-                std::fs::read_to_string(format!("{}/sql/pipelines/{name}.sql", repo_root()))
-                    .unwrap();
-            let path = directory.join(format!("{name}.sql"));
-            std::fs::write(
-                &path,
-                shipped
-                    .replace("'walflow.public.users'", &format!("'{topic}'"))
-                    .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'")),
-            )
-            .unwrap();
-            path
-        })
-        .collect()
+    [
+        "changes_per_minute",
+        "signups_last_10_minutes",
+        "editing_sessions",
+    ]
+    .iter()
+    .map(|name| {
+        let shipped =
+            std::fs::read_to_string(format!("{}/sql/pipelines/{name}.sql", repo_root())).unwrap();
+        let path = directory.join(format!("{name}.sql"));
+        std::fs::write(
+            &path,
+            shipped
+                .replace("'walflow.public.users'", &format!("'{topic}'"))
+                .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'")),
+        )
+        .unwrap();
+        path
+    })
+    .collect()
 }
 
 fn process_command(
@@ -183,9 +188,10 @@ fn process_command(
     command
 }
 
-/// Both sinks equal the batch queries over the log in Postgres: changes_per_minute counts
-/// every event (the late ones are within its hour of allowed lateness); signups count each
-/// signup in its ten windows, the three late ones in none.
+/// The three sinks equal the batch queries over the log in Postgres: changes_per_minute
+/// counts every event (the late ones are within its hour of allowed lateness); signups count
+/// each signup in its ten windows, the three late ones in none; editing sessions are the
+/// gaps-and-islands of each user's updates.
 async fn assert_windows_equal_postgres(client: &tokio_postgres::Client, keyspace: &str) {
     let session = cassandra_session(&services().cassandra_nodes).await;
     let expected_changes: BTreeMap<(i64, String, String), i64> = client
@@ -256,6 +262,57 @@ async fn assert_windows_equal_postgres(client: &tokio_postgres::Client, keyspace
         })
         .collect();
     assert_eq!(actual_signups, expected_signups);
+
+    // editing_sessions: updates of a user less than 5 minutes apart are one session
+    // (gaps and islands over the whole log).
+    let expected_sessions: BTreeMap<(String, i64), (i64, i64)> = client
+        .query(
+            "WITH marked AS (
+                 SELECT id, commit_time,
+                        CASE WHEN lag(commit_time) OVER w IS NULL
+                               OR commit_time - lag(commit_time) OVER w >= interval '5 minutes'
+                             THEN 1 ELSE 0 END AS starts
+                   FROM events WHERE op = 'u'
+                 WINDOW w AS (PARTITION BY id ORDER BY commit_time)),
+             numbered AS (
+                 SELECT id, commit_time,
+                        sum(starts) OVER (PARTITION BY id ORDER BY commit_time
+                                          ROWS UNBOUNDED PRECEDING) AS session
+                   FROM marked)
+             SELECT id, (extract(epoch FROM min(commit_time)) * 1000)::bigint,
+                    (extract(epoch FROM max(commit_time) + interval '5 minutes') * 1000)::bigint,
+                    count(*)
+               FROM numbered GROUP BY id, session",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+        .collect();
+    let actual_sessions: BTreeMap<(String, i64), (i64, i64)> = session
+        .query_unpaged(
+            format!(
+                "SELECT id, session_start, session_end, updates FROM {keyspace}.editing_sessions"
+            ),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String, CqlTimestamp, CqlTimestamp, i64)>()
+        .unwrap()
+        .map(|row| {
+            let (id, start, end, updates) = row.unwrap();
+            ((id, start.0), (end.0, updates))
+        })
+        .collect();
+    assert!(
+        expected_sessions.values().any(|(_, updates)| *updates > 1),
+        "some sessions hold several updates"
+    );
+    assert_eq!(actual_sessions, expected_sessions);
 }
 
 /// The late-events topic of signups: `(id, window_start)` of each record, checking each

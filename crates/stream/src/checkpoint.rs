@@ -13,7 +13,7 @@ use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
 /// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`.
-const FORMAT_VERSION: u32 = 4;
+const FORMAT_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {

@@ -145,7 +145,9 @@ fn sink_shape(sink: &SinkTable) -> String {
 /// was built from.
 fn stateful_parts(node: &Node) -> Vec<String> {
     match node {
-        Node::Aggregate { .. } | Node::Join { .. } => vec![format!("{node:?}")],
+        Node::Aggregate { .. } | Node::Join { .. } | Node::Session { .. } => {
+            vec![format!("{node:?}")]
+        }
         Node::Step { input, .. } => stateful_parts(input),
         Node::Source { .. } => Vec::new(),
     }

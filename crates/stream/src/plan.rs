@@ -54,6 +54,17 @@ pub struct WindowAssign {
     pub schema: SchemaRef,
 }
 
+/// A session-window aggregate: the group column `start_group` is the session (event time
+/// in, the session's start out).
+#[derive(Debug, Clone)]
+pub struct SessionWindow {
+    pub source: String,
+    pub start_group: usize,
+    pub gap_us: i64,
+    pub emit: EmitMode,
+    pub allowed_lateness_us: i64,
+}
+
 /// An aggregate over windows: what tells it when a window is complete and can be freed.
 #[derive(Debug, Clone)]
 pub struct WindowedAggregate {
@@ -127,6 +138,14 @@ pub enum Node {
         plan: AggregatePlan,
         state: usize,
     },
+    /// GROUP BY session(time, gap), ...: `state` indexes
+    /// [`crate::operators::QueryState::sessions`].
+    Session {
+        input: Box<Node>,
+        plan: AggregatePlan,
+        session: SessionWindow,
+        state: usize,
+    },
     /// `state`: the index of its [`crate::operators::QueryState::joins`] entry.
     Join {
         left: Box<Node>,
@@ -165,6 +184,11 @@ impl Node {
                 format!("windows[{kind}]({})", input.describe())
             }
             Node::Aggregate { input, .. } => format!("aggregate({})", input.describe()),
+            Node::Session { input, session, .. } => format!(
+                "sessions[gap {}]({})",
+                crate::time::human_micros(session.gap_us),
+                input.describe()
+            ),
             Node::Join { left, right, .. } => {
                 format!("join({}, {})", left.describe(), right.describe())
             }
@@ -242,6 +266,20 @@ impl Node {
                     keys.join(", ")
                 ));
             }
+            Node::Session { session, .. } => lines.push(format!(
+                "sessions per key of {}: each session's accumulators (merged when an event \
+                 joins two), kept until the watermark passes its last event + {}{}",
+                session.source,
+                crate::time::human_micros(session.gap_us),
+                if session.allowed_lateness_us > 0 {
+                    format!(
+                        " + {} of allowed lateness",
+                        crate::time::human_micros(session.allowed_lateness_us)
+                    )
+                } else {
+                    String::new()
+                }
+            )),
             Node::Source { .. } | Node::Step { .. } => {}
         });
         lines
@@ -251,7 +289,9 @@ impl Node {
         found(self);
         match self {
             Node::Source { .. } => {}
-            Node::Step { input, .. } | Node::Aggregate { input, .. } => input.visit(found),
+            Node::Step { input, .. }
+            | Node::Aggregate { input, .. }
+            | Node::Session { input, .. } => input.visit(found),
             Node::Join { left, right, .. } => {
                 left.visit(found);
                 right.visit(found);
@@ -267,9 +307,10 @@ pub struct CompiledQuery {
     pub root: Node,
     /// The source tables the query reads, each once, in the order first met.
     pub sources: Vec<String>,
-    /// How many aggregate and join nodes the tree has (their state slots).
+    /// How many aggregate, join and session nodes the tree has (their state slots).
     pub aggregates: usize,
     pub joins: usize,
+    pub sessions: usize,
     /// Some aggregate has no GROUP BY: it has its one row even before any input.
     pub has_global_aggregate: bool,
     /// For each sink column, the query output column that fills it.
@@ -282,7 +323,7 @@ impl CompiledQuery {
     /// A stateful query keeps operator state, so its sources must be kept per key too
     /// (keyed mode): a retraction has to remove exactly the row that was added.
     pub fn is_stateful(&self) -> bool {
-        self.aggregates + self.joins > 0
+        self.aggregates + self.joins + self.sessions > 0
     }
 
     pub fn reads(&self, source: &str) -> bool {
@@ -384,10 +425,16 @@ async fn compile_query(
         sink: &sink,
         aggregates: 0,
         joins: 0,
+        sessions: 0,
         windows: 0,
     };
     let root = builder.build(&plan).map_err(fail)?;
-    let (aggregates, joins, windows) = (builder.aggregates, builder.joins, builder.windows);
+    let (aggregates, joins, sessions, windows) = (
+        builder.aggregates,
+        builder.joins,
+        builder.sessions,
+        builder.windows,
+    );
     if windows == 0 && sink.window_options_given {
         return Err(fail(format!(
             "sink {} sets emit, late_events or allowed_lateness, which only a windowed query \
@@ -483,6 +530,7 @@ async fn compile_query(
         sources,
         aggregates,
         joins,
+        sessions,
         has_global_aggregate,
         sink_columns_from_output,
         logical_plan,
@@ -507,6 +555,7 @@ struct PlanBuilder<'a> {
     /// State slots handed out so far.
     aggregates: usize,
     joins: usize,
+    sessions: usize,
     windows: usize,
 }
 
@@ -549,7 +598,7 @@ impl PlanBuilder<'_> {
         let mut joined = false;
         input.visit(&mut |node| match node {
             Node::Source { name, .. } => sources.push(name.clone()),
-            Node::Join { .. } | Node::Aggregate { .. } => joined = true,
+            Node::Join { .. } | Node::Aggregate { .. } | Node::Session { .. } => joined = true,
             Node::Step { .. } => {}
         });
         if joined || sources.len() != 1 {
@@ -637,6 +686,14 @@ impl PlanBuilder<'_> {
                         Expr::GroupingSet(_) => {
                             Err("GROUPING SETS, CUBE and ROLLUP are not supported".to_owned())
                         }
+                        // A session groups by event time itself (the operator turns it into
+                        // the session's start).
+                        _ if window
+                            .as_ref()
+                            .is_some_and(|(at, call)| *at == index && call.session) =>
+                        {
+                            self.physical(&window.as_ref().expect("checked").1.time, input_schema)
+                        }
                         // The window operator appends the window's start after the input's
                         // columns.
                         _ if window.as_ref().is_some_and(|(at, _)| *at == index) => Ok(Arc::new(
@@ -661,6 +718,33 @@ impl PlanBuilder<'_> {
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut input = self.build(&aggregate.input)?;
                 let mut windowed = None;
+                if let Some((start_group, call)) = window.as_ref().filter(|(_, call)| call.session)
+                {
+                    let source = self.window_source(&input, call, input_schema)?;
+                    self.windows += 1;
+                    self.sessions += 1;
+                    return Ok(Node::Session {
+                        input: Box::new(input),
+                        plan: AggregatePlan {
+                            global: false,
+                            group_exprs,
+                            calls,
+                            output_schema,
+                            window: None,
+                        },
+                        session: SessionWindow {
+                            source,
+                            start_group: *start_group,
+                            gap_us: call.size_us,
+                            emit: self.sink.emit,
+                            allowed_lateness_us: match self.sink.late_events {
+                                LateEvents::Topic => 0,
+                                LateEvents::Update => self.sink.allowed_lateness_us,
+                            },
+                        },
+                        state: self.sessions - 1,
+                    });
+                }
                 if let Some((start_group, call)) = window {
                     let source = self.window_source(&input, &call, input_schema)?;
                     let allowed_lateness_us = match self.sink.late_events {

@@ -1,5 +1,6 @@
-//! Event-time windows in a pipeline's SQL: `GROUP BY tumble(time, size)` or `GROUP BY
-//! hop(time, slide, size)`, with `window_start` and `window_end` usable in the SELECT.
+//! Event-time windows in a pipeline's SQL: `GROUP BY tumble(time, size)`, `hop(time, slide,
+//! size)` or `session(time, gap)`, with `window_start` and `window_end` usable in the SELECT
+//! (a session's end is its last event plus the gap: `max(time) + gap`).
 //!
 //! DataFusion plans the query with `tumble` and `hop` as scalar functions (registered here:
 //! their value is a window's start), after `window_start` and `window_end` are rewritten
@@ -69,6 +70,10 @@ pub fn functions() -> Vec<ScalarUDF> {
             name: HOP,
             signature: Signature::any(3, Volatility::Immutable),
         }),
+        ScalarUDF::new_from_impl(WindowFunction {
+            name: SESSION,
+            signature: Signature::any(2, Volatility::Immutable),
+        }),
     ]
 }
 
@@ -76,9 +81,11 @@ pub fn functions() -> Vec<ScalarUDF> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowCall {
     pub time: Expr,
+    /// The window's size; a session's gap.
     pub size_us: i64,
     /// Equal to `size_us` for a tumbling window.
     pub slide_us: i64,
+    pub session: bool,
 }
 
 /// The window of a planned group expression, if it is one.
@@ -116,6 +123,7 @@ pub fn window_call(expr: &Expr) -> Result<Option<WindowCall>, String> {
                 time: time.clone(),
                 size_us,
                 slide_us: size_us,
+                session: false,
             }))
         }
         (HOP, [time, slide, size]) => {
@@ -131,6 +139,16 @@ pub fn window_call(expr: &Expr) -> Result<Option<WindowCall>, String> {
                 time: time.clone(),
                 size_us,
                 slide_us,
+                session: false,
+            }))
+        }
+        (SESSION, [time, gap]) => {
+            let gap_us = interval(gap)?;
+            Ok(Some(WindowCall {
+                time: time.clone(),
+                size_us: gap_us,
+                slide_us: gap_us,
+                session: true,
             }))
         }
         _ => Ok(None),
@@ -167,20 +185,13 @@ pub fn rewrite_window_columns(query: &mut sql::Query) -> Result<(), String> {
         });
         if uses {
             return Err(
-                "window_start and window_end need a window in GROUP BY: tumble(time, size) \
-                 or hop(time, slide, size)"
+                "window_start and window_end need a window in GROUP BY: tumble(time, size), \
+                 hop(time, slide, size) or session(time, gap)"
                     .into(),
             );
         }
         return Ok(());
     };
-    if name == SESSION {
-        return Err(
-            "session() windows are not supported yet; use tumble(time, size) or hop(time, \
-             slide, size)"
-                .into(),
-        );
-    }
     let FunctionArguments::List(arguments) = &function.args else {
         return Err(format!("{name}() needs arguments"));
     };
@@ -191,9 +202,27 @@ pub fn rewrite_window_columns(query: &mut sql::Query) -> Result<(), String> {
     let Some(size) = size else {
         return Err(format!("{name}(): the last argument is the window's size"));
     };
-    let start = sql::Expr::Function(function);
+    let start = sql::Expr::Function(function.clone());
+    // A session ends a gap after its last event: max(time) + gap, an aggregate of the group.
+    let end_base = if name == SESSION {
+        let time = arguments.args.first().and_then(|argument| match argument {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr.clone()),
+            _ => None,
+        });
+        let Some(time) = time else {
+            return Err("session(): the first argument is event time".into());
+        };
+        let mut max = function.clone();
+        max.name = sql::ObjectName::from(vec![Ident::new("max")]);
+        if let FunctionArguments::List(list) = &mut max.args {
+            list.args = vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(time))];
+        }
+        sql::Expr::Function(max)
+    } else {
+        start.clone()
+    };
     let end = sql::Expr::Nested(Box::new(sql::Expr::BinaryOp {
-        left: Box::new(start.clone()),
+        left: Box::new(end_base),
         op: BinaryOperator::Plus,
         right: Box::new(size),
     }));

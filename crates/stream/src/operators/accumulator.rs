@@ -118,6 +118,76 @@ impl Accumulator {
         }
     }
 
+    /// Takes in everything `other` holds (two session windows merging into one).
+    pub fn merge(&mut self, other: &Accumulator) {
+        match (&mut *self, other) {
+            (Accumulator::Count { count }, Accumulator::Count { count: more }) => *count += more,
+            (
+                Accumulator::IntegerSum { sum, count },
+                Accumulator::IntegerSum {
+                    sum: more_sum,
+                    count: more_count,
+                },
+            ) => {
+                *sum += more_sum;
+                *count += more_count;
+            }
+            (
+                Accumulator::FloatSum {
+                    sum,
+                    compensation,
+                    count,
+                },
+                Accumulator::FloatSum {
+                    sum: more_sum,
+                    compensation: more_compensation,
+                    count: more_count,
+                },
+            ) => {
+                let total = *sum + more_sum;
+                if sum.abs() >= more_sum.abs() {
+                    *compensation += (*sum - total) + more_sum;
+                } else {
+                    *compensation += (more_sum - total) + *sum;
+                }
+                *sum = total;
+                *compensation += more_compensation;
+                *count += more_count;
+            }
+            // An integer sum meets a float one: continue in floats.
+            (Accumulator::IntegerSum { sum, count }, Accumulator::FloatSum { .. }) => {
+                let mut converted = Accumulator::FloatSum {
+                    sum: *sum as f64,
+                    compensation: 0.0,
+                    count: *count,
+                };
+                converted.merge(other);
+                *self = converted;
+            }
+            (
+                Accumulator::FloatSum { sum, count, .. },
+                Accumulator::IntegerSum {
+                    sum: more,
+                    count: more_count,
+                },
+            ) => {
+                *sum += *more as f64;
+                *count += more_count;
+            }
+            (Accumulator::Extremes { values }, Accumulator::Extremes { values: more }) => {
+                for (value, count) in more {
+                    *values.entry(value.clone()).or_insert(0) += count;
+                }
+            }
+            (Accumulator::Distinct { values }, Accumulator::Distinct { values: more }) => {
+                for (value, count) in more {
+                    *values.entry(value.clone()).or_insert(0) += count;
+                }
+            }
+            _ => debug_assert!(false, "accumulators of one call always have the same kind"),
+        }
+    }
+
     /// The aggregate's current result, in the type DataFusion declared for it.
     pub fn result(&self, kind: AggregateKind, output_type: ColumnType) -> Value {
         let value = match (self, kind) {

@@ -6,6 +6,7 @@ pub mod accumulator;
 pub mod aggregate;
 pub mod join;
 pub mod normalize;
+pub mod session;
 pub mod stateless;
 pub mod watermark;
 pub mod window;
@@ -27,6 +28,7 @@ use crate::value::{column_to_array, ColumnType, Row};
 pub struct QueryState {
     pub aggregates: Vec<AggregateState>,
     pub joins: Vec<JoinState>,
+    pub sessions: Vec<session::SessionState>,
 }
 
 impl QueryState {
@@ -34,6 +36,7 @@ impl QueryState {
         QueryState {
             aggregates: vec![AggregateState::default(); query.aggregates],
             joins: vec![JoinState::default(); query.joins],
+            sessions: vec![session::SessionState::default(); query.sessions],
         }
     }
 
@@ -103,6 +106,16 @@ pub fn evaluate(
                 .as_ref()
                 .and_then(|window| input.watermarks.get(window.source.as_str()).copied());
             state.aggregates[*slot].apply(plan, &changes, watermark)?
+        }
+        Node::Session {
+            input: inner,
+            plan,
+            session,
+            state: slot,
+        } => {
+            let changes = evaluate(inner, input, state, late)?;
+            let watermark = input.watermarks.get(session.source.as_str()).copied();
+            state.sessions[*slot].apply(plan, session, &changes, watermark, late)?
         }
         Node::Join {
             left,
