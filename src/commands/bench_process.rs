@@ -62,6 +62,10 @@ struct PipelineFigures {
     rows_written_per_second: f64,
     cassandra_direct_rows_per_second: f64,
     ratio_to_cassandra_direct: f64,
+    /// Kept state at the end: its checkpoint's size and the groups (windows times keys,
+    /// sessions) it holds.
+    checkpoint_bytes: u64,
+    state_groups: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,7 +105,14 @@ pub async fn bench_process(
 
     let mut figures = Vec::new();
     let result: anyhow::Result<()> = async {
-        for name in ["users", "users_by_country", "users_by_region"] {
+        for name in [
+            "users",
+            "users_by_country",
+            "users_by_region",
+            "changes_per_minute",
+            "signups_last_10_minutes",
+            "editing_sessions",
+        ] {
             let path = Path::new("sql/pipelines").join(format!("{name}.sql"));
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!(
@@ -152,8 +163,24 @@ pub async fn bench_process(
             let metrics = Arc::new(ProcessMetrics::default());
             let (_stop_sender, stop) = tokio::sync::watch::channel(false);
             let started = Instant::now();
-            let summary = runner::run(&pipeline, &options, metrics, stop).await?;
+            let summary = runner::run(&pipeline, &options, metrics.clone(), stop).await?;
             let seconds = started.elapsed().as_secs_f64();
+            let checkpoint_bytes = metrics
+                .last_checkpoint_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let state_groups = walflow_stream::checkpoint::load(
+                &walflow_stream::checkpoint::path_for(&checkpoints, name),
+            )?
+            .map_or(0, |state| {
+                state
+                    .queries
+                    .iter()
+                    .map(|query| {
+                        query.aggregates.iter().map(|a| a.groups()).sum::<usize>()
+                            + query.sessions.iter().map(|s| s.sessions()).sum::<usize>()
+                    })
+                    .sum::<usize>() as u64
+            });
             anyhow::ensure!(
                 summary.events == expected,
                 "{name} read {} events of {expected}",
@@ -183,6 +210,8 @@ pub async fn bench_process(
                 rows_written_per_second,
                 cassandra_direct_rows_per_second: direct,
                 ratio_to_cassandra_direct: rows_written_per_second / direct,
+                checkpoint_bytes,
+                state_groups,
             });
         }
         Ok(())
@@ -212,8 +241,9 @@ pub async fn bench_process(
         );
         for figure in &report.pipelines {
             println!(
-                "  {:<17} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
-                 {} rows written, {:.0} rows/s = {:.2} of direct Cassandra writes ({:.0} rows/s)",
+                "  {:<23} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
+                 {} rows written, {:.0} rows/s = {:.2} of direct Cassandra writes ({:.0} rows/s); \
+                 state {} groups, {:.1} MB checkpoint ({:.0} bytes per group)",
                 figure.pipeline,
                 figure.events_per_second,
                 figure.seconds,
@@ -223,6 +253,9 @@ pub async fn bench_process(
                 figure.rows_written_per_second,
                 figure.ratio_to_cassandra_direct,
                 figure.cassandra_direct_rows_per_second,
+                figure.state_groups,
+                figure.checkpoint_bytes as f64 / 1e6,
+                figure.checkpoint_bytes as f64 / figure.state_groups.max(1) as f64,
             );
         }
         println!("  peak RSS {:.1} MB", report.peak_rss_mb);
@@ -316,17 +349,21 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
     let mut versions: Vec<Option<u64>> = vec![None; users as usize];
     let mut produced = 0u64;
     let mut step = 0u64;
-    let envelope =
-        |before: Option<serde_json::Value>, after: Option<serde_json::Value>, op: &str| {
-            json!({
+    // Commit times 10 ms apart (100 changes/s of event time), so windows open and close
+    // through the run: 1,000,000 events span 2.8 hours.
+    let envelope = |before: Option<serde_json::Value>,
+                    after: Option<serde_json::Value>,
+                    op: &str,
+                    produced: u64| {
+        json!({
                 "before": before, "after": after,
                 "source": {"version": "walflow-bench", "connector": "postgresql", "name": "bench",
-                           "ts_ms": 1_795_000_000_000u64, "snapshot": "false", "db": "bench",
+                           "ts_ms": 1_795_000_000_000u64 + produced * 10, "snapshot": "false", "db": "bench",
                            "schema": "public", "table": "users", "txId": 1, "lsn": 1},
                 "op": op, "ts_ms": 1_795_000_000_000u64, "transaction": null
             })
             .to_string()
-        };
+    };
     let send = |key: &str, value: Option<&str>| -> anyhow::Result<()> {
         loop {
             let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key(key);
@@ -353,7 +390,7 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
         let slot = &mut versions[user as usize];
         match *slot {
             None => {
-                let value = envelope(None, Some(user_row(user, 0)), "c");
+                let value = envelope(None, Some(user_row(user, 0)), "c", produced);
                 send(&key, Some(&value))?;
                 *slot = Some(0);
                 produced += 1;
@@ -363,13 +400,14 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
                     Some(user_row(user, version)),
                     Some(user_row(user, version + 1)),
                     "u",
+                    produced,
                 );
                 send(&key, Some(&value))?;
                 *slot = Some(version + 1);
                 produced += 1;
             }
             Some(version) => {
-                let value = envelope(Some(user_row(user, version)), None, "d");
+                let value = envelope(Some(user_row(user, version)), None, "d", produced);
                 send(&key, Some(&value))?;
                 send(&key, None)?;
                 *slot = None;
