@@ -17,7 +17,7 @@ def volume_targets(service):
 def problems_of(config):
     services = config["services"]
     problems = []
-    for name in ("postgres", "kafka", "cassandra"):
+    for name in ("postgres", "kafka", "cassandra", "schema-registry"):
         if "healthcheck" not in services.get(name, {}):
             problems.append(f"{name} has no healthcheck")
     if "wal_level=logical" not in " ".join(services["postgres"].get("command", [])):

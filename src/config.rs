@@ -50,6 +50,17 @@ pub struct GlobalArgs {
     )]
     pub cassandra_nodes: Option<String>,
 
+    /// Schema registry's Confluent-compatible API, for Avro change events (checked by doctor
+    /// when given), e.g. http://127.0.0.1:8081/apis/ccompat/v7
+    #[arg(
+        long,
+        global = true,
+        env = "WALFLOW_SCHEMA_REGISTRY_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub schema_registry_url: Option<String>,
+
     /// Log format on stderr
     #[arg(long, global = true, env = "WALFLOW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -65,6 +76,7 @@ pub struct Config {
     pub postgres_url: SecretUrl,
     pub kafka_brokers: String,
     pub cassandra_nodes: Vec<String>,
+    pub schema_registry_url: Option<SecretUrl>,
 }
 
 /// What `walflow.toml` may contain. Unknown keys are errors, so a typo never silently
@@ -78,6 +90,14 @@ struct ConfigFile {
     kafka: KafkaSection,
     #[serde(default)]
     cassandra: CassandraSection,
+    #[serde(default)]
+    schema_registry: SchemaRegistrySection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchemaRegistrySection {
+    url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +159,12 @@ impl Config {
             postgres_url: SecretUrl::new(postgres_url),
             kafka_brokers: non_empty_list(&kafka_brokers, "the Kafka broker list")?.join(","),
             cassandra_nodes: non_empty_list(&cassandra_nodes, "the Cassandra node list")?,
+            schema_registry_url: args
+                .schema_registry_url
+                .clone()
+                .or(file.schema_registry.url)
+                .filter(|url| !url.trim().is_empty())
+                .map(SecretUrl::new),
         };
         tracing::debug!(?config, "configuration loaded");
         Ok(config)

@@ -16,7 +16,10 @@ use crate::exit::{Failure, EXIT_UNHEALTHY};
         replication slot and WAL sender, max_slot_wal_keep_size.\n\
         Kafka: metadata from the brokers, protocol (ApiVersions, KRaft metadata.version), \
         creating and deleting a topic.\n\
-        Cassandra: connection, release version, creating and dropping a keyspace.\n\n\
+        Cassandra: connection, release version, creating and dropping a keyspace.\n\
+        Schema registry (when WALFLOW_SCHEMA_REGISTRY_URL or --schema-registry-url is given): \
+        the Confluent-compatible API answers, the default compatibility refuses breaking \
+        changes, a schema can be registered (and is removed again).\n\n\
         Exits 0 when every check passes or only warns, 3 when a check fails."
 )]
 pub struct DoctorArgs {
@@ -36,6 +39,10 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> Result<ExitCode, Fail
         postgres_display: config.postgres_url.redacted(),
         kafka_brokers: config.kafka_brokers.clone(),
         cassandra_nodes: config.cassandra_nodes.clone(),
+        schema_registry_url: config
+            .schema_registry_url
+            .as_ref()
+            .map(|url| url.expose().to_owned()),
         timeout: Duration::from_secs(args.timeout_secs.max(1)),
     };
     let report = doctor::run(&targets).await;

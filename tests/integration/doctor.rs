@@ -149,3 +149,68 @@ async fn doctor_fails_a_role_without_replication_privilege() {
         .unwrap()
         .contains(&format!("ALTER ROLE \"{role}\" WITH REPLICATION")));
 }
+
+#[tokio::test]
+async fn doctor_checks_the_schema_registry_when_one_is_given() {
+    let database = TestDatabase::create().await;
+    let url = services().schema_registry_url;
+    let output =
+        run(walflow(&database.url).args(["doctor", "--json", "--schema-registry-url", &url]));
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    for name in ["connect", "compatibility", "register"] {
+        assert_eq!(
+            check(&report, "schema registry", name)["status"],
+            "ok",
+            "{report}"
+        );
+    }
+    // The registry's own answer, read with another client.
+    let config: Value = reqwest::get(format!("{url}/config"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let level = config["compatibilityLevel"].as_str().unwrap();
+    assert!(
+        check(&report, "schema registry", "compatibility")["detail"]
+            .as_str()
+            .unwrap()
+            .contains(level),
+        "{report} vs {config}"
+    );
+    // The scratch subject is gone again.
+    let subjects: Vec<String> = reqwest::get(format!("{url}/subjects"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !subjects
+            .iter()
+            .any(|subject| subject.starts_with("walflow_doctor")),
+        "{subjects:?}"
+    );
+
+    // Nothing listens there: a failure with the fix, the other services still checked.
+    let output = run(walflow(&database.url).args([
+        "doctor",
+        "--json",
+        "--schema-registry-url",
+        "http://127.0.0.1:1/apis/ccompat/v7",
+    ]));
+    assert_eq!(output.status.code(), Some(3));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let connect = check(&report, "schema registry", "connect");
+    assert_eq!(connect["status"], "fail");
+    assert!(
+        connect["fix"]
+            .as_str()
+            .unwrap()
+            .contains("WALFLOW_SCHEMA_REGISTRY_URL"),
+        "{connect}"
+    );
+    assert_eq!(check(&report, "kafka", "create topic")["status"], "ok");
+}

@@ -24,6 +24,7 @@ pub struct Services {
     pub postgres_url: String,
     pub kafka_brokers: String,
     pub cassandra_nodes: String,
+    pub schema_registry_url: String,
 }
 
 pub fn services() -> Services {
@@ -40,6 +41,7 @@ pub fn services() -> Services {
         postgres_url: variable("WALFLOW_POSTGRES_URL"),
         kafka_brokers: variable("WALFLOW_KAFKA_BROKERS"),
         cassandra_nodes: variable("WALFLOW_CASSANDRA_NODES"),
+        schema_registry_url: variable("WALFLOW_SCHEMA_REGISTRY_URL"),
     }
 }
 

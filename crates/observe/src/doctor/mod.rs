@@ -5,6 +5,7 @@ mod cassandra;
 mod kafka;
 mod postgres;
 mod report;
+mod schema_registry;
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ pub struct DoctorTargets {
     pub postgres_display: String,
     pub kafka_brokers: String,
     pub cassandra_nodes: Vec<String>,
+    /// Checked only when configured (Avro change events need it).
+    pub schema_registry_url: Option<String>,
     /// Upper bound for connecting to each service and for each round trip.
     pub timeout: Duration,
 }
@@ -117,12 +120,20 @@ fn worst(statuses: impl Iterator<Item = Status>) -> Status {
 /// Runs the checks of all three services at once; a service that cannot be reached fails
 /// its own checks and never stops the others from being checked.
 pub async fn run(targets: &DoctorTargets) -> DoctorReport {
-    let (postgres, kafka, cassandra) = tokio::join!(
+    let registry = async {
+        match &targets.schema_registry_url {
+            Some(url) => Some(schema_registry::check(targets, url).await),
+            None => None,
+        }
+    };
+    let (postgres, kafka, cassandra, registry) = tokio::join!(
         postgres::check(targets),
         kafka::check(targets),
         cassandra::check(targets),
+        registry,
     );
-    let services = vec![postgres, kafka, cassandra];
+    let mut services = vec![postgres, kafka, cassandra];
+    services.extend(registry);
     let status = worst(services.iter().map(ServiceReport::status));
     DoctorReport { status, services }
 }
