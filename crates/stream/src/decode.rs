@@ -131,15 +131,33 @@ fn changelog_row(
         }
     }
     if let Some(watermark) = &source.watermark {
-        if row[watermark.column].is_null() {
-            return Err(format!(
-                "no event time: `{}` is missing or null, and {} keeps its watermark on it",
-                source.columns[watermark.column].name, source.name
-            ));
+        match &row[watermark.column] {
+            Value::Null => {
+                return Err(format!(
+                    "no event time: `{}` is missing or null, and {} keeps its watermark on it",
+                    source.columns[watermark.column].name, source.name
+                ))
+            }
+            // Postgres's infinity (or anything beyond years 1-9999) would drag the watermark
+            // to the end of time and close every window for good.
+            Value::Timestamp(micros)
+                if !(EVENT_TIME_MIN_US..=EVENT_TIME_MAX_US).contains(micros) =>
+            {
+                return Err(format!(
+                    "event time `{}` = {} is outside years 1-9999 (infinity?): it would move \
+                     {}'s watermark past every window",
+                    source.columns[watermark.column].name, row[watermark.column], source.name
+                ))
+            }
+            _ => {}
         }
     }
     Ok(row)
 }
+
+/// Event times walflow windows: years 1 to 9999, in microseconds since 1970.
+const EVENT_TIME_MIN_US: i64 = -62_135_596_800_000_000;
+const EVENT_TIME_MAX_US: i64 = 253_402_300_799_999_999;
 
 /// An image, unless absent or `null`.
 fn image(raw: Option<&RawValue>) -> Option<&RawValue> {

@@ -328,4 +328,52 @@ mod tests {
         pipeline.apply_batch(&mut state, changes, None).unwrap();
         assert_eq!(state.queries[0].aggregates[0].groups(), 2);
     }
+
+    #[tokio::test]
+    async fn a_partition_going_idle_closes_windows_without_new_rows() {
+        let pipeline = pipeline("").await;
+        let mut state = pipeline.fresh_checkpoint();
+        let change = |partition: i32, second: i64| {
+            BatchChange {
+            source: 0,
+            partition,
+            change: decode(
+                &pipeline.definition.sources[0],
+                Some(
+                    format!(
+                        r#"{{"op":"c","after":{{"id":"p{partition}s{second}"}},"source":{{"ts_ms":{}}}}}"#,
+                        1_767_225_600_000 + second * 1000
+                    )
+                    .as_bytes(),
+                ),
+            )
+            .unwrap()
+            .unwrap()
+            .change,
+        }
+        };
+        // Partition 1 lags (5 s): the watermark stays before minute 0's end.
+        let first = pipeline
+            .apply_batch(
+                &mut state,
+                vec![change(1, 5), change(0, 5), change(0, 70)],
+                Some(1_000),
+            )
+            .unwrap();
+        assert!(first.deltas[0].is_empty());
+        // 31 s later, nothing new: both partitions are idle, the newest leads, minute 0
+        // closes and is written although the batch has no rows.
+        let second = pipeline
+            .apply_batch(&mut state, Vec::new(), Some(32_000))
+            .unwrap();
+        let mut table = HashMap::new();
+        second.deltas[0].apply_to(&mut table);
+        assert_eq!(
+            table.values().cloned().collect::<Vec<_>>(),
+            vec![vec![
+                Value::Timestamp(1_767_225_600_000_000),
+                Value::Int64(2)
+            ]]
+        );
+    }
 }

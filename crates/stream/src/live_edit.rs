@@ -2,17 +2,19 @@
 //! second; when its text changes, the new text is checked. A file that does not check leaves
 //! the running version going (the error is logged with file:line:col). One that checks
 //! replaces the running version at the next batch, from a checkpoint taken just before,
-//! when its state fits: same sources and sinks, and every stateful part of every query (an
-//! aggregate or join, with everything below it) unchanged, so the kept state means the same
-//! thing. Anything else would need the state rebuilt from the start of the topics: that is
-//! said, and the running version keeps going until `walflow process --rebuild`.
+//! when what is already in Cassandra stays right under the new text: same sources and sinks,
+//! queries with state unchanged, and in a query without state only the SELECT's non-key
+//! columns changed (the rows already written keep their values until their source row
+//! changes; keys and filters must stay, or deletes and retractions would miss rows written
+//! under the old text). Anything else needs the sinks rebuilt from the start of the topics:
+//! that is said, and the running version keeps going until `walflow process --rebuild`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::checkpoint;
 use crate::definition::{SinkTable, SourceTable};
-use crate::plan::Node;
+use crate::plan::{CompiledQuery, Node, Step};
 use crate::runner::Pipeline;
 
 /// Notices when a file's text changes.
@@ -101,14 +103,19 @@ pub fn state_fits(running: &Pipeline, edited: &Pipeline) -> Result<(), String> {
                 old.sink.name
             ));
         }
-        if stateful_parts(&old.root) != stateful_parts(&new.root) {
-            return Err(format!(
-                "query {} into {} changed below or in its aggregate or join, whose state was \
-                 built by the old text",
-                index + 1,
-                new.sink.name
-            ));
+        if old.is_stateful() || new.is_stateful() {
+            if format!("{:?}", old.root) != format!("{:?}", new.root) {
+                return Err(format!(
+                    "query {} into {} keeps state (an aggregate, join or window), and its rows in \
+                     Cassandra were computed by the old text",
+                    index + 1,
+                    new.sink.name
+                ));
+            }
+            continue;
         }
+        stateless_edit_fits(old, new)
+            .map_err(|why| format!("query {} into {}: {why}", index + 1, new.sink.name))?;
     }
     Ok(())
 }
@@ -141,16 +148,48 @@ fn sink_shape(sink: &SinkTable) -> String {
     )
 }
 
-/// Every aggregate and join of the tree with everything below it, as text: what the state
-/// was built from.
-fn stateful_parts(node: &Node) -> Vec<String> {
-    match node {
-        Node::Aggregate { .. } | Node::Join { .. } | Node::Session { .. } => {
-            vec![format!("{node:?}")]
-        }
-        Node::Step { input, .. } => stateful_parts(input),
-        Node::Source { .. } => Vec::new(),
+/// A query without state may change the expressions of its non-key output columns only.
+fn stateless_edit_fits(old: &CompiledQuery, new: &CompiledQuery) -> Result<(), String> {
+    let (
+        Node::Step {
+            input: old_input,
+            step: Step::Project {
+                exprs: old_exprs, ..
+            },
+        },
+        Node::Step {
+            input: new_input,
+            step: Step::Project {
+                exprs: new_exprs, ..
+            },
+        },
+    ) = (&old.root, &new.root)
+    else {
+        return Err("its shape changed".into());
+    };
+    if format!("{old_input:?}") != format!("{new_input:?}") {
+        return Err(
+            "its FROM or WHERE changed: rows written under the old text would no longer be \
+             deleted or replaced"
+                .into(),
+        );
     }
+    if old_exprs.len() != new_exprs.len()
+        || old.sink_columns_from_output != new.sink_columns_from_output
+    {
+        return Err("its columns changed".into());
+    }
+    for &key in &new.sink.primary_key {
+        let output = new.sink_columns_from_output[key];
+        if format!("{:?}", old_exprs[output]) != format!("{:?}", new_exprs[output]) {
+            return Err(format!(
+                "the key column {} is computed differently: rows written under the old key \
+                 would stay",
+                new.sink.columns[key].name
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -178,23 +217,35 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_changes_above_the_state_fit() {
+    async fn only_edits_that_keep_cassandra_right_fit() {
         let running =
             pipeline("SELECT country, count(*) FROM users WHERE age > 18 GROUP BY country").await;
-        // Above the aggregate: fits.
+        // Above the aggregate: its rows in Cassandra were written under the old key.
         let above =
             pipeline("SELECT upper(country), count(*) FROM users WHERE age > 18 GROUP BY country")
                 .await;
-        assert_eq!(state_fits(&running, &above), Ok(()));
-        // Below it (the filter the counts were built with): does not.
+        assert!(state_fits(&running, &above)
+            .unwrap_err()
+            .contains("keeps state"));
+        // Below it (the filter the counts were built with): neither.
         let below =
             pipeline("SELECT country, count(*) FROM users WHERE age > 21 GROUP BY country").await;
-        assert!(state_fits(&running, &below)
-            .unwrap_err()
-            .contains("below or in its aggregate"));
-        // A stateless query may change freely.
+        assert!(state_fits(&running, &below).is_err());
+        // The same query, reformatted: fits.
+        let same =
+            pipeline("SELECT country, count(*)  FROM users  WHERE age > 18  GROUP BY country")
+                .await;
+        assert_eq!(state_fits(&running, &same), Ok(()));
+        // A stateless query may change its non-key columns...
         let mirror = pipeline("SELECT id, age FROM users").await;
         let edited_mirror = pipeline("SELECT id, age * 2 FROM users").await;
         assert_eq!(state_fits(&mirror, &edited_mirror), Ok(()));
+        // ...but not its key or its filter.
+        let new_key = pipeline("SELECT upper(id), age FROM users").await;
+        assert!(state_fits(&mirror, &new_key)
+            .unwrap_err()
+            .contains("key column"));
+        let new_filter = pipeline("SELECT id, age FROM users WHERE age > 1").await;
+        assert!(state_fits(&mirror, &new_filter).is_err());
     }
 }

@@ -227,6 +227,11 @@ impl Pipeline {
             .map(|_| SourceOutput::default())
             .collect();
         let mut arrivals: Vec<Vec<i64>> = vec![Vec::new(); self.definition.sources.len()];
+        let watermarks_before: std::collections::HashMap<String, i64> = state
+            .watermarks
+            .iter()
+            .map(|(name, watermark)| (name.clone(), watermark.current()))
+            .collect();
         for source in &self.definition.sources {
             if let (Some(spec), Some(watermark)) =
                 (&source.watermark, state.watermarks.get_mut(&source.name))
@@ -283,6 +288,14 @@ impl Pipeline {
                 .collect(),
         };
         let inputs = &input.changes;
+        // A watermark that moved (a partition went idle) closes windows even without rows.
+        let watermark_moved = |source: &str| {
+            input.watermarks.get(source).is_some_and(|now| {
+                watermarks_before
+                    .get(source)
+                    .is_none_or(|before| before != now)
+            })
+        };
         for (query, query_state) in self.queries.iter().zip(&mut state.queries) {
             let mut delta = SinkDelta::default();
             // Only a stateless query reads a source in images mode, and then it reads that
@@ -302,7 +315,11 @@ impl Pipeline {
                     .get(source.as_str())
                     .is_some_and(|rows| !rows.is_empty())
             });
-            if changed || query_state.awaits_first_row(query) {
+            let windows_due = query
+                .sources
+                .iter()
+                .any(|source| watermark_moved(source.as_str()));
+            if changed || windows_due || query_state.awaits_first_row(query) {
                 let mut query_late = Vec::new();
                 let changes = evaluate(&query.root, &input, query_state, &mut query_late)
                     .and_then(|changes| changes.to_rows())

@@ -26,20 +26,18 @@ pub fn interval_micros(value: &str, unit: Option<&str>) -> Result<i64, String> {
     let number: f64 = number
         .parse()
         .map_err(|_| format!("'{text}' is not an interval like '5 seconds' or '1 minute'"))?;
-    let per_unit: f64 = match unit.trim().to_lowercase().trim_end_matches('s') {
-        "microsecond" | "u" => 1.0,
-        "millisecond" | "m" => 1e3,
-        "second" | "sec" | "" => {
-            if unit.trim().is_empty() {
-                return Err(format!(
-                    "'{text}' has no unit: write '{text} seconds', '{text} minutes', ..."
-                ));
-            }
-            1e6
+    let per_unit: f64 = match unit.trim().to_lowercase().as_str() {
+        "" => {
+            return Err(format!(
+                "'{text}' has no unit: write '{text} seconds', '{text} minutes', ..."
+            ))
         }
-        "minute" | "min" => 60e6,
-        "hour" | "h" => 3_600e6,
-        "day" | "d" => 86_400e6,
+        "microsecond" | "microseconds" | "us" => 1.0,
+        "millisecond" | "milliseconds" | "ms" => 1e3,
+        "second" | "seconds" | "sec" | "secs" | "s" => 1e6,
+        "minute" | "minutes" | "min" | "mins" => 60e6,
+        "hour" | "hours" | "h" => 3_600e6,
+        "day" | "days" | "d" => 86_400e6,
         other => {
             return Err(format!(
             "'{text}': unknown unit '{other}'; use milliseconds, seconds, minutes, hours or days"
@@ -125,7 +123,9 @@ pub fn extract_watermarks(
             .nth((column.max(1) - 1) as usize)
             .map_or(text.len(), |(at, _)| start + at)
     };
-    let mut blanked = text.to_owned();
+    // Blanked from the end, so the offsets of earlier ranges stay right whatever the width of
+    // the characters replaced.
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
     let mut clauses = Vec::new();
     let mut position = 0;
     while position + 1 < significant.len() {
@@ -171,13 +171,17 @@ pub fn extract_watermarks(
             }
             None => (clause_start, clause_end),
         };
-        let replacement: String = text[blank_start..blank_end]
+        ranges.push(blank_start..blank_end);
+        clauses.push(read_clause(clause, at)?);
+        position = end;
+    }
+    let mut blanked = text.to_owned();
+    for range in ranges.into_iter().rev() {
+        let replacement: String = text[range.clone()]
             .chars()
             .map(|c| if c == '\n' { '\n' } else { ' ' })
             .collect();
-        blanked.replace_range(blank_start..blank_end, &replacement);
-        clauses.push(read_clause(clause, at)?);
-        position = end;
+        blanked.replace_range(range, &replacement);
     }
     Ok((blanked, clauses))
 }
@@ -192,15 +196,33 @@ fn read_clause(clause: &str, at: Position) -> Result<WatermarkClause, (Position,
         ));
     }
     let column = words[2].trim_matches('"').to_owned();
-    let as_at = clause
-        .to_uppercase()
-        .find(" AS ")
-        .map(|at| at + 4)
+    // The word AS, whatever whitespace is around it.
+    let upper = clause.to_uppercase();
+    let as_at = upper
+        .match_indices("AS")
+        .map(|(at, _)| at)
+        .find(|&at| {
+            let before = upper[..at].chars().next_back();
+            let after = upper[at + 2..].chars().next();
+            before.is_some_and(char::is_whitespace) && after.is_some_and(char::is_whitespace)
+        })
+        .map(|at| at + 2)
         .ok_or_else(|| fail("WATERMARK FOR <column> AS <expression>".into()))?;
     let dialect = GenericDialect {};
     let expression = Parser::new(&dialect)
         .try_with_sql(&clause[as_at..])
-        .and_then(|mut parser| parser.parse_expr())
+        .and_then(|mut parser| {
+            let expression = parser.parse_expr()?;
+            // Nothing may follow the expression.
+            match parser.peek_token().token {
+                Token::EOF => Ok(expression),
+                other => Err(
+                    datafusion::sql::sqlparser::parser::ParserError::ParserError(format!(
+                        "unexpected {other} after the expression"
+                    )),
+                ),
+            }
+        })
         .map_err(|error| fail(format!("the watermark expression: {error}")))?;
     let names_column =
         |expr: &Expr| matches!(expr, Expr::Identifier(ident) if ident.value == column);
@@ -236,6 +258,11 @@ mod tests {
         assert_eq!(interval_micros("1.5 hours", None), Ok(5_400_000_000));
         assert_eq!(interval_micros("250 milliseconds", None), Ok(250_000));
         assert!(interval_micros("5", None).unwrap_err().contains("no unit"));
+        assert!(interval_micros("5m", None)
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert_eq!(interval_micros("5 ms", None), Ok(5_000));
+        assert_eq!(interval_micros("2 min", None), Ok(120_000_000));
         assert!(interval_micros("5 fortnights", None)
             .unwrap_err()
             .contains("unknown unit"));

@@ -66,7 +66,7 @@ impl AggregateState {
         watermark: i64,
     ) -> Vec<(Row, i8)> {
         let end_of = |key: &Row| match key.get(window.start_group) {
-            Some(Value::Timestamp(start)) => Some(start + window.size_us),
+            Some(Value::Timestamp(start)) => Some(start.saturating_add(window.size_us)),
             _ => None,
         };
         let mut closed = Vec::new();
@@ -101,7 +101,7 @@ impl AggregateState {
             };
             match (key.get(window.start_group), watermark) {
                 (Some(Value::Timestamp(start)), Some(watermark)) => {
-                    start + window.size_us > watermark
+                    start.saturating_add(window.size_us) > watermark
                 }
                 _ => true,
             }

@@ -98,15 +98,17 @@ impl SessionState {
                 .iter()
                 .enumerate()
                 .filter(|(_, kept)| {
-                    time_us < kept.last_us + gap
-                        && time_us + gap > kept.start_us
-                        && (kept.last_us + gap).saturating_add(session.allowed_lateness_us)
+                    time_us < kept.last_us.saturating_add(gap)
+                        && time_us.saturating_add(gap) > kept.start_us
+                        && (kept.last_us.saturating_add(gap))
+                            .saturating_add(session.allowed_lateness_us)
                             > arrived_at
                 })
                 .map(|(index, _)| index)
                 .collect();
             if overlapping.is_empty()
-                && (time_us + gap).saturating_add(session.allowed_lateness_us) <= arrived_at
+                && (time_us.saturating_add(gap)).saturating_add(session.allowed_lateness_us)
+                    <= arrived_at
             {
                 late.push(LateEvent {
                     source: session.source.clone(),
@@ -121,7 +123,7 @@ impl SessionState {
                         .map(|field| field.name().clone())
                         .collect(),
                     window_start_us: time_us,
-                    window_end_us: time_us + gap,
+                    window_end_us: time_us.saturating_add(gap),
                     watermark_us: arrived_at,
                 });
                 if sessions.is_empty() {
@@ -178,7 +180,7 @@ impl SessionState {
         let mut written = Vec::new();
         for (key, sessions) in self.keys.iter_mut() {
             for kept in sessions.iter_mut() {
-                let closed = kept.last_us + gap <= watermark;
+                let closed = kept.last_us.saturating_add(gap) <= watermark;
                 let due = match session.emit {
                     EmitMode::Updating => kept.touched,
                     EmitMode::OnClose => closed && (kept.touched || !kept.emitted),
@@ -192,7 +194,8 @@ impl SessionState {
                 kept.touched = false;
             }
             sessions.retain(|kept| {
-                (kept.last_us + gap).saturating_add(session.allowed_lateness_us) > watermark
+                (kept.last_us.saturating_add(gap)).saturating_add(session.allowed_lateness_us)
+                    > watermark
             });
         }
         self.keys.retain(|_, sessions| !sessions.is_empty());

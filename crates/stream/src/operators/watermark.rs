@@ -21,7 +21,10 @@ pub struct SourceWatermark {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct PartitionClock {
     newest_event_us: i64,
-    /// Wall-clock time (Unix ms) of the partition's last event; 0 when not tracked.
+    /// Wall-clock time (Unix ms) of the partition's last event; 0 when not tracked. Not
+    /// checkpointed: after a restart every partition counts as active until it is quiet
+    /// again for the idle timeout (the downtime is not quiet).
+    #[serde(skip)]
     last_event_ms: u64,
 }
 

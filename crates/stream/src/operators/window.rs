@@ -52,7 +52,7 @@ pub fn assign(
             .as_ref()
             .map_or(i64::MIN, |arrivals| arrivals[row]);
         for start in window_starts(time_us, assign.size_us, assign.slide_us) {
-            let end = start + assign.size_us;
+            let end = start.saturating_add(assign.size_us);
             let closed = end <= arrived_at;
             if closed && end.saturating_add(assign.allowed_lateness_us) <= arrived_at {
                 late.push(LateEvent {
