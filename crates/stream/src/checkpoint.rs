@@ -13,7 +13,7 @@ use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
 /// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`.
-const FORMAT_VERSION: u32 = 5;
+const FORMAT_VERSION: u32 = 6;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -77,17 +77,21 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
             })
         }
     };
-    let checkpoint: Checkpoint =
-        postcard::from_bytes(&bytes).map_err(|error| CheckpointError::Corrupt {
-            path: path.to_owned(),
-            message: error.to_string(),
-        })?;
-    if checkpoint.format_version != FORMAT_VERSION {
-        return Err(CheckpointError::Corrupt {
-            path: path.to_owned(),
-            message: format!("format {}", checkpoint.format_version),
-        });
+    // The format version leads the file: read it alone first, so a checkpoint of another
+    // layout is named as such rather than misread.
+    let corrupt = |message: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        message,
+    };
+    let (format_version, _) = postcard::take_from_bytes::<u32>(&bytes)
+        .map_err(|error| corrupt(error.to_string()))?;
+    if format_version != FORMAT_VERSION {
+        return Err(corrupt(format!(
+            "format {format_version}, this walflow reads format {FORMAT_VERSION}"
+        )));
     }
+    let checkpoint: Checkpoint =
+        postcard::from_bytes(&bytes).map_err(|error| corrupt(error.to_string()))?;
     Ok(Some(checkpoint))
 }
 
