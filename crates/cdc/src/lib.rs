@@ -1,6 +1,7 @@
 //! walflow's second hop: committed changes read from Postgres's write-ahead log through a
 //! logical replication slot (pgoutput), on their way to Kafka.
 
+pub mod avro;
 pub mod envelope;
 pub mod metrics;
 pub mod pipeline;
