@@ -5,6 +5,7 @@
 mod harness;
 
 mod airflow;
+mod avro;
 mod cdc;
 mod compose;
 mod config;

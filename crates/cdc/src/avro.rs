@@ -178,11 +178,7 @@ pub struct ParsedSchemas {
 impl TableSchemas {
     pub fn parse(&self) -> Result<ParsedSchemas, apache_avro::Error> {
         Ok(ParsedSchemas {
-            key: self
-                .key
-                .as_ref()
-                .map(Schema::parse)
-                .transpose()?,
+            key: self.key.as_ref().map(Schema::parse).transpose()?,
             value: Schema::parse(&self.value)?,
         })
     }

@@ -6,6 +6,7 @@ pub mod envelope;
 pub mod metrics;
 pub mod pipeline;
 pub mod publication;
+pub mod registry;
 pub mod replication;
 pub mod sink;
 pub mod snapshot;
