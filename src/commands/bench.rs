@@ -350,6 +350,7 @@ async fn bench_cdc_in_database(
     // against walflow.
     let topic_prefix = database.to_owned();
     let options = CdcOptions {
+        avro: None,
         postgres_url: url.to_string(),
         slot: walflow_slot,
         publication: "walflow_bench".to_owned(),
@@ -469,6 +470,7 @@ async fn bench_cdc_latency(
         )
         .await?;
     let options = CdcOptions {
+        avro: None,
         postgres_url: url.to_string(),
         slot: format!("{database}_walflow"),
         publication: "walflow_bench".to_owned(),

@@ -561,6 +561,7 @@ async fn steady(
         let mut client = connect(url.as_str()).await?;
         walflow_ingest::schema::migrate(&mut client).await?;
         let options = CdcOptions {
+        avro: None,
             postgres_url: url.to_string(),
             slot: format!("{database}_walflow"),
             publication: format!("{database}_pub"),

@@ -19,7 +19,10 @@ use crate::exit::Failure;
     long_about = "Reads every committed change from Postgres's write-ahead log through a logical \
         replication slot (the built-in pgoutput plugin) and publishes it to Kafka as a \
         Debezium-compatible event: topic <prefix>.<schema>.<table>, key = the primary key, value = \
-        {before, after, source, op, ts_ms}; a tombstone follows each delete (docs/events.md).\n\n\
+        {before, after, source, op, ts_ms}; a tombstone follows each delete (docs/events.md). \
+        JSON by default; with --format avro, Avro in the Confluent wire format, each table's \
+        schemas registered in the schema registry (checked against its compatibility rule \
+        first: a breaking change stops cdc before the event, naming the column).\n\n\
         The publication and the slot are created when missing and reused when present; the slot's \
         position is confirmed to Postgres only up to the newest transaction Kafka has fully \
         acknowledged, so a crash never loses a committed change (some may be sent twice after a \
@@ -28,7 +31,7 @@ use crate::exit::Failure;
         snapshot the slot exports (op \"r\" events), then the stream starts where the snapshot \
         ends: no gap, no overlap. A snapshot cut short by a crash is taken again at the next \
         start (progress is kept in the table walflow_cdc_snapshot of the source database).",
-    after_help = "Examples:\n  walflow cdc --tables public.users,public.countries\n  walflow cdc --sink stdout\n  walflow cdc drop"
+    after_help = "Examples:\n  walflow cdc --tables public.users,public.countries\n  walflow cdc --sink stdout\n  walflow cdc --format avro --schema-registry-url http://127.0.0.1:8081/apis/ccompat/v7\n  walflow cdc drop"
 )]
 pub struct CdcArgs {
     #[command(subcommand)]
@@ -63,6 +66,16 @@ pub struct CdcArgs {
     #[arg(long)]
     no_tombstones: bool,
 
+    /// Event encoding: Debezium JSON, or Avro in the Confluent wire format with schemas in the
+    /// schema registry (WALFLOW_SCHEMA_REGISTRY_URL / --schema-registry-url)
+    #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+    format: FormatArg,
+
+    /// With --format avro: register a schema the registry's compatibility rule refuses
+    /// (the subject's rule is set to NONE) instead of stopping
+    #[arg(long)]
+    allow_incompatible_schemas: bool,
+
     /// When to copy the existing rows first (op "r" events): when the slot is created
     /// (initial), never, or at every start (always)
     #[arg(long, value_enum, default_value_t = SnapshotArg::Initial)]
@@ -93,6 +106,12 @@ enum SnapshotArg {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum FormatArg {
+    Json,
+    Avro,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SinkKind {
     Kafka,
     /// One JSON object per event on stdout, for debugging
@@ -104,7 +123,28 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     if let Some(CdcAction::Drop) = args.action {
         return drop_slot(&args, &config).await;
     }
+    let avro = match args.format {
+        FormatArg::Json => None,
+        FormatArg::Avro => {
+            if args.sink == SinkKind::Stdout {
+                return Err(Failure::Usage(anyhow::anyhow!(
+                    "--format avro writes binary events for Kafka; use --sink kafka, or --format json to look at events on stdout"
+                )));
+            }
+            let url = config.schema_registry_url.as_ref().ok_or_else(|| {
+                Failure::Usage(anyhow::anyhow!(
+                    "--format avro needs a schema registry: set WALFLOW_SCHEMA_REGISTRY_URL or \
+                     --schema-registry-url (scripts/services env prints the local one)"
+                ))
+            })?;
+            Some(walflow_cdc::pipeline::AvroOptions {
+                registry_url: url.expose().to_owned(),
+                allow_incompatible: args.allow_incompatible_schemas,
+            })
+        }
+    };
     let options = CdcOptions {
+        avro,
         postgres_url: config.postgres_url.expose().to_owned(),
         slot: args.slot.clone(),
         publication: args.publication.clone(),

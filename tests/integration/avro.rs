@@ -100,3 +100,131 @@ async fn table_schemas_register_evolve_and_a_breaking_change_is_refused_naming_t
     registry.set_level(&subject, "NONE").await.unwrap();
     assert!(registry.register(&subject, &v3.value).await.is_ok());
 }
+
+/// `scripts/avro-consumer`: confluent-kafka's AvroDeserializer, sharing no code with walflow.
+fn avro_messages(topic: &str, count: usize) -> Vec<serde_json::Value> {
+    let output = std::process::Command::new("bash")
+        .arg("scripts/avro-consumer")
+        .args([topic, &count.to_string()])
+        .current_dir(crate::harness::repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "avro-consumer: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_versions() {
+    use crate::cdc::Cdc;
+    use crate::harness::{TestDatabase, TestTopics};
+
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE zoo (id bigint PRIMARY KEY, flag boolean, small smallint,
+                               ratio double precision, price numeric, blob bytea, born date,
+                               seen timestamp, at timestamptz, uid uuid, note text)",
+        )
+        .await
+        .unwrap();
+    let url = services().schema_registry_url;
+    let cdc = Cdc::start_with(
+        &database,
+        &slot,
+        &topics,
+        "public.zoo",
+        &["--format", "avro", "--schema-registry-url", &url],
+    );
+    cdc.wait_until_streaming(&database).await;
+    client
+        .batch_execute(
+            "INSERT INTO zoo VALUES (1, true, -3, 'NaN', 12345678901234567890.5, '\\x48656c6c6f',
+                                     '2026-01-02', '2026-01-02 03:04:05.5', '2026-01-02 03:04:05.5+02',
+                                     '7a0eed16-9430-4d68-901f-c0d4c1c3bf00', 'first');
+             UPDATE zoo SET note = 'second' WHERE id = 1;
+             ALTER TABLE zoo ADD COLUMN extra int;
+             INSERT INTO zoo (id, extra) VALUES (2, 42);
+             DELETE FROM zoo WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    let topic = format!("{}.public.zoo", topics.prefix);
+    let messages = avro_messages(&topic, 5);
+    let after = &messages[0]["value"]["after"];
+    assert_eq!(
+        messages[0]["key"],
+        serde_json::json!({"id": 1}),
+        "{messages:?}"
+    );
+    assert_eq!(messages[0]["value"]["op"], "c");
+    assert_eq!(after["flag"], true);
+    assert_eq!(after["small"], -3);
+    assert_eq!(after["ratio"], serde_json::json!({"float": "NaN"}));
+    assert_eq!(after["price"], "12345678901234567890.5");
+    assert_eq!(after["blob"], serde_json::json!({"bytes": "SGVsbG8="}));
+    assert_eq!(after["born"], serde_json::json!({"date": "2026-01-02"}));
+    assert_eq!(
+        after["seen"],
+        serde_json::json!({"datetime": "2026-01-02 03:04:05.500000"})
+    );
+    assert_eq!(
+        after["at"],
+        serde_json::json!({"datetime": "2026-01-02 01:04:05.500000+00:00"})
+    );
+    assert_eq!(
+        after["uid"],
+        serde_json::json!({"UUID": "7a0eed16-9430-4d68-901f-c0d4c1c3bf00"})
+    );
+    assert_eq!(messages[1]["value"]["op"], "u");
+    assert_eq!(messages[1]["value"]["after"]["note"], "second");
+    // After the ALTER: a second schema version, decoded just the same.
+    assert_eq!(messages[2]["value"]["after"]["extra"], 42);
+    assert_eq!(messages[3]["value"]["op"], "d");
+    assert_eq!(
+        messages[4]["value"],
+        serde_json::Value::Null,
+        "the tombstone"
+    );
+    let versions: Vec<u64> = reqwest::get(format!("{url}/subjects/{topic}-value/versions"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+
+    // A breaking change stops cdc, naming the table, the column and the rule.
+    client
+        .batch_execute(
+            "ALTER TABLE zoo ALTER COLUMN small TYPE text; INSERT INTO zoo (id, small) VALUES (3, 'x')",
+        )
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !cdc.log_so_far().contains("breaks its readers") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cdc did not refuse the breaking change: {}",
+            cdc.log_so_far()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let (code, log) = cdc.stop();
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("table public.zoo"), "{log}");
+    assert!(
+        log.contains("column small changed from int to string"),
+        "{log}"
+    );
+    assert!(log.contains("BACKWARD"), "{log}");
+}

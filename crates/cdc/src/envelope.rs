@@ -60,13 +60,13 @@ pub struct Source<'a> {
     pub snapshot: bool,
 }
 
-/// One message for Kafka, its key and value already serialized as JSON text. `value: None`
-/// is a tombstone.
+/// One message for Kafka, its key and value already serialized (JSON text, or Avro in the
+/// Confluent wire format). `value: None` is a tombstone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeEvent {
     pub topic: String,
-    pub key: Option<String>,
-    pub value: Option<String>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
 }
 
 pub fn topic_for(prefix: &str, relation: &Relation) -> String {
@@ -178,7 +178,7 @@ pub fn row_event(
     let key = after
         .or(before)
         .filter(|_| has_key)
-        .map(|tuple| to_json(&row(relation, tuple, true)));
+        .map(|tuple| to_json(&row(relation, tuple, true)).into_bytes());
     let envelope = Envelope {
         before: before.map(|tuple| row(relation, tuple, false)),
         after: after.map(|tuple| row(relation, tuple, false)),
@@ -190,7 +190,7 @@ pub fn row_event(
     ChangeEvent {
         topic: topic_for(topic_prefix, relation),
         key,
-        value: Some(to_json(&envelope)),
+        value: Some(to_json(&envelope).into_bytes()),
     }
 }
 
@@ -212,7 +212,7 @@ pub fn truncate_event(
     ChangeEvent {
         topic: topic_for(topic_prefix, relation),
         key: None,
-        value: Some(to_json(&envelope)),
+        value: Some(to_json(&envelope).into_bytes()),
     }
 }
 
@@ -255,8 +255,8 @@ mod tests {
         }
     }
 
-    fn parse(json: &Option<String>) -> Value {
-        serde_json::from_str(json.as_deref().unwrap()).unwrap()
+    fn parse(json: &Option<Vec<u8>>) -> Value {
+        serde_json::from_slice(json.as_deref().unwrap()).unwrap()
     }
 
     fn text(value: &str) -> Column {

@@ -2,6 +2,7 @@
 //! logical replication slot (pgoutput), on their way to Kafka.
 
 pub mod avro;
+pub mod avro_events;
 pub mod envelope;
 pub mod metrics;
 pub mod pipeline;

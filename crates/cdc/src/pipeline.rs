@@ -9,6 +9,7 @@ use walflow_pgoutput::{
     LogicalDecoder, LogicalMessage, Lsn, PgTimestamp, ReplicationMessage, StandbyStatusUpdate,
 };
 
+use crate::avro_events::{AvroEventError, AvroEvents};
 use crate::envelope::{self, Operation, RelationCache, Source};
 use crate::publication::{self, SetupError};
 use crate::replication::{
@@ -47,6 +48,16 @@ pub struct CdcOptions {
     pub stop_at: Option<Lsn>,
     /// Called as the initial snapshot copies each table (a progress bar on a terminal).
     pub snapshot_progress: Option<SnapshotProgressHook>,
+    /// Avro events through a schema registry instead of JSON.
+    pub avro: Option<AvroOptions>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AvroOptions {
+    /// The registry's Confluent-compatible API.
+    pub registry_url: String,
+    /// Register a schema the subject's rule refuses (setting the subject's rule to NONE).
+    pub allow_incompatible: bool,
 }
 
 /// A [`snapshot::SnapshotProgressFn`] that can sit in the options.
@@ -75,6 +86,8 @@ pub enum CdcError {
     Delivery(String),
     #[error("the snapshot failed: {0}")]
     Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Avro(#[from] AvroEventError),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -114,6 +127,13 @@ pub async fn run(
         .collect();
     sink.create_topics(&topics).await;
 
+    let mut avro = match &options.avro {
+        Some(avro) => Some(
+            AvroEvents::new(&avro.registry_url, avro.allow_incompatible)
+                .map_err(AvroEventError::from)?,
+        ),
+        None => None,
+    };
     let config = ReplicationConfig::from_url(&options.postgres_url)?;
     let mut replication = ReplicationConnection::connect(&config).await?;
     let identity = replication.identify_system().await?;
@@ -140,7 +160,7 @@ pub async fn run(
         let created = replication.create_logical_slot(&options.slot, true).await?;
         tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
         snapshot::record_started(&client, &options.slot, created.consistent_point).await?;
-        let rows = copy_snapshot(options, &mut sink, &database, &created).await?;
+        let rows = copy_snapshot(options, &mut sink, &database, &created, avro.as_mut()).await?;
         sink.commit(created.consistent_point, None).await?;
         sink.drain(created.consistent_point, Duration::from_secs(600))
             .await;
@@ -161,6 +181,7 @@ pub async fn run(
         summary: CdcSummary::default(),
         database,
         change_lsn: Lsn(0),
+        avro,
     };
     // Sessions: a lost connection to Postgres (a restart, a network cut) is followed by a new
     // one that resumes from the slot's confirmed position, after a growing pause.
@@ -367,6 +388,8 @@ struct StreamState {
     database: String,
     /// The WAL position of the change being handled: each event's `source.lsn`.
     change_lsn: Lsn,
+    /// Set for Avro events.
+    avro: Option<AvroEvents>,
 }
 
 impl StreamState {
@@ -394,6 +417,10 @@ impl StreamState {
             }
             LogicalMessage::Relation(mut relation) => {
                 resolve_domains(client, &mut relation).await?;
+                if let Some(avro) = &mut self.avro {
+                    // Registered (and checked) before the table's first event of this shape.
+                    avro.prepare(&relation, &options.topic_prefix).await?;
+                }
                 self.relations.update(relation)
             }
             LogicalMessage::Insert(insert) => {
@@ -437,12 +464,23 @@ impl StreamState {
                         .relations
                         .get(*oid)
                         .ok_or(CdcError::UnknownRelation(*oid))?;
-                    let event = envelope::truncate_event(
-                        relation,
-                        &self.source(),
-                        &options.topic_prefix,
-                        now_ms(),
-                    );
+                    let event = match &self.avro {
+                        Some(avro) => avro.row_event(
+                            relation,
+                            Operation::Truncate,
+                            None,
+                            None,
+                            &self.source(),
+                            &options.topic_prefix,
+                            now_ms(),
+                        )?,
+                        None => envelope::truncate_event(
+                            relation,
+                            &self.source(),
+                            &options.topic_prefix,
+                            now_ms(),
+                        ),
+                    };
                     sink.send(&event).await?;
                     self.summary.events += 1;
                 }
@@ -491,15 +529,26 @@ impl StreamState {
             .ok_or(CdcError::UnknownRelation(relation_oid))?;
         let mut source = self.source();
         source.name = &options.topic_prefix;
-        let event = envelope::row_event(
-            relation,
-            operation,
-            before,
-            after,
-            &source,
-            &options.topic_prefix,
-            now_ms(),
-        );
+        let event = match &self.avro {
+            Some(avro) => avro.row_event(
+                relation,
+                operation,
+                before,
+                after,
+                &source,
+                &options.topic_prefix,
+                now_ms(),
+            )?,
+            None => envelope::row_event(
+                relation,
+                operation,
+                before,
+                after,
+                &source,
+                &options.topic_prefix,
+                now_ms(),
+            ),
+        };
         sink.send(&event).await?;
         self.summary.events += 1;
         if operation == Operation::Delete && options.tombstones {
@@ -541,6 +590,7 @@ async fn copy_snapshot(
     sink: &mut Sink,
     database: &str,
     created: &crate::replication::CreatedSlot,
+    mut avro: Option<&mut AvroEvents>,
 ) -> Result<u64, CdcError> {
     let snapshot_name = created.snapshot_name.as_deref().ok_or_else(|| {
         ReplicationError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
@@ -561,6 +611,11 @@ async fn copy_snapshot(
         .await
         .map_err(setup_failed)?;
     let relations = snapshot::published_relations(&client, &options.publication).await?;
+    if let Some(avro) = avro.as_deref_mut() {
+        for relation in &relations {
+            avro.prepare(relation, &options.topic_prefix).await?;
+        }
+    }
     let rows = snapshot::copy_tables(
         &client,
         &relations,
@@ -572,6 +627,7 @@ async fn copy_snapshot(
         },
         now_ms,
         options.snapshot_progress.as_ref().map(|hook| &*hook.0),
+        avro.as_deref(),
     )
     .await?;
     client.batch_execute("COMMIT").await.map_err(setup_failed)?;

@@ -261,7 +261,7 @@ impl Sink {
         let value = event.value.as_ref();
         self.metrics().record_event(
             &event.topic,
-            key.map_or(0, String::len) + value.map_or(0, String::len),
+            key.map_or(0, Vec::len) + value.map_or(0, Vec::len),
         );
         match self {
             Sink::Stdout { .. } => {
@@ -270,8 +270,8 @@ impl Sink {
                     stdout,
                     "{{\"topic\":{},\"key\":{},\"value\":{}}}",
                     serde_json::Value::String(event.topic.clone()),
-                    key.map_or("null", String::as_str),
-                    value.map_or("null", String::as_str),
+                    key.map_or("null".into(), |key| String::from_utf8_lossy(key)),
+                    value.map_or("null".into(), |value| String::from_utf8_lossy(value)),
                 )?;
             }
             Sink::Kafka(kafka) => {
@@ -282,13 +282,13 @@ impl Sink {
                     .or_default()
                     .outstanding += 1;
                 loop {
-                    let mut record: BaseRecord<'_, String, String, usize> =
+                    let mut record: BaseRecord<'_, [u8], [u8], usize> =
                         BaseRecord::with_opaque_to(&event.topic, kafka.transaction as usize);
                     if let Some(key) = key {
-                        record = record.key(key);
+                        record = record.key(key.as_slice());
                     }
                     if let Some(value) = value {
-                        record = record.payload(value);
+                        record = record.payload(value.as_slice());
                     }
                     match kafka.producer.send(record) {
                         Ok(()) => break,

@@ -180,6 +180,8 @@ pub enum SnapshotError {
     Setup(#[from] SetupError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Avro(#[from] crate::avro_events::AvroEventError),
 }
 
 /// Where the snapshot's `r` events say they come from.
@@ -200,6 +202,7 @@ pub async fn copy_tables(
     origin: SnapshotOrigin<'_>,
     now_ms: impl Fn() -> i64,
     progress: Option<&SnapshotProgressFn>,
+    avro: Option<&crate::avro_events::AvroEvents>,
 ) -> Result<u64, SnapshotError> {
     let SnapshotOrigin {
         topic_prefix,
@@ -260,15 +263,26 @@ pub async fn copy_tables(
                     })
                     .collect();
                 let tuple = encode::tuple(&values);
-                let event = envelope::row_event(
-                    relation,
-                    Operation::Read,
-                    None,
-                    Some(&tuple),
-                    &source,
-                    topic_prefix,
-                    now_ms(),
-                );
+                let event = match avro {
+                    Some(avro) => avro.row_event(
+                        relation,
+                        Operation::Read,
+                        None,
+                        Some(&tuple),
+                        &source,
+                        topic_prefix,
+                        now_ms(),
+                    )?,
+                    None => envelope::row_event(
+                        relation,
+                        Operation::Read,
+                        None,
+                        Some(&tuple),
+                        &source,
+                        topic_prefix,
+                        now_ms(),
+                    ),
+                };
                 sink.send(&event).await?;
                 fetched += 1;
             }

@@ -1,0 +1,188 @@
+//! `walflow cdc --format avro`: each table's key and value schemas registered in the schema
+//! registry before its first event (subjects `<topic>-key` and `<topic>-value`), checked
+//! against the subject's compatibility rule first, and again whenever a Relation message
+//! changes the table; events encoded in the Confluent wire format with the registered ids.
+//! Ids are kept per table, so an event costs no registry call.
+
+use std::collections::HashMap;
+
+use walflow_pgoutput::{Relation, TupleData};
+
+use crate::avro::{self, ParsedSchemas, TableSchemas};
+use crate::envelope::{topic_for, ChangeEvent, Operation, Source};
+use crate::registry::{column_changes, Compatibility, RegistryError, SchemaRegistry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AvroEventError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(
+        "table {table}: the new schema of {subject} breaks its readers under the registry's \
+         {level} rule ({changes}); registry: {reasons}. Keep the column compatible (add \
+         columns instead of changing them), or run cdc with --allow-incompatible-schemas to \
+         register it anyway (the subject's rule is set to NONE)"
+    )]
+    Incompatible {
+        table: String,
+        subject: String,
+        level: String,
+        changes: String,
+        reasons: String,
+    },
+    #[error("table {table}: {message}")]
+    Schema { table: String, message: String },
+}
+
+struct RegisteredTable {
+    schemas: TableSchemas,
+    parsed: ParsedSchemas,
+    key_id: Option<u32>,
+    value_id: u32,
+}
+
+pub struct AvroEvents {
+    registry: SchemaRegistry,
+    allow_incompatible: bool,
+    tables: HashMap<u32, RegisteredTable>,
+}
+
+impl AvroEvents {
+    pub fn new(registry_url: &str, allow_incompatible: bool) -> Result<AvroEvents, RegistryError> {
+        Ok(AvroEvents {
+            registry: SchemaRegistry::new(registry_url)?,
+            allow_incompatible,
+            tables: HashMap::new(),
+        })
+    }
+
+    /// Makes sure the table's current schemas are registered (a no-op when they already
+    /// are); called for every Relation message and before a snapshot copies the table.
+    pub async fn prepare(
+        &mut self,
+        relation: &Relation,
+        topic_prefix: &str,
+    ) -> Result<(), AvroEventError> {
+        let topic = topic_for(topic_prefix, relation);
+        let schemas = avro::schemas(relation, &topic);
+        if self
+            .tables
+            .get(&relation.oid)
+            .is_some_and(|known| known.schemas == schemas)
+        {
+            return Ok(());
+        }
+        let table = format!("{}.{}", relation.namespace, relation.name);
+        let parsed = schemas.parse().map_err(|error| AvroEventError::Schema {
+            table: table.clone(),
+            message: error.to_string(),
+        })?;
+        let value_id = self
+            .register(
+                &table,
+                &format!("{topic}-value"),
+                &schemas.value,
+                relation.oid,
+            )
+            .await?;
+        let key_id = match &schemas.key {
+            Some(key) => Some(
+                self.register(&table, &format!("{topic}-key"), key, relation.oid)
+                    .await?,
+            ),
+            None => None,
+        };
+        tracing::info!(%table, value_id, ?key_id, "Avro schemas registered");
+        self.tables.insert(
+            relation.oid,
+            RegisteredTable {
+                schemas,
+                parsed,
+                key_id,
+                value_id,
+            },
+        );
+        Ok(())
+    }
+
+    async fn register(
+        &self,
+        table: &str,
+        subject: &str,
+        schema: &serde_json::Value,
+        oid: u32,
+    ) -> Result<u32, AvroEventError> {
+        if let Compatibility::Incompatible { level, reasons } =
+            self.registry.check(subject, schema).await?
+        {
+            let previous = self.tables.get(&oid).map(|known| {
+                if subject.ends_with("-value") {
+                    column_changes(&known.schemas.value, schema)
+                } else {
+                    vec!["the key columns changed".to_owned()]
+                }
+            });
+            let changes = previous
+                .filter(|changes| !changes.is_empty())
+                .map(|changes| changes.join(", "))
+                .unwrap_or_else(|| "the table changed since its last registered schema".into());
+            if !self.allow_incompatible {
+                return Err(AvroEventError::Incompatible {
+                    table: table.to_owned(),
+                    subject: subject.to_owned(),
+                    level,
+                    changes,
+                    reasons: if reasons.is_empty() {
+                        "incompatible".into()
+                    } else {
+                        reasons.join("; ")
+                    },
+                });
+            }
+            tracing::warn!(%table, %subject, %changes, "registering an incompatible schema, as --allow-incompatible-schemas says (the subject's rule is set to NONE)");
+            self.registry.set_level(subject, "NONE").await?;
+        }
+        Ok(self.registry.register(subject, schema).await?)
+    }
+
+    /// A row change as an Avro event (the table must have been prepared).
+    #[allow(clippy::too_many_arguments)]
+    pub fn row_event(
+        &self,
+        relation: &Relation,
+        operation: Operation,
+        before: Option<&TupleData>,
+        after: Option<&TupleData>,
+        source: &Source<'_>,
+        topic_prefix: &str,
+        now_ms: i64,
+    ) -> Result<ChangeEvent, AvroEventError> {
+        let table = self
+            .tables
+            .get(&relation.oid)
+            .ok_or_else(|| AvroEventError::Schema {
+                table: format!("{}.{}", relation.namespace, relation.name),
+                message: "no registered schema (a change before its Relation message)".into(),
+            })?;
+        let (key, value) = avro::encode_change(
+            &table.parsed,
+            relation,
+            operation,
+            before,
+            after,
+            source,
+            now_ms,
+        )
+        .map_err(|error| AvroEventError::Schema {
+            table: format!("{}.{}", relation.namespace, relation.name),
+            message: error.to_string(),
+        })?;
+        Ok(ChangeEvent {
+            topic: topic_for(topic_prefix, relation),
+            key: match (key, table.key_id) {
+                (Some(key), Some(id)) => Some(avro::wire_format(id, &key)),
+                _ => None,
+            },
+            value: Some(avro::wire_format(table.value_id, &value)),
+        })
+    }
+}
