@@ -41,6 +41,9 @@ pub struct SourceOutput {
     /// The source was truncated before `changes` (images mode: sinks fed only by it are
     /// emptied first).
     pub truncated_first: bool,
+    /// Images mode: per key, the row this batch added last, so that a delete whose before
+    /// image holds only the key retracts exactly that row.
+    added: HashMap<Row, Row>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,11 +151,18 @@ impl SourceState {
                     }
                     output.changes.push((before, -1));
                 }
+                output.added.insert(key_of(&after), after.clone());
                 output.changes.push((after, 1));
             }
-            (None, SourceChange::Delete { before }) => output.changes.push((before, -1)),
+            (None, SourceChange::Delete { before }) => {
+                // With the default replica identity the before image is the key alone: if this
+                // batch added the row, that whole row is what leaves.
+                let before = output.added.remove(&key_of(&before)).unwrap_or(before);
+                output.changes.push((before, -1));
+            }
             (None, SourceChange::Truncate) => {
                 output.changes.clear();
+                output.added.clear();
                 output.truncated_first = true;
             }
         }
@@ -239,5 +249,29 @@ mod tests {
         state.apply(&[0], upsert(row(2, "b")), &mut output);
         assert!(output.truncated_first);
         assert_eq!(output.changes, vec![(row(2, "b"), 1)]);
+    }
+
+    #[test]
+    fn images_mode_retracts_the_whole_row_a_batch_added_when_deleted_by_key() {
+        let mut state = SourceState::new(false);
+        let mut output = SourceOutput::default();
+        let row = vec![Value::Int32(4), Value::Text("four".into())];
+        state.apply(
+            &[0],
+            SourceChange::Upsert {
+                before: None,
+                after: row.clone(),
+                unavailable: vec![],
+            },
+            &mut output,
+        );
+        state.apply(
+            &[0],
+            SourceChange::Delete {
+                before: vec![Value::Int32(4), Value::Null],
+            },
+            &mut output,
+        );
+        assert_eq!(output.changes, vec![(row.clone(), 1), (row, -1)]);
     }
 }
