@@ -125,6 +125,10 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
             "{}.{}",
             args.late_events_prefix, pipeline.definition.name
         ));
+        options.schema_registry_url = config
+            .schema_registry_url
+            .as_ref()
+            .map(|url| url.expose().to_owned());
         options.rebuild = args.rebuild;
         options.rebuild_if_changed = args.rebuild_if_changed;
         options.stop_when_caught_up = args.until_caught_up;

@@ -228,3 +228,156 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
     );
     assert!(log.contains("BACKWARD"), "{log}");
 }
+
+#[tokio::test]
+async fn process_reads_avro_topics_into_the_same_rows_as_postgres() {
+    use crate::cdc::Cdc;
+    use crate::harness::{
+        cassandra_session, run, stderr, walflow, TestDatabase, TestKeyspace, TestTopics,
+    };
+    use scylla::value::{CqlDate, CqlTimestamp};
+
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, price double precision, name text,
+                                 born date, seen timestamp)",
+        )
+        .await
+        .unwrap();
+    let url = services().schema_registry_url;
+    let cdc = Cdc::start_with(
+        &database,
+        &slot,
+        &topics,
+        "public.items",
+        &["--format", "avro", "--schema-registry-url", &url],
+    );
+    cdc.wait_until_streaming(&database).await;
+    client
+        .batch_execute(
+            "INSERT INTO items SELECT g, g * 1.5, 'item ' || g, DATE '2026-01-01' + g,
+                                      TIMESTAMP '2026-01-01 00:00:00.25' + g * INTERVAL '1 hour'
+               FROM generate_series(1, 20) g;
+             UPDATE items SET price = 'NaN', name = NULL WHERE id = 3;
+             DELETE FROM items WHERE id IN (4, 5);",
+        )
+        .await
+        .unwrap();
+    crate::cdc::wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let directory = tempfile::tempdir().unwrap();
+    let pipeline = directory.path().join("items.sql");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "CREATE TABLE items (id INT, price DOUBLE, name TEXT, born DATE, seen TIMESTAMP,
+                                 PRIMARY KEY (id))
+               WITH (connector = 'kafka', topic = '{}.public.items', format = 'debezium_avro');
+             CREATE TABLE item_copies (id INT PRIMARY KEY, price DOUBLE, name TEXT, born DATE,
+                                       seen TIMESTAMP)
+               WITH (connector = 'cassandra', keyspace = '{}');
+             INSERT INTO item_copies SELECT id, price, name, born, seen FROM items;",
+            topics.prefix, keyspace.name
+        ),
+    )
+    .unwrap();
+    let output = run(walflow(&database.url)
+        .args([
+            "process",
+            "--until-caught-up",
+            "--schema-registry-url",
+            &url,
+        ])
+        .arg("--checkpoint-dir")
+        .arg(directory.path().join("checkpoints"))
+        .args([
+            "--dead-letter-prefix",
+            &format!("{}.dead_letter", topics.prefix),
+        ])
+        .arg(&pipeline));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("dead_letters=0"),
+        "{}",
+        stderr(&output)
+    );
+
+    type Row = (
+        i32,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let mut expected: Vec<Row> = client
+        .query(
+            "SELECT id, price::text, name, born - DATE '1970-01-01',
+                    (extract(epoch FROM seen) * 1000)::bigint
+               FROM items ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let price: Option<String> = row.get(1);
+            let born: Option<i32> = row.get(3);
+            (
+                row.get(0),
+                price.map(|price| if price == "NaN" { "NaN".into() } else { price }),
+                row.get(2),
+                born.map(i64::from),
+                row.get(4),
+            )
+        })
+        .collect();
+    expected.sort();
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let mut actual: Vec<Row> = session
+        .query_unpaged(
+            format!(
+                "SELECT id, price, name, born, seen FROM {}.item_copies",
+                keyspace.name
+            ),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(
+            i32,
+            Option<f64>,
+            Option<String>,
+            Option<CqlDate>,
+            Option<CqlTimestamp>,
+        )>()
+        .unwrap()
+        .map(|row| {
+            let (id, price, name, born, seen) = row.unwrap();
+            (
+                id,
+                price.map(|price| {
+                    if price.is_nan() {
+                        "NaN".into()
+                    } else {
+                        price.to_string()
+                    }
+                }),
+                name,
+                born.map(|date| i64::from(date.0) - (1i64 << 31)),
+                seen.map(|timestamp| timestamp.0),
+            )
+        })
+        .collect();
+    actual.sort();
+    assert_eq!(actual, expected);
+    assert_eq!(actual.len(), 18);
+}

@@ -83,8 +83,8 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
         path: path.to_owned(),
         message,
     };
-    let (format_version, _) = postcard::take_from_bytes::<u32>(&bytes)
-        .map_err(|error| corrupt(error.to_string()))?;
+    let (format_version, _) =
+        postcard::take_from_bytes::<u32>(&bytes).map_err(|error| corrupt(error.to_string()))?;
     if format_version != FORMAT_VERSION {
         return Err(corrupt(format!(
             "format {format_version}, this walflow reads format {FORMAT_VERSION}"

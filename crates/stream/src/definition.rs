@@ -58,6 +58,9 @@ pub struct Column {
 pub enum SourceFormat {
     /// Debezium's JSON envelope (schemas off), what `walflow cdc` writes.
     DebeziumJson,
+    /// Debezium's envelope in Avro, Confluent wire format, writer schemas from the schema
+    /// registry (`walflow cdc --format avro`).
+    DebeziumAvro,
 }
 
 /// How a source's change events are read.
@@ -438,10 +441,11 @@ impl PipelineDefinition {
                 let topic = required_option(&options, "topic", &name)?;
                 let format = match options.get("format").map(String::as_str) {
                     None | Some("debezium_json") => SourceFormat::DebeziumJson,
+                    Some("debezium_avro") => SourceFormat::DebeziumAvro,
                     Some(other) => {
                         return Err((
                             None,
-                            format!("table {name}: format '{other}' is not known; use 'debezium_json'"),
+                            format!("table {name}: format '{other}' is not known; use 'debezium_json' or 'debezium_avro'"),
                         ))
                     }
                 };

@@ -1,6 +1,7 @@
 //! walflow's third hop: pipelines written in SQL files that keep Cassandra tables equal to
 //! queries over Kafka change streams (updating tables), on DataFusion and Arrow.
 
+pub mod avro;
 pub mod checkpoint;
 pub mod decode;
 pub mod definition;

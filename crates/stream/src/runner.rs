@@ -18,7 +18,9 @@ use tokio::sync::watch;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::decode::decode;
-use crate::definition::{DefinitionError, PipelineDefinition, SinkTable, SourceTable};
+use crate::definition::{
+    DefinitionError, PipelineDefinition, SinkTable, SourceFormat, SourceTable,
+};
 use crate::live_edit::{state_fits, FileWatch};
 use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
 use crate::operators::window::LateEvent;
@@ -38,6 +40,8 @@ pub struct ProcessOptions {
     pub dead_letter_topic: Option<String>,
     /// Late-events topic of windowed queries; `None`: `walflow.late.<pipeline>`.
     pub late_topic: Option<String>,
+    /// The schema registry, for sources with `format = 'debezium_avro'`.
+    pub schema_registry_url: Option<String>,
     /// Forget the checkpoint, empty the sink tables and start from the topics' beginning.
     pub rebuild: bool,
     /// Rebuild (as `rebuild`) only when the checkpoint does not fit: the pipeline file
@@ -59,6 +63,7 @@ impl ProcessOptions {
             batch_max_wait: Duration::from_millis(50),
             dead_letter_topic: None,
             late_topic: None,
+            schema_registry_url: None,
             rebuild: false,
             rebuild_if_changed: false,
             stop_when_caught_up: false,
@@ -554,12 +559,30 @@ pub async fn run(
     let mut read_positions: BTreeMap<(String, i32), i64> = state.offsets.clone();
     tracing::info!(pipeline = %name, topics = ?topics, group = %group, dead_letter_topic = %dead_letter_topic, "processing");
 
+    let avro_schemas = if pipeline
+        .definition
+        .sources
+        .iter()
+        .any(|source| source.format == SourceFormat::DebeziumAvro)
+    {
+        let url = options.schema_registry_url.as_deref().ok_or_else(|| {
+            fail(
+                "a source reads format 'debezium_avro': set WALFLOW_SCHEMA_REGISTRY_URL (or \
+                 --schema-registry-url) to the schema registry"
+                    .into(),
+            )
+        })?;
+        Some(crate::avro::WriterSchemas::new(url).map_err(fail)?)
+    } else {
+        None
+    };
     // Reading and decoding run on a task of their own, a batch ahead of the evaluation
     // below, so the two use both cores.
     let consumer = Arc::new(consumer);
     let (batch_sender, mut batches) = tokio::sync::mpsc::channel::<ReadBatch>(1);
     let reader = tokio::spawn(
         BatchReader {
+            avro: avro_schemas,
             consumer: consumer.clone(),
             sources: Arc::new(pipeline.definition.sources.clone()),
             batch_max_events: options.batch_max_events,
@@ -731,6 +754,8 @@ struct ReadBatch {
 
 /// Reads micro-batches, bounded by events and by time, and decodes them.
 struct BatchReader {
+    /// Writer schemas, when a source reads Avro.
+    avro: Option<crate::avro::WriterSchemas>,
     consumer: Arc<StreamConsumer>,
     sources: Arc<Vec<SourceTable>>,
     batch_max_events: usize,
@@ -740,6 +765,26 @@ struct BatchReader {
 }
 
 impl BatchReader {
+    /// An Avro event as the JSON envelope; its writer schema is fetched on first sight, and
+    /// a registry that cannot be reached is waited for (the event is not given up).
+    async fn avro_as_json(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
+        let Some(schemas) = self.avro.as_mut() else {
+            return Err("an Avro source without a schema registry".into());
+        };
+        let id = crate::avro::WriterSchemas::schema_id(payload)?;
+        let mut backoff = RETRY_MIN;
+        while let Err(error) = schemas.fetch(id).await {
+            tracing::warn!(pipeline = %self.pipeline, %error, retry_in_ms = backoff.as_millis() as u64, "cannot fetch an Avro writer schema; retrying");
+            if sleep_or_stop(backoff, &mut self.stop).await {
+                return Err(format!(
+                    "stopped while fetching writer schema {id}: {error}"
+                ));
+            }
+            backoff = (backoff * 2).min(RETRY_MAX);
+        }
+        schemas.to_json(payload)
+    }
+
     async fn run(mut self, batches: tokio::sync::mpsc::Sender<ReadBatch>) {
         loop {
             let batch = self.read().await;
@@ -761,9 +806,11 @@ impl BatchReader {
             stopping: *self.stop.borrow(),
         };
         let deadline = tokio::time::Instant::now() + self.batch_max_wait;
+        // Messages borrow the consumer, not the reader, which Avro sources need mutably.
+        let consumer = self.consumer.clone();
         while batch.events < self.batch_max_events && !batch.stopping {
             let message = tokio::select! {
-                message = tokio::time::timeout_at(deadline, self.consumer.recv()) => message,
+                message = tokio::time::timeout_at(deadline, consumer.recv()) => message,
                 _ = self.stop.changed() => { batch.stopping = true; break; }
             };
             let message = match message {
@@ -779,11 +826,23 @@ impl BatchReader {
                 (message.topic().to_owned(), message.partition()),
                 message.offset() + 1,
             ));
-            for (source_index, source) in self.sources.iter().enumerate() {
+            let sources = self.sources.clone();
+            for (source_index, source) in sources.iter().enumerate() {
                 if source.topic != message.topic() {
                     continue;
                 }
-                match decode(source, message.payload()) {
+                let converted = match (source.format, message.payload()) {
+                    (SourceFormat::DebeziumAvro, Some(payload)) => {
+                        Some(self.avro_as_json(payload).await)
+                    }
+                    _ => None,
+                };
+                let decoded = match converted {
+                    Some(Ok(json)) => decode(source, Some(&json)),
+                    Some(Err(reason)) => Err(reason),
+                    None => decode(source, message.payload()),
+                };
+                match decoded {
                     Ok(Some(event)) => {
                         if let Some(commit_ms) = event.commit_time_ms.filter(|&ms| ms > 0) {
                             batch.newest_commit_ms = batch.newest_commit_ms.max(commit_ms as u64);
