@@ -133,7 +133,8 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
         .batch_execute(
             "CREATE TABLE zoo (id bigint PRIMARY KEY, flag boolean, small smallint,
                                ratio double precision, price numeric, blob bytea, born date,
-                               seen timestamp, at timestamptz, uid uuid, note text)",
+                               seen timestamp, at timestamptz, uid uuid, note text);
+             INSERT INTO zoo (id, note) VALUES (0, 'before cdc');",
         )
         .await
         .unwrap();
@@ -154,12 +155,18 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
              UPDATE zoo SET note = 'second' WHERE id = 1;
              ALTER TABLE zoo ADD COLUMN extra int;
              INSERT INTO zoo (id, extra) VALUES (2, 42);
-             DELETE FROM zoo WHERE id = 2;",
+             DELETE FROM zoo WHERE id = 2;
+             TRUNCATE zoo;",
         )
         .await
         .unwrap();
     let topic = format!("{}.public.zoo", topics.prefix);
-    let messages = avro_messages(&topic, 5);
+    let mut messages = avro_messages(&topic, 7);
+    // The row that was there first, from the snapshot.
+    let snapshot = messages.remove(0);
+    assert_eq!(snapshot["value"]["op"], "r", "{snapshot}");
+    assert_eq!(snapshot["value"]["source"]["snapshot"], "true");
+    assert_eq!(snapshot["value"]["after"]["note"], "before cdc");
     let after = &messages[0]["value"]["after"];
     assert_eq!(
         messages[0]["key"],
@@ -195,6 +202,8 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
         serde_json::Value::Null,
         "the tombstone"
     );
+    assert_eq!(messages[5]["value"]["op"], "t");
+    assert_eq!(messages[5]["key"], serde_json::Value::Null);
     let versions: Vec<u64> = reqwest::get(format!("{url}/subjects/{topic}-value/versions"))
         .await
         .unwrap()
