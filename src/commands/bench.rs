@@ -85,7 +85,19 @@ struct CdcBenchReport {
     walflow_seconds: f64,
     pg_recvlogical_seconds: f64,
     walflow_events: u64,
+    /// Key and value bytes per event in Kafka.
+    json_bytes_per_event: f64,
+    /// The same backlog as Avro (with a schema registry configured).
+    avro: Option<AvroCdcFigures>,
     peak_rss_mb: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct AvroCdcFigures {
+    rows_per_second: f64,
+    seconds: f64,
+    bytes_per_event: f64,
+    ratio_to_json: f64,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +303,21 @@ async fn bench_cdc(args: CdcBenchArgs, config: &Config) -> anyhow::Result<ExitCo
                 "MISSED"
             },
         );
+        match &report.avro {
+            Some(avro) => println!(
+                "  JSON: {:.0} bytes per event\n  Avro (--format avro): {:>9.0} rows/s ({:.2} s, {:.2} of JSON's speed), {:.0} bytes per event ({:.2} of JSON's size)",
+                report.json_bytes_per_event,
+                avro.rows_per_second,
+                avro.seconds,
+                avro.ratio_to_json,
+                avro.bytes_per_event,
+                avro.bytes_per_event / report.json_bytes_per_event.max(1.0),
+            ),
+            None => println!(
+                "  JSON: {:.0} bytes per event (no schema registry configured: Avro not measured)",
+                report.json_bytes_per_event
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -309,13 +336,14 @@ async fn bench_cdc_in_database(
     let client = connect(url.as_str()).await?;
     let walflow_slot = format!("{database}_walflow");
     let baseline_slot = format!("{database}_recvlogical");
+    let avro_slot = format!("{database}_avro");
     client
         .batch_execute(
             "CREATE TABLE bench_rows (id bigint PRIMARY KEY, payload text NOT NULL, amount numeric NOT NULL, \
              created_at timestamptz NOT NULL DEFAULT now()); CREATE PUBLICATION walflow_bench FOR TABLE bench_rows",
         )
         .await?;
-    for slot in [&walflow_slot, &baseline_slot] {
+    for slot in [&walflow_slot, &baseline_slot, &avro_slot] {
         client
             .execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
@@ -363,10 +391,59 @@ async fn bench_cdc_in_database(
         snapshot_progress: None,
     };
     let sink = Sink::kafka(&config.kafka_brokers)?;
+    let json_metrics = sink.metrics().clone();
     let (_stop_sender, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
     let summary = pipeline::run(&options, sink, stop).await?;
     let walflow_seconds = started.elapsed().as_secs_f64();
+    let json_bytes_per_event =
+        json_metrics.snapshot().bytes as f64 / json_metrics.snapshot().events.max(1) as f64;
+
+    // The same backlog again, as Avro through the schema registry, on a slot of its own.
+    let avro = match &config.schema_registry_url {
+        Some(registry) => {
+            let avro_options = CdcOptions {
+                avro: Some(pipeline::AvroOptions {
+                    registry_url: registry.expose().to_owned(),
+                    allow_incompatible: false,
+                }),
+                slot: avro_slot.clone(),
+                topic_prefix: format!("{topic_prefix}_avro"),
+                ..options.clone()
+            };
+            let sink = Sink::kafka(&config.kafka_brokers)?;
+            let metrics = sink.metrics().clone();
+            let (_stop_sender, stop) = tokio::sync::watch::channel(false);
+            let started = Instant::now();
+            let avro_summary = pipeline::run(&avro_options, sink, stop).await?;
+            let seconds = started.elapsed().as_secs_f64();
+            if avro_summary.events != args.rows {
+                bail!(
+                    "walflow cdc --format avro sent {} events for {} rows",
+                    avro_summary.events,
+                    args.rows
+                );
+            }
+            let bytes_per_event =
+                metrics.snapshot().bytes as f64 / metrics.snapshot().events.max(1) as f64;
+            let topic = format!("{topic_prefix}_avro.public.bench_rows");
+            if let Err(error) = sink::delete_topics(&config.kafka_brokers, &[&topic]).await {
+                tracing::warn!(%topic, %error, "could not delete the benchmark topic");
+            }
+            Some(AvroCdcFigures {
+                rows_per_second: args.rows as f64 / seconds,
+                seconds,
+                bytes_per_event,
+                ratio_to_json: walflow_seconds / seconds,
+            })
+        }
+        None => {
+            client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&avro_slot])
+                .await?;
+            None
+        }
+    };
     if summary.events != args.rows {
         bail!(
             "walflow cdc sent {} events for {} rows",
@@ -433,6 +510,8 @@ async fn bench_cdc_in_database(
         walflow_seconds,
         pg_recvlogical_seconds,
         walflow_events: summary.events,
+        json_bytes_per_event,
+        avro,
         peak_rss_mb: peak_rss_mb(),
     })
 }
