@@ -5,6 +5,7 @@ pub mod avro;
 pub mod avro_events;
 pub mod envelope;
 pub mod metrics;
+pub mod pg_time;
 pub mod pipeline;
 pub mod publication;
 pub mod registry;

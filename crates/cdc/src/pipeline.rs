@@ -605,7 +605,9 @@ async fn copy_snapshot(
     };
     client
         .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; \
+             SET LOCAL DateStyle = ISO; SET LOCAL IntervalStyle = postgres; \
+             SET LOCAL bytea_output = hex",
             snapshot_name.replace('\'', "''")
         ))
         .await

@@ -1,6 +1,7 @@
 //! Column values, as pgoutput sends them in text form, to JSON the way Debezium's
 //! PostgreSQL connector writes them with its JSON converter (docs/events.md has the table).
 
+use crate::pg_time;
 use base64::Engine;
 use serde_json::{Number, Value};
 
@@ -85,21 +86,21 @@ pub fn classify(type_oid: u32, text: &str) -> JsonScalar<'_> {
         // Debezium's time types (time.precision.mode=adaptive): io.debezium.time.Date (days
         // since 1970-01-01), MicroTimestamp (microseconds since the epoch, no zone) and
         // ZonedTimestamp (ISO 8601 in UTC). 'infinity' and '-infinity' stay strings.
-        oid::DATE => chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map(|date| JsonScalar::Integer((date - chrono::NaiveDate::default()).num_days()))
-            .unwrap_or_else(|_| as_text()),
-        oid::TIMESTAMP => chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f")
-            .map(|timestamp| JsonScalar::Integer(timestamp.and_utc().timestamp_micros()))
-            .unwrap_or_else(|_| as_text()),
-        oid::TIMESTAMPTZ => chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f%#z")
+        // BC dates are negative days, as Debezium writes them.
+        oid::DATE => pg_time::date_days(text)
+            .map(JsonScalar::Integer)
+            .unwrap_or_else(as_text),
+        oid::TIMESTAMP => pg_time::timestamp_micros(text)
+            .map(JsonScalar::Integer)
+            .unwrap_or_else(as_text),
+        oid::TIMESTAMPTZ => pg_time::timestamptz_micros(text)
+            .and_then(chrono::DateTime::from_timestamp_micros)
             .map(|timestamp| {
                 JsonScalar::Text(std::borrow::Cow::Owned(
-                    timestamp
-                        .with_timezone(&chrono::Utc)
-                        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    timestamp.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                 ))
             })
-            .unwrap_or_else(|_| as_text()),
+            .unwrap_or_else(as_text),
         // Everything else in Postgres's own text form: text, varchar, uuid, json/jsonb (the
         // document as a string, as Debezium's io.debezium.data.Json), times, intervals,
         // network types, arrays, enums, domains.

@@ -120,6 +120,11 @@ impl ReplicationConnection {
                 ("replication", "database"),
                 ("application_name", config.application_name.as_str()),
                 ("client_encoding", "UTF8"),
+                // The text forms walflow's encoders read (pg_time.rs, avro.rs), whatever the
+                // server's defaults.
+                ("DateStyle", "ISO"),
+                ("IntervalStyle", "postgres"),
+                ("bytea_output", "hex"),
             ],
             &mut connection.write_buffer,
         )?;
