@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use walflow_pgoutput::{Relation, TupleData};
 
-use crate::avro::{self, ParsedSchemas, TableSchemas};
+use crate::avro::{self, SchemaIds, TableSchemas};
 use crate::envelope::{topic_for, ChangeEvent, Operation, Source};
 use crate::registry::{column_changes, Compatibility, RegistryError, SchemaRegistry};
 
@@ -35,9 +35,7 @@ pub enum AvroEventError {
 
 struct RegisteredTable {
     schemas: TableSchemas,
-    parsed: ParsedSchemas,
-    key_id: Option<u32>,
-    value_id: u32,
+    ids: SchemaIds,
 }
 
 pub struct AvroEvents {
@@ -72,7 +70,8 @@ impl AvroEvents {
             return Ok(());
         }
         let table = format!("{}.{}", relation.namespace, relation.name);
-        let parsed = schemas.parse().map_err(|error| AvroEventError::Schema {
+        // Checked here, before the registry sees it.
+        schemas.parse().map_err(|error| AvroEventError::Schema {
             table: table.clone(),
             message: error.to_string(),
         })?;
@@ -96,9 +95,10 @@ impl AvroEvents {
             relation.oid,
             RegisteredTable {
                 schemas,
-                parsed,
-                key_id,
-                value_id,
+                ids: SchemaIds {
+                    key: key_id,
+                    value: value_id,
+                },
             },
         );
         Ok(())
@@ -164,13 +164,7 @@ impl AvroEvents {
                 message: "no registered schema (a change before its Relation message)".into(),
             })?;
         let (key, value) = avro::encode_change(
-            &table.parsed,
-            relation,
-            operation,
-            before,
-            after,
-            source,
-            now_ms,
+            table.ids, relation, operation, before, after, source, now_ms,
         )
         .map_err(|error| AvroEventError::Schema {
             table: format!("{}.{}", relation.namespace, relation.name),
@@ -178,11 +172,8 @@ impl AvroEvents {
         })?;
         Ok(ChangeEvent {
             topic: topic_for(topic_prefix, relation),
-            key: match (key, table.key_id) {
-                (Some(key), Some(id)) => Some(avro::wire_format(id, &key)),
-                _ => None,
-            },
-            value: Some(avro::wire_format(table.value_id, &value)),
+            key,
+            value: Some(value),
         })
     }
 }
