@@ -1,23 +1,24 @@
 //! Sources with `format = 'debezium_avro'`: events in the Confluent wire format (a zero byte,
 //! the writer schema's registry id, the Avro datum), as `walflow cdc --format avro` and
 //! Debezium's AvroConverter write them. The writer schema is fetched from the registry by id
-//! once and kept; each datum is then read with it and turned into the JSON envelope the
-//! Debezium JSON decoder reads, so both formats project onto the declared columns the same
-//! way (a column the event lacks reads as NULL, one the pipeline does not declare is
-//! skipped).
+//! once, parsed with apache-avro and compiled into a [`Reader`]; each datum is then read with
+//! it straight into the JSON envelope the Debezium JSON decoder reads (no Avro values in
+//! between), so both formats project onto the declared columns the same way (a column the
+//! event lacks reads as NULL, one the pipeline does not declare is skipped).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use apache_avro::types::Value as Avro;
+use apache_avro::schema::{Name, Namespace};
 use apache_avro::Schema;
-use serde_json::{json, Map, Value as Json};
+use base64::Engine;
+use serde_json::Value as Json;
 
-/// Writer schemas by registry id.
+/// Writer schemas by registry id, compiled.
 pub struct WriterSchemas {
     base: String,
     client: reqwest::Client,
-    schemas: HashMap<u32, Schema>,
+    schemas: HashMap<u32, Reader>,
 }
 
 impl WriterSchemas {
@@ -67,7 +68,9 @@ impl WriterSchemas {
             .ok_or_else(|| format!("GET {url}: HTTP {status}: {body}"))?;
         let schema = Schema::parse_str(text)
             .map_err(|error| format!("schema {id} from the registry is not Avro: {error}"))?;
-        self.schemas.insert(id, schema);
+        let reader = Reader::new(&schema)
+            .map_err(|error| format!("schema {id} from the registry: {error}"))?;
+        self.schemas.insert(id, reader);
         Ok(())
     }
 
@@ -79,116 +82,718 @@ impl WriterSchemas {
             .schemas
             .get(&id)
             .ok_or_else(|| format!("schema {id} was not fetched"))?;
-        let value = apache_avro::from_avro_datum(schema, &mut &payload[5..], None)
+        let mut datum = &payload[5..];
+        let mut json = Vec::with_capacity(payload.len() * 2);
+        schema
+            .read(&mut datum, &mut json)
             .map_err(|error| format!("cannot read the Avro datum with schema {id}: {error}"))?;
-        Ok(json(&value).to_string().into_bytes())
+        if !datum.is_empty() {
+            return Err(format!(
+                "the Avro datum has {} bytes more than schema {id} reads",
+                datum.len()
+            ));
+        }
+        Ok(json)
     }
 }
 
-/// An Avro value as the JSON form walflow's Debezium JSON decoder reads: dates as days,
-/// timestamps as microseconds, bytes as base64, NaN and infinities as strings.
-fn json(value: &Avro) -> Json {
-    use base64::Engine;
-    match value {
-        Avro::Null => Json::Null,
-        Avro::Boolean(flag) => json!(flag),
-        Avro::Int(number) => json!(number),
-        Avro::Long(number) => json!(number),
-        Avro::Float(number) => float(f64::from(*number)),
-        Avro::Double(number) => float(*number),
-        Avro::Bytes(bytes) | Avro::Fixed(_, bytes) => {
-            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
-        }
-        Avro::String(text) | Avro::Enum(_, text) => json!(text),
-        Avro::Uuid(uuid) => json!(uuid.to_string()),
-        Avro::Date(days) => json!(days),
-        Avro::TimeMillis(millis) => json!(millis),
-        Avro::TimeMicros(micros) => json!(micros),
-        Avro::TimestampMillis(millis) | Avro::LocalTimestampMillis(millis) => {
-            json!(millis.saturating_mul(1000))
-        }
-        Avro::TimestampMicros(micros) | Avro::LocalTimestampMicros(micros) => json!(micros),
-        Avro::TimestampNanos(nanos) | Avro::LocalTimestampNanos(nanos) => json!(nanos / 1000),
-        Avro::Union(_, inner) => json(inner),
-        Avro::Array(items) => Json::Array(items.iter().map(json).collect()),
-        Avro::Map(entries) => Json::Object(
-            entries
-                .iter()
-                .map(|(key, value)| (key.clone(), json(value)))
-                .collect(),
-        ),
-        Avro::Record(fields) => {
-            let mut object = Map::new();
-            for (name, value) in fields {
-                object.insert(name.clone(), json(value));
-            }
-            Json::Object(object)
-        }
-        Avro::Decimal(decimal) => json!(format!("{decimal:?}")),
-        other => json!(format!("{other:?}")),
-    }
+/// A writer schema compiled for reading: every type a node of one arena, named types and
+/// references resolved once, record field names already JSON-quoted.
+pub struct Reader {
+    nodes: Vec<Node>,
 }
 
-fn float(number: f64) -> Json {
-    if number.is_nan() {
-        json!("NaN")
-    } else if number.is_infinite() {
-        json!(if number > 0.0 {
-            "Infinity"
-        } else {
-            "-Infinity"
+type NodeId = usize;
+
+enum Node {
+    Null,
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Bytes,
+    String,
+    Uuid,
+    /// Days since 1970-01-01, as the JSON decoder reads dates.
+    Date,
+    TimeMillis,
+    TimeMicros,
+    /// Timestamps as microseconds since the epoch, whatever the writer's unit.
+    TimestampMillis,
+    TimestampMicros,
+    TimestampNanos,
+    /// Its unscaled value (big-endian two's complement, in bytes or a fixed) as a decimal
+    /// string.
+    Decimal {
+        scale: usize,
+        fixed: Option<usize>,
+    },
+    Fixed(usize),
+    Duration,
+    Enum(Vec<String>),
+    Array(NodeId),
+    Map(NodeId),
+    Union(Vec<NodeId>),
+    Record(Vec<(String, NodeId)>),
+    /// A named record while its fields are compiled (a recursive reference points here).
+    Pending,
+}
+
+impl Reader {
+    pub fn new(schema: &Schema) -> Result<Reader, String> {
+        let mut compiler = Compiler {
+            nodes: Vec::new(),
+            named: HashMap::new(),
+        };
+        compiler.compile(schema, &None)?;
+        Ok(Reader {
+            nodes: compiler.nodes,
         })
-    } else {
-        json!(number)
     }
+
+    /// Reads one datum from `input` (advancing it) and appends its JSON to `out`.
+    pub fn read(&self, input: &mut &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        self.read_node(0, input, out)
+    }
+
+    fn read_node(&self, node: NodeId, input: &mut &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+        match &self.nodes[node] {
+            Node::Null => out.extend_from_slice(b"null"),
+            Node::Boolean => match take(input, 1)?[0] {
+                0 => out.extend_from_slice(b"false"),
+                1 => out.extend_from_slice(b"true"),
+                other => return Err(format!("{other} is not a boolean")),
+            },
+            Node::Int
+            | Node::Long
+            | Node::Date
+            | Node::TimeMillis
+            | Node::TimeMicros
+            | Node::TimestampMicros => number(out, long(input)?),
+            Node::TimestampMillis => number(out, long(input)?.saturating_mul(1000)),
+            Node::TimestampNanos => number(out, long(input)? / 1000),
+            Node::Float => {
+                let bytes = take(input, 4)?;
+                float(
+                    out,
+                    f64::from(f32::from_le_bytes(bytes.try_into().unwrap())),
+                );
+            }
+            Node::Double => {
+                let bytes = take(input, 8)?;
+                float(out, f64::from_le_bytes(bytes.try_into().unwrap()));
+            }
+            Node::Bytes => {
+                let bytes = length_prefixed(input)?;
+                base64_string(out, bytes);
+            }
+            Node::Fixed(size) => base64_string(out, take(input, *size)?),
+            Node::String => {
+                let bytes = length_prefixed(input)?;
+                let text = std::str::from_utf8(bytes)
+                    .map_err(|_| "a string that is not UTF-8".to_owned())?;
+                string(out, text);
+            }
+            Node::Uuid => {
+                let bytes = length_prefixed(input)?;
+                match bytes.len() {
+                    16 => string(out, &uuid_text(bytes.try_into().unwrap())),
+                    _ => string(
+                        out,
+                        std::str::from_utf8(bytes)
+                            .map_err(|_| "a uuid that is not UTF-8".to_owned())?,
+                    ),
+                }
+            }
+            Node::Decimal { scale, fixed } => {
+                let bytes = match fixed {
+                    Some(size) => take(input, *size)?,
+                    None => length_prefixed(input)?,
+                };
+                string(out, &decimal_text(bytes, *scale)?);
+            }
+            Node::Duration => {
+                let bytes = take(input, 12)?;
+                let part = |index: usize| {
+                    u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().unwrap())
+                };
+                string(
+                    out,
+                    &format!("{} months {} days {} ms", part(0), part(1), part(2)),
+                );
+            }
+            Node::Enum(symbols) => {
+                let index = long(input)?;
+                let symbol = usize::try_from(index)
+                    .ok()
+                    .and_then(|index| symbols.get(index))
+                    .ok_or_else(|| format!("enum index {index} of {} symbols", symbols.len()))?;
+                string(out, symbol);
+            }
+            Node::Array(items) => {
+                out.push(b'[');
+                let mut first = true;
+                loop {
+                    let count = block_count(input)?;
+                    if count == 0 {
+                        break;
+                    }
+                    for _ in 0..count {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        self.read_node(*items, input, out)?;
+                    }
+                }
+                out.push(b']');
+            }
+            Node::Map(values) => {
+                out.push(b'{');
+                let mut first = true;
+                loop {
+                    let count = block_count(input)?;
+                    if count == 0 {
+                        break;
+                    }
+                    for _ in 0..count {
+                        if !first {
+                            out.push(b',');
+                        }
+                        first = false;
+                        let key = std::str::from_utf8(length_prefixed(input)?)
+                            .map_err(|_| "a map key that is not UTF-8".to_owned())?;
+                        string(out, key);
+                        out.push(b':');
+                        self.read_node(*values, input, out)?;
+                    }
+                }
+                out.push(b'}');
+            }
+            Node::Union(branches) => {
+                let index = long(input)?;
+                let branch = usize::try_from(index)
+                    .ok()
+                    .and_then(|index| branches.get(index))
+                    .ok_or_else(|| format!("union branch {index} of {}", branches.len()))?;
+                self.read_node(*branch, input, out)?;
+            }
+            Node::Record(fields) => {
+                out.push(b'{');
+                for (index, (key, field)) in fields.iter().enumerate() {
+                    if index > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(key.as_bytes());
+                    out.push(b':');
+                    self.read_node(*field, input, out)?;
+                }
+                out.push(b'}');
+            }
+            Node::Pending => return Err("a reference to an unfinished record".into()),
+        }
+        Ok(())
+    }
+}
+
+struct Compiler {
+    nodes: Vec<Node>,
+    named: HashMap<Name, NodeId>,
+}
+
+impl Compiler {
+    fn push(&mut self, node: Node) -> NodeId {
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    fn name(&mut self, name: &Name, namespace: &Namespace, id: NodeId) -> Name {
+        let full = name.fully_qualified_name(namespace);
+        self.named.insert(full.clone(), id);
+        full
+    }
+
+    fn compile(&mut self, schema: &Schema, namespace: &Namespace) -> Result<NodeId, String> {
+        let node = match schema {
+            Schema::Null => Node::Null,
+            Schema::Boolean => Node::Boolean,
+            Schema::Int => Node::Int,
+            Schema::Long => Node::Long,
+            Schema::Float => Node::Float,
+            Schema::Double => Node::Double,
+            Schema::Bytes => Node::Bytes,
+            Schema::String => Node::String,
+            Schema::Uuid => Node::Uuid,
+            Schema::Date => Node::Date,
+            Schema::TimeMillis => Node::TimeMillis,
+            Schema::TimeMicros => Node::TimeMicros,
+            Schema::TimestampMillis | Schema::LocalTimestampMillis => Node::TimestampMillis,
+            Schema::TimestampMicros | Schema::LocalTimestampMicros => Node::TimestampMicros,
+            Schema::TimestampNanos | Schema::LocalTimestampNanos => Node::TimestampNanos,
+            Schema::Duration => Node::Duration,
+            Schema::BigDecimal => return Err("the big-decimal logical type is not read".into()),
+            Schema::Decimal(decimal) => {
+                let fixed = match decimal.inner.as_ref() {
+                    Schema::Fixed(fixed) => {
+                        let id = self.push(Node::Fixed(fixed.size));
+                        self.name(&fixed.name, namespace, id);
+                        Some(fixed.size)
+                    }
+                    _ => None,
+                };
+                Node::Decimal {
+                    scale: decimal.scale,
+                    fixed,
+                }
+            }
+            Schema::Fixed(fixed) => {
+                let id = self.push(Node::Fixed(fixed.size));
+                self.name(&fixed.name, namespace, id);
+                return Ok(id);
+            }
+            Schema::Enum(schema) => {
+                let id = self.push(Node::Enum(schema.symbols.clone()));
+                self.name(&schema.name, namespace, id);
+                return Ok(id);
+            }
+            Schema::Array(array) => {
+                let id = self.push(Node::Pending);
+                let items = self.compile(&array.items, namespace)?;
+                self.nodes[id] = Node::Array(items);
+                return Ok(id);
+            }
+            Schema::Map(map) => {
+                let id = self.push(Node::Pending);
+                let values = self.compile(&map.types, namespace)?;
+                self.nodes[id] = Node::Map(values);
+                return Ok(id);
+            }
+            Schema::Union(union) => {
+                let id = self.push(Node::Pending);
+                let branches = union
+                    .variants()
+                    .iter()
+                    .map(|branch| self.compile(branch, namespace))
+                    .collect::<Result<_, _>>()?;
+                self.nodes[id] = Node::Union(branches);
+                return Ok(id);
+            }
+            Schema::Record(record) => {
+                let id = self.push(Node::Pending);
+                let full = self.name(&record.name, namespace, id);
+                let mut fields = Vec::with_capacity(record.fields.len());
+                for field in &record.fields {
+                    let mut key = Vec::new();
+                    string(&mut key, &field.name);
+                    let node = self.compile(&field.schema, &full.namespace)?;
+                    fields.push((String::from_utf8(key).expect("JSON is UTF-8"), node));
+                }
+                self.nodes[id] = Node::Record(fields);
+                return Ok(id);
+            }
+            Schema::Ref { name } => {
+                let full = name.fully_qualified_name(namespace);
+                return self.named.get(&full).copied().ok_or_else(|| {
+                    format!("the schema refers to {full:?}, which it never defines")
+                });
+            }
+        };
+        Ok(self.push(node))
+    }
+}
+
+fn take<'a>(input: &mut &'a [u8], count: usize) -> Result<&'a [u8], String> {
+    if input.len() < count {
+        return Err(format!(
+            "the datum ends early ({count} bytes wanted, {} left)",
+            input.len()
+        ));
+    }
+    let (taken, rest) = input.split_at(count);
+    *input = rest;
+    Ok(taken)
+}
+
+/// A zig-zag varint.
+fn long(input: &mut &[u8]) -> Result<i64, String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = take(input, 1)?[0];
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    Err("a varint longer than 10 bytes".into())
+}
+
+fn length_prefixed<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], String> {
+    let length = long(input)?;
+    let length = usize::try_from(length).map_err(|_| format!("a negative length {length}"))?;
+    take(input, length)
+}
+
+/// An array or map block's item count (a negative count is followed by the block's size).
+fn block_count(input: &mut &[u8]) -> Result<u64, String> {
+    let count = long(input)?;
+    if count < 0 {
+        long(input)?;
+    }
+    Ok(count.unsigned_abs())
+}
+
+fn number(out: &mut Vec<u8>, value: i64) {
+    out.extend_from_slice(value.to_string().as_bytes());
+}
+
+/// NaN and the infinities as the strings Debezium's JSON uses.
+fn float(out: &mut Vec<u8>, value: f64) {
+    if value.is_nan() {
+        out.extend_from_slice(b"\"NaN\"");
+    } else if value.is_infinite() {
+        out.extend_from_slice(if value > 0.0 {
+            b"\"Infinity\""
+        } else {
+            b"\"-Infinity\""
+        });
+    } else {
+        serde_json::to_writer(&mut *out, &value).expect("writing to memory");
+    }
+}
+
+fn string(out: &mut Vec<u8>, text: &str) {
+    serde_json::to_writer(&mut *out, text).expect("writing to memory");
+}
+
+fn base64_string(out: &mut Vec<u8>, bytes: &[u8]) {
+    string(
+        out,
+        &base64::engine::general_purpose::STANDARD.encode(bytes),
+    );
+}
+
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// A decimal's unscaled value (big-endian two's complement) and scale as its decimal text.
+fn decimal_text(bytes: &[u8], scale: usize) -> Result<String, String> {
+    if bytes.len() > 16 {
+        return Err(format!(
+            "a decimal of {} bytes (at most 16 are read)",
+            bytes.len()
+        ));
+    }
+    let mut unscaled: i128 = if bytes.first().is_some_and(|byte| byte & 0x80 != 0) {
+        -1
+    } else {
+        0
+    };
+    for byte in bytes {
+        unscaled = (unscaled << 8) | i128::from(*byte);
+    }
+    let digits = unscaled.unsigned_abs().to_string();
+    let sign = if unscaled < 0 { "-" } else { "" };
+    if scale == 0 {
+        return Ok(format!("{sign}{digits}"));
+    }
+    let digits = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = digits.split_at(digits.len() - scale);
+    Ok(format!("{sign}{whole}.{fraction}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apache_avro::types::Value as Avro;
+    use serde_json::{json, Map};
+
+    /// The oracle: apache-avro's own reading of a datum, turned into the same JSON form
+    /// (dates as days, timestamps as microseconds, bytes as base64, NaN and infinities as
+    /// strings).
+    fn oracle(value: &Avro) -> Json {
+        match value {
+            Avro::Null => Json::Null,
+            Avro::Boolean(flag) => json!(flag),
+            Avro::Int(number) | Avro::Date(number) | Avro::TimeMillis(number) => json!(number),
+            Avro::Long(number) | Avro::TimeMicros(number) => json!(number),
+            Avro::Float(number) => oracle_float(f64::from(*number)),
+            Avro::Double(number) => oracle_float(*number),
+            Avro::Bytes(bytes) | Avro::Fixed(_, bytes) => {
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            }
+            Avro::String(text) | Avro::Enum(_, text) => json!(text),
+            Avro::Uuid(uuid) => json!(uuid.to_string()),
+            Avro::TimestampMillis(millis) | Avro::LocalTimestampMillis(millis) => {
+                json!(millis.saturating_mul(1000))
+            }
+            Avro::TimestampMicros(micros) | Avro::LocalTimestampMicros(micros) => json!(micros),
+            Avro::TimestampNanos(nanos) | Avro::LocalTimestampNanos(nanos) => json!(nanos / 1000),
+            Avro::Union(_, inner) => oracle(inner),
+            Avro::Array(items) => Json::Array(items.iter().map(oracle).collect()),
+            Avro::Map(entries) => Json::Object(
+                entries
+                    .iter()
+                    .map(|(key, value)| (key.clone(), oracle(value)))
+                    .collect(),
+            ),
+            Avro::Record(fields) => {
+                let mut object = Map::new();
+                for (name, value) in fields {
+                    object.insert(name.clone(), oracle(value));
+                }
+                Json::Object(object)
+            }
+            other => panic!("no oracle for {other:?}"),
+        }
+    }
+
+    fn oracle_float(number: f64) -> Json {
+        if number.is_nan() {
+            json!("NaN")
+        } else if number.is_infinite() {
+            json!(if number > 0.0 {
+                "Infinity"
+            } else {
+                "-Infinity"
+            })
+        } else {
+            json!(number)
+        }
+    }
+
+    fn read(schema: &Schema, datum: &[u8]) -> Json {
+        let mut input = datum;
+        let mut out = Vec::new();
+        Reader::new(schema)
+            .unwrap()
+            .read(&mut input, &mut out)
+            .unwrap();
+        assert!(input.is_empty(), "{} bytes unread", input.len());
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    const ZOO: &str = r#"{"type":"record","name":"Envelope","namespace":"walflow.public.zoo","fields":[
+        {"name":"before","type":["null",{"type":"record","name":"Value","fields":[
+            {"name":"id","type":"long"},
+            {"name":"flag","type":["null","boolean"],"default":null},
+            {"name":"small","type":["null","int"],"default":null},
+            {"name":"real","type":["null","float"],"default":null},
+            {"name":"ratio","type":["null","double"],"default":null},
+            {"name":"blob","type":["null","bytes","string"],"default":null},
+            {"name":"born","type":["null",{"type":"int","logicalType":"date"}],"default":null},
+            {"name":"seen","type":["null",{"type":"long","logicalType":"local-timestamp-micros"}],"default":null},
+            {"name":"at","type":["null",{"type":"long","logicalType":"timestamp-millis"}],"default":null},
+            {"name":"nanos","type":["null",{"type":"long","logicalType":"timestamp-nanos"}],"default":null},
+            {"name":"uid","type":["null",{"type":"string","logicalType":"uuid"}],"default":null},
+            {"name":"mood","type":["null",{"type":"enum","name":"Mood","symbols":["sad","happy"]}],"default":null},
+            {"name":"tags","type":{"type":"array","items":"string"}},
+            {"name":"scores","type":{"type":"map","values":["null","long"]}},
+            {"name":"hash","type":{"type":"fixed","name":"Hash","size":4}},
+            {"name":"note","type":["null","string"],"default":null}]}],"default":null},
+        {"name":"after","type":["null","Value"],"default":null},
+        {"name":"op","type":"string"}]}"#;
+
+    fn zoo_row(id: i64, variant: u32) -> Avro {
+        let some = |value: Avro| Avro::Union(1, Box::new(value));
+        let null = || Avro::Union(0, Box::new(Avro::Null));
+        let pick = |value: Avro| {
+            if variant % 3 == 2 {
+                null()
+            } else {
+                some(value)
+            }
+        };
+        Avro::Record(vec![
+            ("id".into(), Avro::Long(id)),
+            (
+                "flag".into(),
+                pick(Avro::Boolean(variant.is_multiple_of(2))),
+            ),
+            ("small".into(), pick(Avro::Int(i32::MIN + variant as i32))),
+            (
+                "real".into(),
+                pick(Avro::Float(
+                    [1.5, f32::NAN, f32::NEG_INFINITY][variant as usize % 3],
+                )),
+            ),
+            (
+                "ratio".into(),
+                pick(Avro::Double(
+                    [-0.1, f64::INFINITY, 1e300][variant as usize % 3],
+                )),
+            ),
+            (
+                "blob".into(),
+                if variant % 2 == 1 {
+                    Avro::Union(
+                        2,
+                        Box::new(Avro::String("__debezium_unavailable_value".into())),
+                    )
+                } else {
+                    pick(Avro::Bytes(vec![0, 255, variant as u8]))
+                },
+            ),
+            ("born".into(), pick(Avro::Date(-735_160 + variant as i32))),
+            (
+                "seen".into(),
+                pick(Avro::LocalTimestampMicros(i64::MAX - i64::from(variant))),
+            ),
+            (
+                "at".into(),
+                pick(Avro::TimestampMillis(
+                    1_767_315_845_500 + i64::from(variant),
+                )),
+            ),
+            ("nanos".into(), pick(Avro::TimestampNanos(-1_500_000_999))),
+            (
+                "uid".into(),
+                pick(Avro::Uuid(
+                    "7a0eed16-9430-4d68-901f-c0d4c1c3bf00".parse().unwrap(),
+                )),
+            ),
+            (
+                "mood".into(),
+                pick(Avro::Enum(
+                    variant % 2,
+                    ["sad", "happy"][variant as usize % 2].into(),
+                )),
+            ),
+            (
+                "tags".into(),
+                Avro::Array(
+                    (0..variant)
+                        .map(|tag| Avro::String(format!("t\"{tag}\\é")))
+                        .collect(),
+                ),
+            ),
+            (
+                "scores".into(),
+                Avro::Map(
+                    (0..variant)
+                        .map(|key| (format!("k{key}"), some(Avro::Long(-(1 << (key * 9))))))
+                        .collect(),
+                ),
+            ),
+            ("hash".into(), Avro::Fixed(4, vec![1, 2, 3, variant as u8])),
+            ("note".into(), pick(Avro::String("héllo\n\u{1}".into()))),
+        ])
+    }
 
     #[test]
-    fn a_wire_format_datum_reads_as_the_json_envelope() {
-        let schema = Schema::parse_str(
-            r#"{"type":"record","name":"Envelope","fields":[
-                {"name":"after","type":["null",{"type":"record","name":"Value","fields":[
-                    {"name":"id","type":"long"},
-                    {"name":"ratio","type":["null","double"],"default":null},
-                    {"name":"born","type":["null",{"type":"int","logicalType":"date"}],"default":null}]}]},
-                {"name":"op","type":"string"}]}"#,
-        )
-        .unwrap();
-        let datum = apache_avro::to_avro_datum(
-            &schema,
-            Avro::Record(vec![
-                (
-                    "after".into(),
-                    Avro::Union(
-                        1,
-                        Box::new(Avro::Record(vec![
-                            ("id".into(), Avro::Long(7)),
-                            (
-                                "ratio".into(),
-                                Avro::Union(1, Box::new(Avro::Double(f64::NAN))),
-                            ),
-                            ("born".into(), Avro::Union(1, Box::new(Avro::Date(3)))),
-                        ])),
-                    ),
+    fn the_reader_agrees_with_apache_avro_on_every_type() {
+        let schema = Schema::parse_str(ZOO).unwrap();
+        for variant in 0..7u32 {
+            let (before, after) = match variant % 3 {
+                0 => (
+                    Avro::Union(0, Box::new(Avro::Null)),
+                    Avro::Union(1, Box::new(zoo_row(7, variant))),
                 ),
-                ("op".into(), Avro::String("c".into())),
-            ]),
+                1 => (
+                    Avro::Union(1, Box::new(zoo_row(i64::MIN, variant))),
+                    Avro::Union(1, Box::new(zoo_row(i64::MAX, variant + 1))),
+                ),
+                _ => (
+                    Avro::Union(1, Box::new(zoo_row(-1, variant))),
+                    Avro::Union(0, Box::new(Avro::Null)),
+                ),
+            };
+            let value = Avro::Record(vec![
+                ("before".into(), before),
+                ("after".into(), after),
+                ("op".into(), Avro::String("u".into())),
+            ]);
+            let datum = apache_avro::to_avro_datum(&schema, value).unwrap();
+            let expected = oracle(
+                &apache_avro::from_avro_datum(&schema, &mut datum.as_slice(), None).unwrap(),
+            );
+            assert_eq!(read(&schema, &datum), expected, "variant {variant}");
+        }
+    }
+
+    #[test]
+    fn decimals_read_as_exact_text_and_broken_datums_are_errors() {
+        let schema = Schema::parse_str(
+            r#"{"type":"record","name":"D","fields":[
+                {"name":"price","type":{"type":"bytes","logicalType":"decimal","precision":30,"scale":2}},
+                {"name":"whole","type":{"type":"fixed","name":"F","size":3,"logicalType":"decimal","precision":6,"scale":0}},
+                {"name":"tiny","type":{"type":"bytes","logicalType":"decimal","precision":5,"scale":4}}]}"#,
         )
         .unwrap();
+        // 12345 and -5 as two's complement, big-endian.
+        let mut datum = vec![];
+        datum.extend([4, 0x30, 0x39]); // length 2 (zig-zag 4), 0x3039 = 12345
+        datum.extend([0xff, 0xff, 0xfb]); // -5, fixed 3
+        datum.extend([2, 0xfb]); // length 1, -5
+        assert_eq!(
+            read(&schema, &datum),
+            json!({"price": "123.45", "whole": "-5", "tiny": "-0.0005"})
+        );
+        let reader = Reader::new(&schema).unwrap();
+        let mut out = Vec::new();
+        assert!(
+            reader.read(&mut &datum[..4], &mut out).is_err(),
+            "a datum cut short"
+        );
+        let recursive = Schema::parse_str(
+            r#"{"type":"record","name":"Node","fields":[
+                {"name":"label","type":"string"},
+                {"name":"next","type":["null","Node"]}]}"#,
+        )
+        .unwrap();
+        let value = Avro::Record(vec![
+            ("label".into(), Avro::String("a".into())),
+            (
+                "next".into(),
+                Avro::Union(
+                    1,
+                    Box::new(Avro::Record(vec![
+                        ("label".into(), Avro::String("b".into())),
+                        ("next".into(), Avro::Union(0, Box::new(Avro::Null))),
+                    ])),
+                ),
+            ),
+        ]);
+        let datum = apache_avro::to_avro_datum(&recursive, value).unwrap();
+        assert_eq!(
+            read(&recursive, &datum),
+            json!({"label": "a", "next": {"label": "b", "next": null}})
+        );
+    }
+
+    #[test]
+    fn a_wire_format_payload_reads_as_the_json_envelope() {
+        let schema = Schema::parse_str(ZOO).unwrap();
+        let value = Avro::Record(vec![
+            ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
+            ("after".into(), Avro::Union(1, Box::new(zoo_row(7, 0)))),
+            ("op".into(), Avro::String("c".into())),
+        ]);
         let mut payload = vec![0, 0, 0, 0, 9];
-        payload.extend(datum);
+        payload.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
         assert_eq!(WriterSchemas::schema_id(&payload), Ok(9));
         let mut schemas = WriterSchemas::new("http://unused").unwrap();
-        schemas.schemas.insert(9, schema);
+        schemas.schemas.insert(9, Reader::new(&schema).unwrap());
         let json: Json = serde_json::from_slice(&schemas.to_json(&payload).unwrap()).unwrap();
-        assert_eq!(
-            json,
-            json!({"after": {"id": 7, "ratio": "NaN", "born": 3}, "op": "c"})
-        );
+        assert_eq!(json["op"], "c");
+        assert_eq!(json["after"]["born"], -735_160);
+        assert_eq!(json["after"]["at"], 1_767_315_845_500_000i64);
+        assert_eq!(json["after"]["real"], 1.5);
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(schemas
+            .to_json(&longer)
+            .unwrap_err()
+            .contains("1 bytes more"));
         assert!(WriterSchemas::schema_id(b"{\"op\":\"c\"}").is_err());
     }
 }
