@@ -2,17 +2,23 @@
 //! the writer schema's registry id, the Avro datum), as `walflow cdc --format avro` and
 //! Debezium's AvroConverter write them. The writer schema is fetched from the registry by id
 //! once, parsed with apache-avro and compiled into a [`Reader`]; each datum is then read with
-//! it straight into the JSON envelope the Debezium JSON decoder reads (no Avro values in
-//! between), so both formats project onto the declared columns the same way (a column the
-//! event lacks reads as NULL, one the pipeline does not declare is skipped).
+//! it into the parts of a change event the JSON decoder reads too (decode.rs): the op, the
+//! commit time, and the declared columns of each image, other columns skipped unread. Both
+//! formats so project onto the declared columns the same way (a column the event lacks reads
+//! as NULL, one the pipeline does not declare is skipped).
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use std::borrow::Cow;
 
 use apache_avro::schema::{Name, Namespace};
 use apache_avro::Schema;
 use base64::Engine;
 use serde_json::Value as Json;
+
+use crate::decode::{decode_parts, DecodedEvent, EventParts, Image};
+use crate::definition::SourceTable;
 
 /// Writer schemas by registry id, compiled.
 pub struct WriterSchemas {
@@ -74,18 +80,17 @@ impl WriterSchemas {
         Ok(())
     }
 
-    /// The datum of a wire-format payload as the Debezium JSON envelope (the schema must have
-    /// been fetched).
-    pub fn to_json(&self, payload: &[u8]) -> Result<Vec<u8>, String> {
+    /// A wire-format change event decoded for `source` (its writer schema must have been
+    /// fetched).
+    pub fn decode(&self, source: &SourceTable, payload: &[u8]) -> Result<DecodedEvent, String> {
         let id = WriterSchemas::schema_id(payload)?;
-        let schema = self
+        let reader = self
             .schemas
             .get(&id)
             .ok_or_else(|| format!("schema {id} was not fetched"))?;
         let mut datum = &payload[5..];
-        let mut json = Vec::with_capacity(payload.len() * 2);
-        schema
-            .read(&mut datum, &mut json)
+        let parts = reader
+            .event_parts(source, &mut datum)
             .map_err(|error| format!("cannot read the Avro datum with schema {id}: {error}"))?;
         if !datum.is_empty() {
             return Err(format!(
@@ -93,12 +98,12 @@ impl WriterSchemas {
                 datum.len()
             ));
         }
-        Ok(json)
+        decode_parts(source, parts)
     }
 }
 
 /// A writer schema compiled for reading: every type a node of one arena, named types and
-/// references resolved once, record field names already JSON-quoted.
+/// references resolved once.
 pub struct Reader {
     nodes: Vec<Node>,
 }
@@ -135,6 +140,7 @@ enum Node {
     Array(NodeId),
     Map(NodeId),
     Union(Vec<NodeId>),
+    /// Fields in the writer's order, by name.
     Record(Vec<(String, NodeId)>),
     /// A named record while its fields are compiled (a recursive reference points here).
     Pending,
@@ -152,17 +158,105 @@ impl Reader {
         })
     }
 
-    /// Reads one datum from `input` (advancing it) and appends its JSON to `out`.
-    pub fn read(&self, input: &mut &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-        self.read_node(0, input, out)
+    /// Reads one datum from `input` (advancing it) as JSON: dates as days, timestamps as
+    /// microseconds, bytes as base64, decimals as text, NaN and infinities as strings.
+    pub fn read(&self, input: &mut &[u8]) -> Result<Json, String> {
+        self.value(0, input)
     }
 
-    fn read_node(&self, node: NodeId, input: &mut &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    /// Reads a change event's datum (the Debezium envelope) into the parts the decoder
+    /// reads: `op`, `source.ts_ms`, and of `before` and `after` only the source's declared
+    /// columns; everything else is skipped without being built.
+    pub fn event_parts(
+        &self,
+        source: &SourceTable,
+        input: &mut &[u8],
+    ) -> Result<EventParts<'static>, String> {
+        let Node::Record(fields) = &self.nodes[0] else {
+            return Err("the writer schema is not a record (a Debezium envelope)".into());
+        };
+        let mut parts = EventParts {
+            op: Cow::Borrowed(""),
+            before: None,
+            after: None,
+            commit_time_ms: None,
+        };
+        let mut op = None;
+        for (name, node) in fields {
+            match name.as_str() {
+                "before" => parts.before = self.image(source, *node, input)?,
+                "after" => parts.after = self.image(source, *node, input)?,
+                "op" => op = self.value(*node, input)?.as_str().map(str::to_owned),
+                "source" => parts.commit_time_ms = self.source_ts_ms(*node, input)?,
+                _ => self.skip(*node, input)?,
+            }
+        }
+        parts.op = Cow::Owned(op.ok_or("the envelope has no `op` string")?);
+        Ok(parts)
+    }
+
+    /// An image: null, or the record of columns, of which the declared ones are kept.
+    fn image(
+        &self,
+        source: &SourceTable,
+        node: NodeId,
+        input: &mut &[u8],
+    ) -> Result<Option<Image<'static>>, String> {
         match &self.nodes[node] {
-            Node::Null => out.extend_from_slice(b"null"),
+            Node::Null => Ok(None),
+            Node::Union(branches) => {
+                let branch = branch(branches, input)?;
+                self.image(source, branch, input)
+            }
+            Node::Record(fields) => {
+                let mut found = vec![None; source.columns.len()];
+                for (name, field) in fields {
+                    match source
+                        .columns
+                        .iter()
+                        .position(|column| column.name == *name)
+                    {
+                        Some(index) => found[index] = Some(self.value(*field, input)?),
+                        None => self.skip(*field, input)?,
+                    }
+                }
+                Ok(Some(Image::Columns(found)))
+            }
+            _ => Err("`before` or `after` is not a record of columns".into()),
+        }
+    }
+
+    /// `source.ts_ms`, the commit time, when the source block has it.
+    fn source_ts_ms(&self, node: NodeId, input: &mut &[u8]) -> Result<Option<i64>, String> {
+        match &self.nodes[node] {
+            Node::Record(fields) => {
+                let mut ts_ms = None;
+                for (name, field) in fields {
+                    if name == "ts_ms" {
+                        ts_ms = self.value(*field, input)?.as_i64();
+                    } else {
+                        self.skip(*field, input)?;
+                    }
+                }
+                Ok(ts_ms)
+            }
+            Node::Union(branches) => {
+                let branch = branch(branches, input)?;
+                self.source_ts_ms(branch, input)
+            }
+            _ => {
+                self.skip(node, input)?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn value(&self, node: NodeId, input: &mut &[u8]) -> Result<Json, String> {
+        Ok(match &self.nodes[node] {
+            Node::Null => Json::Null,
             Node::Boolean => match take(input, 1)?[0] {
-                0 => out.extend_from_slice(b"false"),
-                1 => out.extend_from_slice(b"true"),
+                0 => Json::Bool(false),
+                1 => Json::Bool(true),
                 other => return Err(format!("{other} is not a boolean")),
             },
             Node::Int
@@ -170,58 +264,51 @@ impl Reader {
             | Node::Date
             | Node::TimeMillis
             | Node::TimeMicros
-            | Node::TimestampMicros => number(out, long(input)?),
-            Node::TimestampMillis => number(out, long(input)?.saturating_mul(1000)),
-            Node::TimestampNanos => number(out, long(input)? / 1000),
+            | Node::TimestampMicros => Json::from(long(input)?),
+            Node::TimestampMillis => Json::from(long(input)?.saturating_mul(1000)),
+            Node::TimestampNanos => Json::from(long(input)? / 1000),
             Node::Float => {
                 let bytes = take(input, 4)?;
-                float(
-                    out,
-                    f64::from(f32::from_le_bytes(bytes.try_into().unwrap())),
-                );
+                float(f64::from(f32::from_le_bytes(bytes.try_into().unwrap())))
             }
             Node::Double => {
                 let bytes = take(input, 8)?;
-                float(out, f64::from_le_bytes(bytes.try_into().unwrap()));
+                float(f64::from_le_bytes(bytes.try_into().unwrap()))
             }
-            Node::Bytes => {
-                let bytes = length_prefixed(input)?;
-                base64_string(out, bytes);
-            }
-            Node::Fixed(size) => base64_string(out, take(input, *size)?),
-            Node::String => {
-                let bytes = length_prefixed(input)?;
-                let text = std::str::from_utf8(bytes)
-                    .map_err(|_| "a string that is not UTF-8".to_owned())?;
-                string(out, text);
-            }
+            Node::Bytes => base64_string(length_prefixed(input)?),
+            Node::Fixed(size) => base64_string(take(input, *size)?),
+            Node::String => Json::String(
+                std::str::from_utf8(length_prefixed(input)?)
+                    .map_err(|_| "a string that is not UTF-8".to_owned())?
+                    .to_owned(),
+            ),
             Node::Uuid => {
                 let bytes = length_prefixed(input)?;
-                match bytes.len() {
-                    16 => string(out, &uuid_text(bytes.try_into().unwrap())),
-                    _ => string(
-                        out,
-                        std::str::from_utf8(bytes)
-                            .map_err(|_| "a uuid that is not UTF-8".to_owned())?,
-                    ),
-                }
+                Json::String(match bytes.len() {
+                    16 => uuid_text(bytes.try_into().unwrap()),
+                    _ => std::str::from_utf8(bytes)
+                        .map_err(|_| "a uuid that is not UTF-8".to_owned())?
+                        .to_owned(),
+                })
             }
             Node::Decimal { scale, fixed } => {
                 let bytes = match fixed {
                     Some(size) => take(input, *size)?,
                     None => length_prefixed(input)?,
                 };
-                string(out, &decimal_text(bytes, *scale)?);
+                Json::String(decimal_text(bytes, *scale)?)
             }
             Node::Duration => {
                 let bytes = take(input, 12)?;
                 let part = |index: usize| {
                     u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().unwrap())
                 };
-                string(
-                    out,
-                    &format!("{} months {} days {} ms", part(0), part(1), part(2)),
-                );
+                Json::String(format!(
+                    "{} months {} days {} ms",
+                    part(0),
+                    part(1),
+                    part(2)
+                ))
             }
             Node::Enum(symbols) => {
                 let index = long(input)?;
@@ -229,72 +316,130 @@ impl Reader {
                     .ok()
                     .and_then(|index| symbols.get(index))
                     .ok_or_else(|| format!("enum index {index} of {} symbols", symbols.len()))?;
-                string(out, symbol);
+                Json::String(symbol.clone())
             }
             Node::Array(items) => {
-                out.push(b'[');
-                let mut first = true;
+                let mut values = Vec::new();
                 loop {
                     let count = block_count(input)?;
                     if count == 0 {
                         break;
                     }
                     for _ in 0..count {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
-                        self.read_node(*items, input, out)?;
+                        values.push(self.value(*items, input)?);
                     }
                 }
-                out.push(b']');
+                Json::Array(values)
             }
             Node::Map(values) => {
-                out.push(b'{');
-                let mut first = true;
+                let mut map = serde_json::Map::new();
                 loop {
                     let count = block_count(input)?;
                     if count == 0 {
                         break;
                     }
                     for _ in 0..count {
-                        if !first {
-                            out.push(b',');
-                        }
-                        first = false;
                         let key = std::str::from_utf8(length_prefixed(input)?)
-                            .map_err(|_| "a map key that is not UTF-8".to_owned())?;
-                        string(out, key);
-                        out.push(b':');
-                        self.read_node(*values, input, out)?;
+                            .map_err(|_| "a map key that is not UTF-8".to_owned())?
+                            .to_owned();
+                        map.insert(key, self.value(*values, input)?);
                     }
                 }
-                out.push(b'}');
+                Json::Object(map)
             }
             Node::Union(branches) => {
-                let index = long(input)?;
-                let branch = usize::try_from(index)
-                    .ok()
-                    .and_then(|index| branches.get(index))
-                    .ok_or_else(|| format!("union branch {index} of {}", branches.len()))?;
-                self.read_node(*branch, input, out)?;
+                let branch = branch(branches, input)?;
+                self.value(branch, input)?
             }
             Node::Record(fields) => {
-                out.push(b'{');
-                for (index, (key, field)) in fields.iter().enumerate() {
-                    if index > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(key.as_bytes());
-                    out.push(b':');
-                    self.read_node(*field, input, out)?;
+                let mut object = serde_json::Map::new();
+                for (name, field) in fields {
+                    object.insert(name.clone(), self.value(*field, input)?);
                 }
-                out.push(b'}');
+                Json::Object(object)
+            }
+            Node::Pending => return Err("a reference to an unfinished record".into()),
+        })
+    }
+
+    /// Moves past a value without building it.
+    fn skip(&self, node: NodeId, input: &mut &[u8]) -> Result<(), String> {
+        match &self.nodes[node] {
+            Node::Null => {}
+            Node::Boolean => {
+                take(input, 1)?;
+            }
+            Node::Int
+            | Node::Long
+            | Node::Date
+            | Node::TimeMillis
+            | Node::TimeMicros
+            | Node::TimestampMillis
+            | Node::TimestampMicros
+            | Node::TimestampNanos
+            | Node::Enum(_) => {
+                long(input)?;
+            }
+            Node::Float => {
+                take(input, 4)?;
+            }
+            Node::Double => {
+                take(input, 8)?;
+            }
+            Node::Duration => {
+                take(input, 12)?;
+            }
+            Node::Fixed(size)
+            | Node::Decimal {
+                fixed: Some(size), ..
+            } => {
+                take(input, *size)?;
+            }
+            Node::Bytes | Node::String | Node::Uuid | Node::Decimal { fixed: None, .. } => {
+                length_prefixed(input)?;
+            }
+            Node::Array(items) => loop {
+                let count = block_count(input)?;
+                if count == 0 {
+                    break;
+                }
+                for _ in 0..count {
+                    self.skip(*items, input)?;
+                }
+            },
+            Node::Map(values) => loop {
+                let count = block_count(input)?;
+                if count == 0 {
+                    break;
+                }
+                for _ in 0..count {
+                    length_prefixed(input)?;
+                    self.skip(*values, input)?;
+                }
+            },
+            Node::Union(branches) => {
+                let branch = branch(branches, input)?;
+                self.skip(branch, input)?;
+            }
+            Node::Record(fields) => {
+                for (_, field) in fields {
+                    self.skip(*field, input)?;
+                }
             }
             Node::Pending => return Err("a reference to an unfinished record".into()),
         }
         Ok(())
     }
+}
+
+/// A union's branch, by the index the datum gives.
+fn branch(branches: &[NodeId], input: &mut &[u8]) -> Result<NodeId, String> {
+    let index = long(input)?;
+    usize::try_from(index)
+        .ok()
+        .and_then(|index| branches.get(index))
+        .copied()
+        .ok_or_else(|| format!("union branch {index} of {}", branches.len()))
 }
 
 struct Compiler {
@@ -384,10 +529,8 @@ impl Compiler {
                 let full = self.name(&record.name, namespace, id);
                 let mut fields = Vec::with_capacity(record.fields.len());
                 for field in &record.fields {
-                    let mut key = Vec::new();
-                    string(&mut key, &field.name);
                     let node = self.compile(&field.schema, &full.namespace)?;
-                    fields.push((String::from_utf8(key).expect("JSON is UTF-8"), node));
+                    fields.push((field.name.clone(), node));
                 }
                 self.nodes[id] = Node::Record(fields);
                 return Ok(id);
@@ -443,34 +586,19 @@ fn block_count(input: &mut &[u8]) -> Result<u64, String> {
     Ok(count.unsigned_abs())
 }
 
-fn number(out: &mut Vec<u8>, value: i64) {
-    out.extend_from_slice(value.to_string().as_bytes());
-}
-
 /// NaN and the infinities as the strings Debezium's JSON uses.
-fn float(out: &mut Vec<u8>, value: f64) {
+fn float(value: f64) -> Json {
     if value.is_nan() {
-        out.extend_from_slice(b"\"NaN\"");
+        Json::from("NaN")
     } else if value.is_infinite() {
-        out.extend_from_slice(if value > 0.0 {
-            b"\"Infinity\""
-        } else {
-            b"\"-Infinity\""
-        });
+        Json::from(if value > 0.0 { "Infinity" } else { "-Infinity" })
     } else {
-        serde_json::to_writer(&mut *out, &value).expect("writing to memory");
+        Json::from(value)
     }
 }
 
-fn string(out: &mut Vec<u8>, text: &str) {
-    serde_json::to_writer(&mut *out, text).expect("writing to memory");
-}
-
-fn base64_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    string(
-        out,
-        &base64::engine::general_purpose::STANDARD.encode(bytes),
-    );
+fn base64_string(bytes: &[u8]) -> Json {
+    Json::String(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 fn uuid_text(bytes: &[u8; 16]) -> String {
@@ -573,13 +701,9 @@ mod tests {
 
     fn read(schema: &Schema, datum: &[u8]) -> Json {
         let mut input = datum;
-        let mut out = Vec::new();
-        Reader::new(schema)
-            .unwrap()
-            .read(&mut input, &mut out)
-            .unwrap();
+        let json = Reader::new(schema).unwrap().read(&mut input).unwrap();
         assert!(input.is_empty(), "{} bytes unread", input.len());
-        serde_json::from_slice(&out).unwrap()
+        json
     }
 
     const ZOO: &str = r#"{"type":"record","name":"Envelope","namespace":"walflow.public.zoo","fields":[
@@ -739,11 +863,7 @@ mod tests {
             json!({"price": "123.45", "whole": "-5", "tiny": "-0.0005"})
         );
         let reader = Reader::new(&schema).unwrap();
-        let mut out = Vec::new();
-        assert!(
-            reader.read(&mut &datum[..4], &mut out).is_err(),
-            "a datum cut short"
-        );
+        assert!(reader.read(&mut &datum[..4]).is_err(), "a datum cut short");
         let recursive = Schema::parse_str(
             r#"{"type":"record","name":"Node","fields":[
                 {"name":"label","type":"string"},
@@ -770,30 +890,92 @@ mod tests {
         );
     }
 
+    fn source(mode: crate::definition::SourceMode) -> SourceTable {
+        use crate::definition::{Column, Position, SourceFormat};
+        use crate::value::ColumnType;
+        let column = |name: &str, column_type| Column {
+            name: name.into(),
+            column_type,
+        };
+        SourceTable {
+            name: "zoo".into(),
+            columns: vec![
+                column("id", ColumnType::Int64),
+                column("born", ColumnType::Date),
+                column("at", ColumnType::Timestamp),
+                column("real", ColumnType::Float64),
+                column("blob", ColumnType::Text),
+                column("dropped_long_ago", ColumnType::Text),
+            ],
+            primary_key: vec![0],
+            topic: "t".into(),
+            format: SourceFormat::DebeziumAvro,
+            mode,
+            watermark: None,
+            position: Position::default(),
+        }
+    }
+
     #[test]
-    fn a_wire_format_payload_reads_as_the_json_envelope() {
+    fn a_wire_format_event_decodes_onto_the_declared_columns() {
+        use crate::decode::DecodedEvent;
+        use crate::definition::SourceMode;
+        use crate::operators::normalize::SourceChange;
+        use crate::value::Value;
+
         let schema = Schema::parse_str(ZOO).unwrap();
         let value = Avro::Record(vec![
-            ("before".into(), Avro::Union(0, Box::new(Avro::Null))),
-            ("after".into(), Avro::Union(1, Box::new(zoo_row(7, 0)))),
-            ("op".into(), Avro::String("c".into())),
+            ("before".into(), Avro::Union(1, Box::new(zoo_row(7, 0)))),
+            ("after".into(), Avro::Union(1, Box::new(zoo_row(7, 1)))),
+            ("op".into(), Avro::String("u".into())),
         ]);
         let mut payload = vec![0, 0, 0, 0, 9];
         payload.extend(apache_avro::to_avro_datum(&schema, value).unwrap());
         assert_eq!(WriterSchemas::schema_id(&payload), Ok(9));
         let mut schemas = WriterSchemas::new("http://unused").unwrap();
         schemas.schemas.insert(9, Reader::new(&schema).unwrap());
-        let json: Json = serde_json::from_slice(&schemas.to_json(&payload).unwrap()).unwrap();
-        assert_eq!(json["op"], "c");
-        assert_eq!(json["after"]["born"], -735_160);
-        assert_eq!(json["after"]["at"], 1_767_315_845_500_000i64);
-        assert_eq!(json["after"]["real"], 1.5);
+        let DecodedEvent {
+            change,
+            commit_time_ms,
+        } = schemas
+            .decode(&source(SourceMode::Updating), &payload)
+            .unwrap();
+        // The test envelope has no source block.
+        assert_eq!(commit_time_ms, None);
+        let SourceChange::Upsert {
+            before,
+            after,
+            unavailable,
+        } = change
+        else {
+            panic!("an update is an upsert: {change:?}")
+        };
+        assert_eq!(
+            before.unwrap(),
+            vec![
+                Value::Int64(7),
+                Value::Date(-735_160),
+                Value::Timestamp(1_767_315_845_500_000),
+                Value::Float64(1.5),
+                Value::Text("AP8A".into()),
+                Value::Null,
+            ]
+        );
+        assert_eq!(after[1], Value::Date(-735_159));
+        // The TOASTed bytea of variant 1: its marker, and the column named unavailable.
+        assert_eq!(unavailable, vec![4]);
+
+        let changelog = schemas
+            .decode(&source(SourceMode::Changelog), &payload)
+            .unwrap();
+        assert!(matches!(changelog.change, SourceChange::Append(_)));
+
         let mut longer = payload.clone();
         longer.push(0);
-        assert!(schemas
-            .to_json(&longer)
-            .unwrap_err()
-            .contains("1 bytes more"));
+        let error = schemas
+            .decode(&source(SourceMode::Updating), &longer)
+            .unwrap_err();
+        assert!(error.contains("1 bytes more"), "{error}");
         assert!(WriterSchemas::schema_id(b"{\"op\":\"c\"}").is_err());
     }
 }

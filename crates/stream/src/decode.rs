@@ -49,6 +49,21 @@ pub struct DecodedEvent {
     pub commit_time_ms: Option<i64>,
 }
 
+/// One image of a change event as its format gives it: JSON text still to read, or (Avro)
+/// the declared columns already read, `None` where the event lacks the column.
+pub enum Image<'a> {
+    Json(&'a RawValue),
+    Columns(Vec<Option<Json>>),
+}
+
+/// What a change event says, whatever its format: the fields [`decode_parts`] reads.
+pub struct EventParts<'a> {
+    pub op: Cow<'a, str>,
+    pub before: Option<Image<'a>>,
+    pub after: Option<Image<'a>>,
+    pub commit_time_ms: Option<i64>,
+}
+
 /// `Ok(None)` for a tombstone (a null value after a delete: nothing to do).
 pub fn decode(
     source: &SourceTable,
@@ -59,22 +74,36 @@ pub fn decode(
     };
     let envelope: Envelope<'_> = serde_json::from_slice(payload)
         .map_err(|error| format!("not a Debezium JSON change event: {error}"))?;
-    let commit_time_ms = envelope.source.as_ref().and_then(|source| source.ts_ms);
+    decode_parts(
+        source,
+        EventParts {
+            commit_time_ms: envelope.source.as_ref().and_then(|source| source.ts_ms),
+            op: envelope.op,
+            before: image(envelope.before).map(Image::Json),
+            after: image(envelope.after).map(Image::Json),
+        },
+    )
+    .map(Some)
+}
+
+/// A change event's parts as the source's change (or, for a changelog source, its row).
+pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<DecodedEvent, String> {
+    let commit_time_ms = event.commit_time_ms;
     if source.mode == SourceMode::Changelog {
-        return changelog_row(source, &envelope, commit_time_ms).map(|row| {
-            Some(DecodedEvent {
-                change: SourceChange::Append(row),
-                commit_time_ms,
-            })
+        return changelog_row(source, event).map(|row| DecodedEvent {
+            change: SourceChange::Append(row),
+            commit_time_ms,
         });
     }
-    let change = match envelope.op.as_ref() {
+    let op = event.op;
+    let change = match op.as_ref() {
         "c" | "r" | "u" => {
-            let after = image(envelope.after)
-                .ok_or_else(|| format!("op '{}' without an `after` row", envelope.op))?;
+            let after = event
+                .after
+                .ok_or_else(|| format!("op '{op}' without an `after` row"))?;
             let (after, unavailable) = row(source, after, "after")?;
-            let before = match image(envelope.before) {
-                Some(before) if envelope.op == "u" => Some(row(source, before, "before")?.0),
+            let before = match event.before {
+                Some(before) if op == "u" => Some(row(source, before, "before")?.0),
                 _ => None,
             };
             SourceChange::Upsert {
@@ -84,8 +113,9 @@ pub fn decode(
             }
         }
         "d" => {
-            let before =
-                image(envelope.before).ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
+            let before = event
+                .before
+                .ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
             SourceChange::Delete {
                 before: row(source, before, "before")?.0,
             }
@@ -93,27 +123,28 @@ pub fn decode(
         "t" => SourceChange::Truncate,
         other => return Err(format!("unknown op '{other}' (expected c, r, u, d or t)")),
     };
-    Ok(Some(DecodedEvent {
+    Ok(DecodedEvent {
         change,
         commit_time_ms,
-    }))
+    })
 }
 
 /// A changelog source's row for one event: the after image (the before image of a delete;
 /// nothing of a truncate), and the metadata columns.
-fn changelog_row(
-    source: &SourceTable,
-    envelope: &Envelope<'_>,
-    commit_time_ms: Option<i64>,
-) -> Result<Row, String> {
-    let op = envelope.op.as_ref();
+fn changelog_row(source: &SourceTable, event: EventParts<'_>) -> Result<Row, String> {
+    let commit_time_ms = event.commit_time_ms;
+    let op = event.op.as_ref();
     let image = match op {
-        "c" | "r" | "u" => {
-            Some(image(envelope.after).ok_or_else(|| format!("op '{op}' without an `after` row"))?)
-        }
-        "d" => {
-            Some(image(envelope.before).ok_or_else(|| "op 'd' without a `before` row".to_owned())?)
-        }
+        "c" | "r" | "u" => Some(
+            event
+                .after
+                .ok_or_else(|| format!("op '{op}' without an `after` row"))?,
+        ),
+        "d" => Some(
+            event
+                .before
+                .ok_or_else(|| "op 'd' without a `before` row".to_owned())?,
+        ),
         "t" => None,
         other => return Err(format!("unknown op '{other}' (expected c, r, u, d or t)")),
     };
@@ -168,19 +199,25 @@ fn image(raw: Option<&RawValue>) -> Option<&RawValue> {
 /// table does not have, or one dropped since); a key column must be there.
 fn row(
     source: &SourceTable,
-    image: &RawValue,
+    image: Image<'_>,
     image_name: &str,
 ) -> Result<(Row, Vec<usize>), String> {
-    let mut found: Vec<Option<Json>> = vec![None; source.columns.len()];
-    let mut deserializer = serde_json::Deserializer::from_str(image.get());
-    serde::Deserializer::deserialize_map(
-        &mut deserializer,
-        ImageVisitor {
-            source,
-            found: &mut found,
-        },
-    )
-    .map_err(|error| format!("`{image_name}` is not a JSON object of columns: {error}"))?;
+    let found = match image {
+        Image::Columns(found) => found,
+        Image::Json(image) => {
+            let mut found: Vec<Option<Json>> = vec![None; source.columns.len()];
+            let mut deserializer = serde_json::Deserializer::from_str(image.get());
+            serde::Deserializer::deserialize_map(
+                &mut deserializer,
+                ImageVisitor {
+                    source,
+                    found: &mut found,
+                },
+            )
+            .map_err(|error| format!("`{image_name}` is not a JSON object of columns: {error}"))?;
+            found
+        }
+    };
     let mut row = Vec::with_capacity(source.columns.len());
     let mut unavailable = Vec::new();
     for (index, (column, json)) in source.columns.iter().zip(found).enumerate() {

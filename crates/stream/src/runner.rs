@@ -765,9 +765,13 @@ struct BatchReader {
 }
 
 impl BatchReader {
-    /// An Avro event as the JSON envelope; its writer schema is fetched on first sight, and
+    /// An Avro event decoded for `source`; its writer schema is fetched on first sight, and
     /// a registry that cannot be reached is waited for (the event is not given up).
-    async fn avro_as_json(&mut self, payload: &[u8]) -> Result<Vec<u8>, String> {
+    async fn decode_avro(
+        &mut self,
+        source: &SourceTable,
+        payload: &[u8],
+    ) -> Result<Option<crate::decode::DecodedEvent>, String> {
         let Some(schemas) = self.avro.as_mut() else {
             return Err("an Avro source without a schema registry".into());
         };
@@ -782,7 +786,7 @@ impl BatchReader {
             }
             backoff = (backoff * 2).min(RETRY_MAX);
         }
-        schemas.to_json(payload)
+        schemas.decode(source, payload).map(Some)
     }
 
     async fn run(mut self, batches: tokio::sync::mpsc::Sender<ReadBatch>) {
@@ -831,16 +835,11 @@ impl BatchReader {
                 if source.topic != message.topic() {
                     continue;
                 }
-                let converted = match (source.format, message.payload()) {
+                let decoded = match (source.format, message.payload()) {
                     (SourceFormat::DebeziumAvro, Some(payload)) => {
-                        Some(self.avro_as_json(payload).await)
+                        self.decode_avro(source, payload).await
                     }
-                    _ => None,
-                };
-                let decoded = match converted {
-                    Some(Ok(json)) => decode(source, Some(&json)),
-                    Some(Err(reason)) => Err(reason),
-                    None => decode(source, message.payload()),
+                    _ => decode(source, message.payload()),
                 };
                 match decoded {
                     Ok(Some(event)) => {
