@@ -3,6 +3,11 @@
 //! no processing, and writing the same number of rows to Cassandra with the driver directly.
 //! With `--steady-rate`: commit-to-Cassandra latency end to end (Postgres commit -> cdc ->
 //! Kafka -> process -> Cassandra) at a steady rate of single-row transactions.
+//!
+//! With a schema registry configured, the same backlog is also written in Avro (encoded by
+//! cdc's own Avro encoder, registered like `walflow cdc --format avro` does) and two pipelines
+//! run again over it with `format = 'debezium_avro'`, so Avro's bytes per event and events/s
+//! stand beside JSON's from the same run.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,6 +23,7 @@ use rdkafka::util::DefaultRuntime;
 use rdkafka::ClientConfig;
 use serde::Serialize;
 use serde_json::json;
+use walflow_pgoutput::{Column, TupleData};
 use walflow_stream::definition::PipelineDefinition;
 use walflow_stream::runner::{self, Pipeline, ProcessMetrics, ProcessOptions};
 
@@ -53,6 +59,8 @@ pub struct ProcessBenchArgs {
 #[derive(Debug, Serialize)]
 struct PipelineFigures {
     pipeline: String,
+    /// The source's format: "json" or "avro".
+    format: &'static str,
     events: u64,
     seconds: f64,
     events_per_second: f64,
@@ -72,6 +80,9 @@ struct PipelineFigures {
 struct ProcessBenchReport {
     events: u64,
     users: u64,
+    /// Key and value bytes per event in the JSON backlog, and in the Avro one when measured.
+    json_bytes_per_event: f64,
+    avro_bytes_per_event: Option<f64>,
     pipelines: Vec<PipelineFigures>,
     peak_rss_mb: f64,
 }
@@ -88,16 +99,39 @@ pub async fn bench_process(
     let keyspace = run_id.clone();
     let checkpoints = std::env::temp_dir().join(format!("{run_id}_checkpoints"));
 
+    // The Avro backlog, when a registry is configured: the same events, in their own topic.
+    let avro_prefix = format!("{run_id}_avro");
+    let avro_topic = format!("{avro_prefix}.public.users");
+    let avro = match &config.schema_registry_url {
+        Some(registry) => {
+            let mut events = walflow_cdc::avro_events::AvroEvents::new(registry.expose(), false)?;
+            events.prepare(&users_relation(), &avro_prefix).await?;
+            Some(AvroBacklog {
+                events,
+                prefix: avro_prefix.clone(),
+                relation: users_relation(),
+            })
+        }
+        None => None,
+    };
     eprintln!(
-        "bench process: producing {} change events about {} users into {topic}",
-        args.events, args.users
+        "bench process: producing {} change events about {} users into {topic}{}",
+        args.events,
+        args.users,
+        if avro.is_some() {
+            format!(" (JSON) and {avro_topic} (Avro)")
+        } else {
+            String::new()
+        }
     );
-    let produced = produce_backlog(
+    let backlog = produce_backlog(
         &config.kafka_brokers,
         &topic,
         args.events,
         args.users.max(1),
+        avro.as_ref(),
     )?;
+    let produced = backlog.events;
 
     // The join's other side: a handful of countries with their regions.
     let countries_topic = format!("{run_id}.public.countries");
@@ -105,14 +139,31 @@ pub async fn bench_process(
 
     let mut figures = Vec::new();
     let result: anyhow::Result<()> = async {
-        for name in [
+        let mut runs: Vec<(&str, &'static str)> = [
             "users",
             "users_by_country",
             "users_by_region",
             "changes_per_minute",
             "signups_last_10_minutes",
             "editing_sessions",
-        ] {
+        ]
+        .iter()
+        .map(|name| (*name, "json"))
+        .collect();
+        if avro.is_some() {
+            // A stateless pipeline (Cassandra-bound) and an aggregate (decode-bound).
+            runs.extend([("users", "avro"), ("users_by_country", "avro")]);
+        }
+        for (name, format) in runs {
+            let (topic, keyspace, checkpoints) = if format == "avro" {
+                (
+                    avro_topic.clone(),
+                    format!("{keyspace}_avro"),
+                    checkpoints.join("avro"),
+                )
+            } else {
+                (topic.clone(), keyspace.clone(), checkpoints.clone())
+            };
             let path = Path::new("sql/pipelines").join(format!("{name}.sql"));
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!(
@@ -127,6 +178,11 @@ pub async fn bench_process(
                     &format!("'{countries_topic}'"),
                 )
                 .replace("keyspace = 'walflow'", &format!("keyspace = '{keyspace}'"));
+            let text = if format == "avro" {
+                text.replace("format = 'debezium_json'", "format = 'debezium_avro'")
+            } else {
+                text
+            };
             let definition = PipelineDefinition::parse(&path, &text)?;
             let queries = walflow_stream::plan::compile(&definition).await?;
             let pipeline = Pipeline {
@@ -151,15 +207,22 @@ pub async fn bench_process(
             } else {
                 produced
             };
-            eprintln!("bench process: {name}: consume + decode ceiling");
-            let ceiling = consume_and_decode(&config.kafka_brokers, &topic, &source).await?;
+            eprintln!("bench process: {name} ({format}): consume + decode ceiling");
+            let registry = config
+                .schema_registry_url
+                .as_ref()
+                .map(|url| url.expose().to_owned());
+            let ceiling =
+                consume_and_decode(&config.kafka_brokers, &topic, &source, registry.as_deref())
+                    .await?;
 
-            eprintln!("bench process: {name}: the pipeline");
+            eprintln!("bench process: {name} ({format}): the pipeline");
             let mut options =
                 ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+            options.schema_registry_url = registry;
             options.checkpoint_dir = checkpoints.clone();
             options.stop_when_caught_up = true;
-            options.dead_letter_topic = Some(format!("{run_id}.dead_letter.{name}"));
+            options.dead_letter_topic = Some(format!("{run_id}.dead_letter.{name}_{format}"));
             let metrics = Arc::new(ProcessMetrics::default());
             let (_stop_sender, stop) = tokio::sync::watch::channel(false);
             let started = Instant::now();
@@ -201,6 +264,7 @@ pub async fn bench_process(
             let rows_written_per_second = summary.rows_written as f64 / seconds;
             figures.push(PipelineFigures {
                 pipeline: name.to_owned(),
+                format,
                 events: summary.events,
                 seconds,
                 events_per_second,
@@ -219,8 +283,12 @@ pub async fn bench_process(
     .await;
     cleanup(
         config,
-        &[topic.as_str(), countries_topic.as_str()],
-        &keyspace,
+        &[
+            topic.as_str(),
+            countries_topic.as_str(),
+            avro_topic.as_str(),
+        ],
+        &[keyspace.as_str(), format!("{keyspace}_avro").as_str()],
     )
     .await;
     let _ = std::fs::remove_dir_all(&checkpoints);
@@ -229,6 +297,10 @@ pub async fn bench_process(
     let report = ProcessBenchReport {
         events: produced,
         users: args.users,
+        json_bytes_per_event: backlog.json_bytes as f64 / produced.max(1) as f64,
+        avro_bytes_per_event: avro
+            .is_some()
+            .then(|| backlog.avro_bytes as f64 / produced.max(1) as f64),
         pipelines: figures,
         peak_rss_mb: peak_rss_mb(),
     };
@@ -241,10 +313,10 @@ pub async fn bench_process(
         );
         for figure in &report.pipelines {
             println!(
-                "  {:<23} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
+                "  {:<30} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
                  {} rows written, {:.0} rows/s = {:.2} of direct Cassandra writes ({:.0} rows/s); \
                  state {} groups, {:.1} MB checkpoint ({:.0} bytes per group)",
-                figure.pipeline,
+                format!("{} ({})", figure.pipeline, figure.format),
                 figure.events_per_second,
                 figure.seconds,
                 figure.ratio_to_consume_decode,
@@ -257,6 +329,35 @@ pub async fn bench_process(
                 figure.checkpoint_bytes as f64 / 1e6,
                 figure.checkpoint_bytes as f64 / figure.state_groups.max(1) as f64,
             );
+        }
+        match report.avro_bytes_per_event {
+            Some(avro_bytes) => {
+                println!(
+                    "  bytes per event (key + value): JSON {:.0}, Avro {:.0} ({:.2} of JSON's size)",
+                    report.json_bytes_per_event,
+                    avro_bytes,
+                    avro_bytes / report.json_bytes_per_event.max(1.0)
+                );
+                for avro_figure in report.pipelines.iter().filter(|f| f.format == "avro") {
+                    if let Some(json_figure) = report
+                        .pipelines
+                        .iter()
+                        .find(|f| f.format == "json" && f.pipeline == avro_figure.pipeline)
+                    {
+                        println!(
+                            "  {} from Avro: {:.2} of JSON's events/s (consume+decode ceiling {:.2} of JSON's)",
+                            avro_figure.pipeline,
+                            avro_figure.events_per_second / json_figure.events_per_second,
+                            avro_figure.consume_decode_events_per_second
+                                / json_figure.consume_decode_events_per_second,
+                        );
+                    }
+                }
+            }
+            None => println!(
+                "  bytes per event (key + value): JSON {:.0} (no schema registry configured: Avro not measured)",
+                report.json_bytes_per_event
+            ),
         }
         println!("  peak RSS {:.1} MB", report.peak_rss_mb);
     }
@@ -337,9 +438,105 @@ fn user_row(user: u64, version: u64) -> serde_json::Value {
     })
 }
 
+/// The users table (sql/schema/0001_users.sql) as cdc's Relation message describes it: each
+/// column's name and type oid, `id` the key, replica identity full.
+fn users_relation() -> walflow_pgoutput::Relation {
+    const UUID: u32 = 2950;
+    const TEXT: u32 = 25;
+    const INT4: u32 = 23;
+    const FLOAT8: u32 = 701;
+    const TIMESTAMPTZ: u32 = 1184;
+    let columns = [
+        ("id", UUID),
+        ("gender", TEXT),
+        ("title", TEXT),
+        ("first_name", TEXT),
+        ("last_name", TEXT),
+        ("street_number", INT4),
+        ("street_name", TEXT),
+        ("city", TEXT),
+        ("state", TEXT),
+        ("country", TEXT),
+        ("postcode", TEXT),
+        ("latitude", FLOAT8),
+        ("longitude", FLOAT8),
+        ("timezone_offset", TEXT),
+        ("timezone_name", TEXT),
+        ("email", TEXT),
+        ("username", TEXT),
+        ("dob", TIMESTAMPTZ),
+        ("registered_at", TIMESTAMPTZ),
+        ("phone", TEXT),
+        ("cell", TEXT),
+        ("picture_large", TEXT),
+        ("picture_medium", TEXT),
+        ("picture_thumbnail", TEXT),
+        ("nat", TEXT),
+        ("ingested_at", TIMESTAMPTZ),
+        ("updated_at", TIMESTAMPTZ),
+    ];
+    walflow_pgoutput::Relation {
+        xid: None,
+        oid: 16_384,
+        namespace: "public".into(),
+        name: "users".into(),
+        replica_identity: walflow_pgoutput::ReplicaIdentity::Full,
+        columns: columns
+            .iter()
+            .map(|(name, type_oid)| walflow_pgoutput::RelationColumn {
+                is_key: *name == "id",
+                name: (*name).into(),
+                type_oid: *type_oid,
+                type_modifier: -1,
+            })
+            .collect(),
+    }
+}
+
+/// A row of [`user_row`] as pgoutput carries it: each column in Postgres's text output
+/// (timestamps as `2026-11-25 00:00:00+00`).
+fn users_tuple(relation: &walflow_pgoutput::Relation, row: &serde_json::Value) -> TupleData {
+    let columns: Vec<Column> = relation
+        .columns
+        .iter()
+        .map(|column| match &row[&*column.name] {
+            serde_json::Value::Null => Column::Null,
+            serde_json::Value::String(text) if column.type_oid == 1184 => Column::Text(
+                text.replace('T', " ")
+                    .replace('Z', "+00")
+                    .into_bytes()
+                    .into(),
+            ),
+            serde_json::Value::String(text) => Column::Text(text.clone().into_bytes().into()),
+            other => Column::Text(other.to_string().into_bytes().into()),
+        })
+        .collect();
+    walflow_pgoutput::encode::tuple(&columns)
+}
+
+/// The Avro twin of the JSON backlog: cdc's Avro encoder with the users table registered.
+struct AvroBacklog {
+    events: walflow_cdc::avro_events::AvroEvents,
+    prefix: String,
+    relation: walflow_pgoutput::Relation,
+}
+
+struct Backlog {
+    events: u64,
+    json_bytes: u64,
+    avro_bytes: u64,
+}
+
 /// Inserts for every user first, then updates (80%) and deletes (20%, each with its
-/// tombstone, and the user inserted again later), as cdc would write them.
-fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyhow::Result<u64> {
+/// tombstone, and the user inserted again later), as cdc would write them; with `avro`, each
+/// event also in Avro to that backlog's topic.
+fn produce_backlog(
+    brokers: &str,
+    topic: &str,
+    events: u64,
+    users: u64,
+    avro: Option<&AvroBacklog>,
+) -> anyhow::Result<Backlog> {
     let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -364,9 +561,11 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
             })
             .to_string()
     };
-    let send = |key: &str, value: Option<&str>| -> anyhow::Result<()> {
+    let json_bytes = std::cell::Cell::new(0u64);
+    let avro_bytes = std::cell::Cell::new(0u64);
+    let send_bytes = |topic: &str, key: &[u8], value: Option<&[u8]>| -> anyhow::Result<()> {
         loop {
-            let mut record: BaseRecord<'_, str, str> = BaseRecord::to(topic).key(key);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
             if let Some(value) = value {
                 record = record.payload(value);
             }
@@ -379,6 +578,53 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
             }
         }
     };
+    let send = |key: &str, value: Option<&str>| -> anyhow::Result<()> {
+        json_bytes.set(json_bytes.get() + (key.len() + value.map_or(0, str::len)) as u64);
+        send_bytes(topic, key.as_bytes(), value.map(str::as_bytes))
+    };
+    // The same change in Avro, with its tombstone after a delete.
+    let send_avro = |operation: walflow_cdc::envelope::Operation,
+                     before: Option<&serde_json::Value>,
+                     after: Option<&serde_json::Value>,
+                     produced: u64|
+     -> anyhow::Result<()> {
+        let Some(avro) = avro else {
+            return Ok(());
+        };
+        let before = before.map(|row| users_tuple(&avro.relation, row));
+        let after = after.map(|row| users_tuple(&avro.relation, row));
+        let commit_ms = 1_795_000_000_000i64 + produced as i64 * 10;
+        let source = walflow_cdc::envelope::Source {
+            name: &avro.prefix,
+            database: "bench",
+            commit_time: walflow_pgoutput::PgTimestamp::from_unix_micros(commit_ms * 1000),
+            xid: 1,
+            lsn: walflow_pgoutput::Lsn(1),
+            snapshot: false,
+        };
+        let event = avro.events.row_event(
+            &avro.relation,
+            operation,
+            before.as_ref(),
+            after.as_ref(),
+            &source,
+            &avro.prefix,
+            1_795_000_000_000,
+        )?;
+        let tombstone = if operation == walflow_cdc::envelope::Operation::Delete {
+            walflow_cdc::envelope::tombstone(&event)
+        } else {
+            None
+        };
+        for event in std::iter::once(event).chain(tombstone) {
+            let key = event.key.unwrap_or_default();
+            avro_bytes.set(
+                avro_bytes.get() + (key.len() + event.value.as_ref().map_or(0, Vec::len)) as u64,
+            );
+            send_bytes(&event.topic, &key, event.value.as_deref())?;
+        }
+        Ok(())
+    };
     while produced < events {
         let user = if step < users {
             step
@@ -390,24 +636,40 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
         let slot = &mut versions[user as usize];
         match *slot {
             None => {
-                let value = envelope(None, Some(user_row(user, 0)), "c", produced);
+                let row = user_row(user, 0);
+                send_avro(
+                    walflow_cdc::envelope::Operation::Create,
+                    None,
+                    Some(&row),
+                    produced,
+                )?;
+                let value = envelope(None, Some(row), "c", produced);
                 send(&key, Some(&value))?;
                 *slot = Some(0);
                 produced += 1;
             }
             Some(version) if !step.is_multiple_of(5) => {
-                let value = envelope(
-                    Some(user_row(user, version)),
-                    Some(user_row(user, version + 1)),
-                    "u",
+                let (before, after) = (user_row(user, version), user_row(user, version + 1));
+                send_avro(
+                    walflow_cdc::envelope::Operation::Update,
+                    Some(&before),
+                    Some(&after),
                     produced,
-                );
+                )?;
+                let value = envelope(Some(before), Some(after), "u", produced);
                 send(&key, Some(&value))?;
                 *slot = Some(version + 1);
                 produced += 1;
             }
             Some(version) => {
-                let value = envelope(Some(user_row(user, version)), None, "d", produced);
+                let before = user_row(user, version);
+                send_avro(
+                    walflow_cdc::envelope::Operation::Delete,
+                    Some(&before),
+                    None,
+                    produced,
+                )?;
+                let value = envelope(Some(before), None, "d", produced);
                 send(&key, Some(&value))?;
                 send(&key, None)?;
                 *slot = None;
@@ -416,7 +678,11 @@ fn produce_backlog(brokers: &str, topic: &str, events: u64, users: u64) -> anyho
         }
     }
     producer.flush(Duration::from_secs(120))?;
-    Ok(produced)
+    Ok(Backlog {
+        events: produced,
+        json_bytes: json_bytes.get(),
+        avro_bytes: avro_bytes.get(),
+    })
 }
 
 /// The ceiling: reading the topic and decoding each event for `source`, nothing else.
@@ -424,7 +690,17 @@ async fn consume_and_decode(
     brokers: &str,
     topic: &str,
     source: &walflow_stream::definition::SourceTable,
+    registry: Option<&str>,
 ) -> anyhow::Result<f64> {
+    let avro = source.format == walflow_stream::definition::SourceFormat::DebeziumAvro;
+    let mut schemas = match (avro, registry) {
+        (true, Some(url)) => Some(
+            walflow_stream::avro::WriterSchemas::new(url)
+                .map_err(|error| anyhow::anyhow!(error))?,
+        ),
+        (true, None) => anyhow::bail!("an Avro source needs the schema registry"),
+        (false, _) => None,
+    };
     let consumer: StreamConsumer<rdkafka::consumer::DefaultConsumerContext, DefaultRuntime> =
         runner::consumer_config(brokers, &format!("{topic}-ceiling")).create()?;
     let mut assignment = rdkafka::TopicPartitionList::new();
@@ -439,7 +715,19 @@ async fn consume_and_decode(
     while read < high {
         let message = consumer.recv().await?;
         read = message.offset() + 1;
-        if let Ok(Some(_)) = walflow_stream::decode::decode(source, message.payload()) {
+        let event = match (&mut schemas, message.payload()) {
+            (Some(schemas), Some(payload)) => {
+                let id = walflow_stream::avro::WriterSchemas::schema_id(payload)
+                    .map_err(|error| anyhow::anyhow!(error))?;
+                schemas
+                    .fetch(id)
+                    .await
+                    .map_err(|error| anyhow::anyhow!(error))?;
+                schemas.decode(source, payload).map(Some)
+            }
+            (_, payload) => walflow_stream::decode::decode(source, payload),
+        };
+        if let Ok(Some(_)) = event {
             decoded += 1;
         }
     }
@@ -513,7 +801,7 @@ async fn cassandra_direct(nodes: &[String], keyspace: &str, rows: u64) -> anyhow
     Ok(rows as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn cleanup(config: &Config, topics: &[&str], keyspace: &str) {
+async fn cleanup(config: &Config, topics: &[&str], keyspaces: &[&str]) {
     if let Err(error) = walflow_cdc::sink::delete_topics(&config.kafka_brokers, topics).await {
         tracing::warn!(%error, "could not delete the benchmark topics");
     }
@@ -522,9 +810,11 @@ async fn cleanup(config: &Config, topics: &[&str], keyspace: &str) {
         .build()
         .await
     {
-        let _ = session
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
-            .await;
+        for keyspace in keyspaces {
+            let _ = session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+                .await;
+        }
     }
 }
 
@@ -651,7 +941,7 @@ async fn steady(
     cleanup(
         config,
         &[format!("{database}.public.users").as_str()],
-        &keyspace,
+        &[keyspace.as_str()],
     )
     .await;
     drop_scratch_database(&admin, &database).await?;
