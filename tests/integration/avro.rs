@@ -101,6 +101,22 @@ async fn table_schemas_register_evolve_and_a_breaking_change_is_refused_naming_t
     assert!(registry.register(&subject, &v3.value).await.is_ok());
 }
 
+/// `walflow cdc --format avro` with the test registry, streaming.
+async fn avro_cdc(
+    database: &crate::harness::TestDatabase,
+    slot: &str,
+    topics: &crate::harness::TestTopics,
+    tables: &str,
+    more: &[&str],
+) -> crate::cdc::Cdc {
+    let url = services().schema_registry_url;
+    let mut args = vec!["--format", "avro", "--schema-registry-url", &url];
+    args.extend(more);
+    let cdc = crate::cdc::Cdc::start_with(database, slot, topics, tables, &args);
+    cdc.wait_until_streaming(database).await;
+    cdc
+}
+
 /// `scripts/avro-consumer`: confluent-kafka's AvroDeserializer, sharing no code with walflow.
 fn avro_messages(topic: &str, count: usize) -> Vec<serde_json::Value> {
     // A hung reader fails the test instead of stalling the suite.
@@ -123,7 +139,6 @@ fn avro_messages(topic: &str, count: usize) -> Vec<serde_json::Value> {
 
 #[tokio::test]
 async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_versions() {
-    use crate::cdc::Cdc;
     use crate::harness::{TestDatabase, TestTopics};
 
     let database = TestDatabase::create().await;
@@ -140,14 +155,7 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
         .await
         .unwrap();
     let url = services().schema_registry_url;
-    let cdc = Cdc::start_with(
-        &database,
-        &slot,
-        &topics,
-        "public.zoo",
-        &["--format", "avro", "--schema-registry-url", &url],
-    );
-    cdc.wait_until_streaming(&database).await;
+    let cdc = avro_cdc(&database, &slot, &topics, "public.zoo", &[]).await;
     client
         .batch_execute(
             "INSERT INTO zoo VALUES (1, true, -3, 'NaN', 12345678901234567890.5, '\\x48656c6c6f',
@@ -240,19 +248,14 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
 
     // Told to allow it, cdc registers the change (the subject's rule set to NONE) and the
     // refused insert arrives: it was never confirmed to the slot, so nothing was lost.
-    let cdc = Cdc::start_with(
+    let cdc = avro_cdc(
         &database,
         &slot,
         &topics,
         "public.zoo",
-        &[
-            "--format",
-            "avro",
-            "--schema-registry-url",
-            &url,
-            "--allow-incompatible-schemas",
-        ],
-    );
+        &["--allow-incompatible-schemas"],
+    )
+    .await;
     crate::cdc::wait_until_caught_up(&client, &slot).await;
     let count = crate::cdc::kcat_all(&topic).len();
     let messages = avro_messages(&topic, count);
@@ -280,7 +283,6 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
 
 #[tokio::test]
 async fn process_reads_avro_topics_into_the_same_rows_as_postgres() {
-    use crate::cdc::Cdc;
     use crate::harness::{
         cassandra_session, run, stderr, walflow, TestDatabase, TestKeyspace, TestTopics,
     };
@@ -299,14 +301,7 @@ async fn process_reads_avro_topics_into_the_same_rows_as_postgres() {
         .await
         .unwrap();
     let url = services().schema_registry_url;
-    let cdc = Cdc::start_with(
-        &database,
-        &slot,
-        &topics,
-        "public.items",
-        &["--format", "avro", "--schema-registry-url", &url],
-    );
-    cdc.wait_until_streaming(&database).await;
+    let cdc = avro_cdc(&database, &slot, &topics, "public.items", &[]).await;
     client
         .batch_execute(
             "INSERT INTO items SELECT g, g * 1.5, 'item ' || g, DATE '2026-01-01' + g,
@@ -437,7 +432,6 @@ async fn process_reads_avro_topics_into_the_same_rows_as_postgres() {
 /// microseconds are checked against Postgres's own arithmetic on the same row.
 #[tokio::test]
 async fn every_type_of_the_zoo_reads_back_through_an_independent_avro_reader() {
-    use crate::cdc::Cdc;
     use crate::harness::{TestDatabase, TestTopics};
     use serde_json::json;
 
@@ -468,15 +462,7 @@ async fn every_type_of_the_zoo_reads_back_through_an_independent_avro_reader() {
         )
         .await
         .unwrap();
-    let url = services().schema_registry_url;
-    let cdc = Cdc::start_with(
-        &database,
-        &slot,
-        &topics,
-        "public.typed",
-        &["--format", "avro", "--schema-registry-url", &url],
-    );
-    cdc.wait_until_streaming(&database).await;
+    let cdc = avro_cdc(&database, &slot, &topics, "public.typed", &[]).await;
     client
         .batch_execute(
             "INSERT INTO typed VALUES (1, -32768, 9223372036854775807, 12345678901234567890.123456789, 'NaN',
