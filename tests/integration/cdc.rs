@@ -626,25 +626,23 @@ async fn crash_kill_9_at_random_points_loses_no_committed_change() {
     );
 }
 
+/// The type zoo: a table with a column of every kind of type docs/events.md maps.
+pub(crate) const TYPE_ZOO: &str = "CREATE TYPE mood AS ENUM ('sad', 'happy');
+     CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+     CREATE TABLE typed (
+         id int PRIMARY KEY, small smallint, big bigint, exact numeric, exact_nan numeric,
+         real_value float4, double_nan float8, double_infinite float8, flag bool, words text,
+         raw bytea, uid uuid, document jsonb, day date, moment timestamp, instant timestamptz,
+         instant_infinite timestamptz, span interval, address inet, numbers int[], feeling mood,
+         count positive, nothing text)";
+
 #[tokio::test]
 async fn every_type_arrives_as_documented_in_docs_events() {
     let database = TestDatabase::create().await;
     let topics = TestTopics::new();
     let slot = unique_name("walflow_slot");
     let client = database.client().await;
-    client
-        .batch_execute(
-            "CREATE TYPE mood AS ENUM ('sad', 'happy');
-             CREATE DOMAIN positive AS int CHECK (VALUE > 0);
-             CREATE TABLE typed (
-                 id int PRIMARY KEY, small smallint, big bigint, exact numeric, exact_nan numeric,
-                 real_value float4, double_nan float8, double_infinite float8, flag bool, words text,
-                 raw bytea, uid uuid, document jsonb, day date, moment timestamp, instant timestamptz,
-                 instant_infinite timestamptz, span interval, address inet, numbers int[], feeling mood,
-                 count positive, nothing text)",
-        )
-        .await
-        .unwrap();
+    client.batch_execute(TYPE_ZOO).await.unwrap();
     let cdc = Cdc::started(&database, &slot, &topics, "public.typed").await;
     client
         .batch_execute(
