@@ -70,10 +70,12 @@ struct PipelineFigures {
     rows_written_per_second: f64,
     cassandra_direct_rows_per_second: f64,
     ratio_to_cassandra_direct: f64,
-    /// Kept state at the end: its checkpoint's size and the groups (windows times keys,
-    /// sessions) it holds.
+    /// Kept state at the end: its checkpoint's size, the groups (windows times keys,
+    /// sessions) it holds, and the rows it keeps (each keyed source's current rows, both
+    /// sides of each join).
     checkpoint_bytes: u64,
     state_groups: u64,
+    state_rows: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -231,18 +233,33 @@ pub async fn bench_process(
             let checkpoint_bytes = metrics
                 .last_checkpoint_bytes
                 .load(std::sync::atomic::Ordering::Relaxed);
-            let state_groups = walflow_stream::checkpoint::load(
+            let (state_groups, state_rows) = walflow_stream::checkpoint::load(
                 &walflow_stream::checkpoint::path_for(&checkpoints, name),
             )?
-            .map_or(0, |state| {
-                state
+            .map_or((0, 0), |state| {
+                let groups: usize = state
                     .queries
                     .iter()
                     .map(|query| {
                         query.aggregates.iter().map(|a| a.groups()).sum::<usize>()
                             + query.sessions.iter().map(|s| s.sessions()).sum::<usize>()
                     })
-                    .sum::<usize>() as u64
+                    .sum();
+                let rows: usize = state
+                    .sources
+                    .values()
+                    .map(|source| source.rows())
+                    .sum::<usize>()
+                    + state
+                        .queries
+                        .iter()
+                        .flat_map(|query| &query.joins)
+                        .map(|join| {
+                            let (left, right) = join.rows();
+                            left + right
+                        })
+                        .sum::<usize>();
+                (groups as u64, rows as u64)
             });
             anyhow::ensure!(
                 summary.events == expected,
@@ -276,6 +293,7 @@ pub async fn bench_process(
                 ratio_to_cassandra_direct: rows_written_per_second / direct,
                 checkpoint_bytes,
                 state_groups,
+                state_rows,
             });
         }
         Ok(())
@@ -315,7 +333,7 @@ pub async fn bench_process(
             println!(
                 "  {:<30} {:>9.0} events/s in {:>6.2} s = {:.2} of consume+decode ({:.0} events/s); \
                  {} rows written, {:.0} rows/s = {:.2} of direct Cassandra writes ({:.0} rows/s); \
-                 state {} groups, {:.1} MB checkpoint ({:.0} bytes per group)",
+                 state {} groups and {} kept rows, {:.1} MB checkpoint ({:.0} bytes each)",
                 format!("{} ({})", figure.pipeline, figure.format),
                 figure.events_per_second,
                 figure.seconds,
@@ -326,8 +344,10 @@ pub async fn bench_process(
                 figure.ratio_to_cassandra_direct,
                 figure.cassandra_direct_rows_per_second,
                 figure.state_groups,
+                figure.state_rows,
                 figure.checkpoint_bytes as f64 / 1e6,
-                figure.checkpoint_bytes as f64 / figure.state_groups.max(1) as f64,
+                figure.checkpoint_bytes as f64
+                    / (figure.state_groups + figure.state_rows).max(1) as f64,
             );
         }
         match report.avro_bytes_per_event {
