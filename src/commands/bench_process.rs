@@ -32,6 +32,16 @@ use super::bench::{
 };
 use crate::config::Config;
 
+/// The shipped pipelines the benchmark runs, in order.
+const PIPELINES: [&str; 6] = [
+    "users",
+    "users_by_country",
+    "users_by_region",
+    "changes_per_minute",
+    "signups_last_10_minutes",
+    "editing_sessions",
+];
+
 #[derive(Debug, Args)]
 pub struct ProcessBenchArgs {
     /// Change events in the backlog (inserts, then updates and deletes with their tombstones)
@@ -50,6 +60,11 @@ pub struct ProcessBenchArgs {
     /// How long the steady run lasts
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     steady_seconds: u64,
+
+    /// Only these shipped pipelines (names of sql/pipelines/*.sql, comma-separated); all by
+    /// default
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pipelines: Vec<String>,
 
     /// Print one JSON object
     #[arg(long)]
@@ -96,6 +111,16 @@ pub async fn bench_process(
     if let Some(rate) = args.steady_rate {
         return steady(rate, args.steady_seconds, args.json, config).await;
     }
+    if let Some(unknown) = args
+        .pipelines
+        .iter()
+        .find(|name| !PIPELINES.contains(&name.as_str()))
+    {
+        anyhow::bail!(
+            "--pipelines: no shipped pipeline {unknown:?} (the benchmark runs {})",
+            PIPELINES.join(", ")
+        );
+    }
     let run_id = format!("walflow_bench_{}", std::process::id());
     let topic = format!("{run_id}.public.users");
     let keyspace = run_id.clone();
@@ -141,20 +166,14 @@ pub async fn bench_process(
 
     let mut figures = Vec::new();
     let result: anyhow::Result<()> = async {
-        let mut runs: Vec<(&str, &'static str)> = [
-            "users",
-            "users_by_country",
-            "users_by_region",
-            "changes_per_minute",
-            "signups_last_10_minutes",
-            "editing_sessions",
-        ]
-        .iter()
-        .map(|name| (*name, "json"))
-        .collect();
+        let mut runs: Vec<(&str, &'static str)> =
+            PIPELINES.iter().map(|name| (*name, "json")).collect();
         if avro.is_some() {
             // A stateless pipeline (Cassandra-bound) and an aggregate (decode-bound).
             runs.extend([("users", "avro"), ("users_by_country", "avro")]);
+        }
+        if !args.pipelines.is_empty() {
+            runs.retain(|(name, _)| args.pipelines.iter().any(|wanted| wanted == name));
         }
         for (name, format) in runs {
             let (topic, keyspace, checkpoints) = if format == "avro" {
