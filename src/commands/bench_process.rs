@@ -132,11 +132,12 @@ pub async fn bench_process(
     let avro = match &config.schema_registry_url {
         Some(registry) => {
             let mut events = walflow_cdc::avro_events::AvroEvents::new(registry.expose(), false)?;
-            events.prepare(&users_relation(), &avro_prefix).await?;
+            let relation = users_relation();
+            events.prepare(&relation, &avro_prefix).await?;
             Some(AvroBacklog {
                 events,
                 prefix: avro_prefix.clone(),
-                relation: users_relation(),
+                relation,
             })
         }
         None => None,
@@ -480,11 +481,7 @@ fn user_row(user: u64, version: u64) -> serde_json::Value {
 /// The users table (sql/schema/0001_users.sql) as cdc's Relation message describes it: each
 /// column's name and type oid, `id` the key, replica identity full.
 fn users_relation() -> walflow_pgoutput::Relation {
-    const UUID: u32 = 2950;
-    const TEXT: u32 = 25;
-    const INT4: u32 = 23;
-    const FLOAT8: u32 = 701;
-    const TIMESTAMPTZ: u32 = 1184;
+    use walflow_cdc::types::oid::{FLOAT8, INT4, TEXT, TIMESTAMPTZ, UUID};
     let columns = [
         ("id", UUID),
         ("gender", TEXT),
@@ -540,12 +537,16 @@ fn users_tuple(relation: &walflow_pgoutput::Relation, row: &serde_json::Value) -
         .iter()
         .map(|column| match &row[&*column.name] {
             serde_json::Value::Null => Column::Null,
-            serde_json::Value::String(text) if column.type_oid == 1184 => Column::Text(
-                text.replace('T', " ")
-                    .replace('Z', "+00")
-                    .into_bytes()
-                    .into(),
-            ),
+            serde_json::Value::String(text)
+                if column.type_oid == walflow_cdc::types::oid::TIMESTAMPTZ =>
+            {
+                Column::Text(
+                    text.replace('T', " ")
+                        .replace('Z', "+00")
+                        .into_bytes()
+                        .into(),
+                )
+            }
             serde_json::Value::String(text) => Column::Text(text.clone().into_bytes().into()),
             other => Column::Text(other.to_string().into_bytes().into()),
         })

@@ -23,9 +23,7 @@ use walflow_pgoutput::{Column, Relation, RelationColumn, TupleData};
 
 use crate::envelope::{Operation, Source};
 use crate::pg_time;
-use crate::types::{oid, UNAVAILABLE_VALUE};
-
-const UUID: u32 = 2950;
+use crate::types::{bytea_hex, oid, UNAVAILABLE_VALUE};
 
 /// How a column is typed in Avro.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +53,7 @@ impl Kind {
             oid::DATE => Kind::Date,
             oid::TIMESTAMP => Kind::Timestamp,
             oid::TIMESTAMPTZ => Kind::TimestampTz,
-            UUID => Kind::Uuid,
+            oid::UUID => Kind::Uuid,
             _ => Kind::String,
         }
     }
@@ -273,7 +271,8 @@ fn write_scalar(buffer: &mut Vec<u8>, kind: Kind, text: &str) -> bool {
             Some(number) => buffer.extend_from_slice(&number.to_le_bytes()),
             None => return false,
         },
-        Kind::Bytes => match bytea(text) {
+        // cdc's connections ask for bytea's hex form.
+        Kind::Bytes => match bytea_hex(text) {
             Some(bytes) => binary::bytes(buffer, &bytes),
             None => return false,
         },
@@ -312,33 +311,6 @@ fn float_text(text: &str) -> Option<f64> {
     }
 }
 
-/// bytea's hex text form (`\x48656c6c6f`) back to bytes (cdc's connections ask for hex).
-fn bytea(text: &str) -> Option<Vec<u8>> {
-    let hex = text.strip_prefix("\\x")?;
-    if hex.len() % 2 != 0 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|index| u8::from_str_radix(&hex[index..index + 2], 16).ok())
-        .collect()
-}
-
-fn column_text(value: &Column) -> std::borrow::Cow<'_, str> {
-    match value {
-        Column::Text(bytes) | Column::Binary(bytes) => String::from_utf8_lossy(bytes),
-        Column::Null | Column::UnchangedToast => std::borrow::Cow::Borrowed(""),
-    }
-}
-
-fn unreadable(column: &RelationColumn, kind: Kind, text: &str) -> EncodeError {
-    EncodeError::Unreadable {
-        column: column.name.to_string(),
-        text: text.to_owned(),
-        kind: kind.name(),
-    }
-}
-
 /// One column of the value record: a union of null, the column's type and, for bytes, the
 /// string that marks an untouched TOASTed value.
 fn write_column(
@@ -362,14 +334,33 @@ fn write_column(
             _ => binary::branch(buffer, 0),
         },
         Column::Text(_) | Column::Binary(_) => {
-            let text = column_text(value);
             binary::branch(buffer, 1);
-            if !write_scalar(buffer, kind, &text) {
-                return Err(unreadable(column, kind, &text));
-            }
+            write_text(buffer, column, kind, value)?;
         }
     }
     Ok(())
+}
+
+/// A value Postgres sent as text, in the column's Avro type, or the error naming it.
+fn write_text(
+    buffer: &mut Vec<u8>,
+    column: &RelationColumn,
+    kind: Kind,
+    value: &Column,
+) -> Result<(), EncodeError> {
+    let text = match value {
+        Column::Text(bytes) | Column::Binary(bytes) => String::from_utf8_lossy(bytes),
+        Column::Null | Column::UnchangedToast => std::borrow::Cow::Borrowed(""),
+    };
+    if write_scalar(buffer, kind, &text) {
+        Ok(())
+    } else {
+        Err(EncodeError::Unreadable {
+            column: column.name.to_string(),
+            text: text.into_owned(),
+            kind: kind.name(),
+        })
+    }
 }
 
 /// `before` or `after`: null, or the `Value` record of every column.
@@ -401,13 +392,9 @@ fn write_key(
         if !column.is_key {
             continue;
         }
-        let kind = Kind::of(column);
         match value {
             Column::Text(_) | Column::Binary(_) => {
-                let text = column_text(&value);
-                if !write_scalar(buffer, kind, &text) {
-                    return Err(unreadable(column, kind, &text));
-                }
+                write_text(buffer, column, Kind::of(column), &value)?
             }
             Column::Null | Column::UnchangedToast => {
                 return Err(EncodeError::MissingKey {
@@ -518,7 +505,7 @@ mod tests {
                 column("born", oid::DATE, false),
                 column("seen", oid::TIMESTAMP, false),
                 column("at", oid::TIMESTAMPTZ, false),
-                column("uid", UUID, false),
+                column("uid", oid::UUID, false),
                 column("first name", 25, false),
             ],
         }

@@ -11,6 +11,8 @@ pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
 
 pub mod oid {
     pub const BOOL: u32 = 16;
+    pub const TEXT: u32 = 25;
+    pub const UUID: u32 = 2950;
     pub const BYTEA: u32 = 17;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
@@ -109,18 +111,26 @@ pub fn classify(type_oid: u32, text: &str) -> JsonScalar<'_> {
 }
 
 fn bytea_text_to_base64(text: &str) -> String {
-    let Some(hex) = text.strip_prefix("\\x") else {
+    if !text.starts_with("\\x") {
         // The escape output format: rare (bytea_output = escape); kept as sent.
         return base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
-    };
-    let bytes: Option<Vec<u8>> = (0..hex.len())
+    }
+    base64::engine::general_purpose::STANDARD.encode(bytea_hex(text).unwrap_or_default())
+}
+
+/// bytea's hex text form (`\x48656c6c6f`) back to bytes; `None` when it is not that form.
+pub(crate) fn bytea_hex(text: &str) -> Option<Vec<u8>> {
+    let hex = text.strip_prefix("\\x")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
         .step_by(2)
         .map(|index| {
             hex.get(index..index + 2)
                 .and_then(|pair| u8::from_str_radix(pair, 16).ok())
         })
-        .collect();
-    base64::engine::general_purpose::STANDARD.encode(bytes.unwrap_or_default())
+        .collect()
 }
 
 #[cfg(test)]
