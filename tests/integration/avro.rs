@@ -101,6 +101,11 @@ async fn table_schemas_register_evolve_and_a_breaking_change_is_refused_naming_t
     assert!(registry.register(&subject, &v3.value).await.is_ok());
 }
 
+/// A GET of the registry's API, its JSON answer read as `T`.
+async fn registry_get<T: serde::de::DeserializeOwned>(url: &str) -> T {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
 /// `walflow cdc --format avro` with the test registry, streaming.
 async fn avro_cdc(
     database: &crate::harness::TestDatabase,
@@ -213,12 +218,7 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
     );
     assert_eq!(messages[5]["value"]["op"], "t");
     assert_eq!(messages[5]["key"], serde_json::Value::Null);
-    let versions: Vec<u64> = reqwest::get(format!("{url}/subjects/{topic}-value/versions"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: Vec<u64> = registry_get(&format!("{url}/subjects/{topic}-value/versions")).await;
     assert_eq!(versions.len(), 2, "{versions:?}");
 
     // A breaking change stops cdc, naming the table, the column and the rule.
@@ -262,19 +262,9 @@ async fn cdc_writes_avro_that_an_independent_consumer_decodes_through_schema_ver
     let last = messages.last().unwrap();
     assert_eq!(last["key"], serde_json::json!({"id": 3}), "{messages:?}");
     assert_eq!(last["value"]["after"]["small"], "x");
-    let versions: Vec<u64> = reqwest::get(format!("{url}/subjects/{topic}-value/versions"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: Vec<u64> = registry_get(&format!("{url}/subjects/{topic}-value/versions")).await;
     assert_eq!(versions.len(), 3, "{versions:?}");
-    let level: serde_json::Value = reqwest::get(format!("{url}/config/{topic}-value"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let level: serde_json::Value = registry_get(&format!("{url}/config/{topic}-value")).await;
     assert_eq!(level["compatibilityLevel"], "NONE", "{level}");
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
