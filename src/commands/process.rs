@@ -106,7 +106,20 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
             .map_err(|error| Failure::Usage(error.into()))?;
         pipelines.push(pipeline);
     }
-    let stop = super::stop_on_signal("stopping: finishing the batch and writing checkpoints");
+    let signal = super::stop_on_signal("stopping: finishing the batch and writing checkpoints");
+    // One stop for every pipeline, raised by a signal or by the first pipeline that fails: a
+    // dead pipeline must not leave the process up with its tables silently frozen.
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let stop_sender = Arc::new(stop_sender);
+    {
+        let stop_sender = stop_sender.clone();
+        let mut signal = signal;
+        tokio::spawn(async move {
+            if signal.wait_for(|stopping| *stopping).await.is_ok() {
+                let _ = stop_sender.send(true);
+            }
+        });
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut all_metrics: Vec<(String, Arc<ProcessMetrics>)> = Vec::new();
@@ -139,10 +152,11 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
             metrics.clone(),
         ));
         let stop = stop.clone();
+        let name = pipeline.definition.name.clone();
         tasks.spawn(async move {
             let result = runner::run(&pipeline, &options, metrics, stop).await;
             reporter.abort();
-            result.map_err(anyhow::Error::new)
+            result.map_err(|error| anyhow::Error::new(error).context(format!("pipeline {name}")))
         });
     }
     if let Some(listen) = args.metrics_listen {
@@ -158,9 +172,16 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         match joined {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "a pipeline failed: stopping the others (they write their checkpoints)"
+                );
+                let _ = stop_sender.send(true);
                 failure.get_or_insert(error);
             }
             Err(error) => {
+                tracing::error!(%error, "a pipeline task failed: stopping the others");
+                let _ = stop_sender.send(true);
                 failure.get_or_insert(anyhow::anyhow!("a pipeline task failed: {error}"));
             }
         }

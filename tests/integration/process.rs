@@ -851,3 +851,83 @@ async fn a_changed_pipeline_is_refused_until_rebuilt_and_rebuild_if_changed_does
         stderr(&resumed)
     );
 }
+
+/// Runs `command` with its stderr in `log`, and kills it if it is still running after
+/// `bound`: the exit status, or `None` when it had to be killed.
+pub(crate) fn run_within(
+    command: &mut Command,
+    log: &Path,
+    bound: Duration,
+) -> Option<std::process::ExitStatus> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// One pipeline that cannot write its checkpoint (a directory squats the path of its
+/// temporary file) must bring `walflow process` down with an error naming it, after the
+/// other pipeline has stopped cleanly and written its own checkpoint, instead of leaving the
+/// process up with a dead pipeline inside.
+#[tokio::test]
+async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let failing = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    let healthy = directory.path().join("prices.sql");
+    std::fs::write(
+        &healthy,
+        std::fs::read_to_string(&failing)
+            .unwrap()
+            .replace("item_prices", "item_prices_copy"),
+    )
+    .unwrap();
+    kcat_produce(
+        &topic,
+        [
+            r#"{"before":null,"after":{"id":1,"price":2.5},"op":"c"}"#,
+            r#"{"before":null,"after":{"id":2,"price":3.5},"op":"c"}"#,
+        ],
+    );
+    let checkpoints = directory.path().join("checkpoints");
+    std::fs::create_dir_all(checkpoints.join("items.checkpoint.tmp")).unwrap();
+
+    let log = directory.path().join("process.log");
+    let status = run_within(
+        walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--checkpoint-interval-ms", "100"])
+            .arg("--checkpoint-dir")
+            .arg(&checkpoints)
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", topics.prefix),
+            ])
+            .arg(&failing)
+            .arg(&healthy),
+        &log,
+        Duration::from_secs(90),
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    let status = status.unwrap_or_else(|| {
+        panic!("walflow process was still running 90 s after a pipeline failed:\n{log}")
+    });
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("pipeline items"), "{log}");
+    assert!(
+        checkpoints.join("prices.checkpoint").exists(),
+        "the healthy pipeline wrote its checkpoint before the process ended:\n{log}"
+    );
+}
