@@ -511,3 +511,104 @@ async fn every_type_of_the_zoo_reads_back_through_an_independent_avro_reader() {
     let (code, log) = cdc.stop();
     assert_eq!(code, Some(0), "{log}");
 }
+
+/// An event whose writer schema id the registry does not have (`\x00\xff\xff\xff\xff...`, a
+/// foreign message or a hard-deleted schema) is of no use however long one waits: it goes to
+/// the dead-letter topic with the registry's answer, and the valid events around it are
+/// applied.
+#[tokio::test]
+async fn an_avro_event_of_an_unknown_schema_id_is_a_dead_letter_and_the_rest_flows_on() {
+    use crate::harness::{cassandra_session, walflow, TestDatabase, TestKeyspace, TestTopics};
+    use std::io::Write;
+
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, price double precision)")
+        .await
+        .unwrap();
+    let cdc = avro_cdc(&database, &slot, &topics, "public.items", &[]).await;
+    client
+        .batch_execute("INSERT INTO items SELECT g, g * 1.5 FROM generate_series(1, 3) g")
+        .await
+        .unwrap();
+    crate::cdc::wait_until_caught_up(&client, &slot).await;
+    let topic = format!("{}.public.items", topics.prefix);
+    let mut kcat = std::process::Command::new("kcat")
+        .args(["-P", "-b", &services().kafka_brokers, "-t", &topic])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("kcat");
+    kcat.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"\x00\xff\xff\xff\xff{\"id\":99}\n")
+        .unwrap();
+    assert!(kcat.wait().unwrap().success());
+    client
+        .batch_execute("INSERT INTO items SELECT g, g * 1.5 FROM generate_series(4, 5) g")
+        .await
+        .unwrap();
+    crate::cdc::wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let directory = tempfile::tempdir().unwrap();
+    let pipeline = directory.path().join("items.sql");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_avro');
+             CREATE TABLE item_prices (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'cassandra', keyspace = '{}');
+             INSERT INTO item_prices SELECT id, price FROM items;",
+            keyspace.name
+        ),
+    )
+    .unwrap();
+    let dead_letter_prefix = format!("{}.dead_letter", topics.prefix);
+    let log = directory.path().join("process.log");
+    let status = crate::process::run_within(
+        walflow(&database.url)
+            .args(["process", "--until-caught-up", "--schema-registry-url"])
+            .arg(services().schema_registry_url)
+            .arg("--checkpoint-dir")
+            .arg(directory.path().join("checkpoints"))
+            .args(["--dead-letter-prefix", &dead_letter_prefix])
+            .arg(&pipeline),
+        &log,
+        std::time::Duration::from_secs(120),
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    let status =
+        status.unwrap_or_else(|| panic!("walflow process did not catch up within 120 s:\n{log}"));
+    assert!(status.success(), "{log}");
+
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let mut ids: Vec<i32> = session
+        .query_unpaged(format!("SELECT id FROM {}.item_prices", keyspace.name), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(i32,)>()
+        .unwrap()
+        .map(|row| row.unwrap().0)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![1, 2, 3, 4, 5], "the valid events were applied");
+
+    let letters = crate::cdc::kcat_all(&format!("{dead_letter_prefix}.items"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let headers = letters[0]["headers"].as_array().unwrap();
+    let position = headers.iter().position(|h| h == "walflow.error").unwrap();
+    let reason = headers[position + 1].as_str().unwrap();
+    assert!(
+        reason.contains("4294967295") && reason.contains("404"),
+        "{reason}"
+    );
+}

@@ -51,31 +51,46 @@ impl WriterSchemas {
         }
     }
 
-    /// Fetches the schema of `id` unless it is known. A registry that cannot be reached is
-    /// an error of the run (retried), not of the event.
-    pub async fn fetch(&mut self, id: u32) -> Result<(), String> {
+    /// Fetches the schema of `id` unless it is known. A registry that cannot be reached or
+    /// fails (5xx) is an error of the run, to retry; a registry that has no such schema (4xx)
+    /// or one that is not Avro is an error of the event, which waiting never mends.
+    pub async fn fetch(&mut self, id: u32) -> Result<(), SchemaFetchError> {
         if self.schemas.contains_key(&id) {
             return Ok(());
         }
         let url = format!("{}/schemas/ids/{id}", self.base);
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|error| format!("cannot reach the schema registry at {url}: {error}"))?;
+        let response = self.client.get(&url).send().await.map_err(|error| {
+            SchemaFetchError::Unavailable(format!(
+                "cannot reach the schema registry at {url}: {error}"
+            ))
+        })?;
         let status = response.status();
-        let body: Json = response
-            .json()
-            .await
-            .map_err(|error| format!("GET {url}: {error}"))?;
+        let body = response.text().await.map_err(|error| {
+            SchemaFetchError::Unavailable(format!("GET {url}: HTTP {status}: {error}"))
+        })?;
+        if status.is_server_error() {
+            return Err(SchemaFetchError::Unavailable(format!(
+                "GET {url}: HTTP {status}: {body}"
+            )));
+        }
+        let refused = |message: String| SchemaFetchError::Refused { id, message };
+        if !status.is_success() {
+            return Err(refused(format!(
+                "the schema registry does not give schema {id}: GET {url}: HTTP {status}: {body}"
+            )));
+        }
+        let body: Json = serde_json::from_str(&body)
+            .map_err(|error| refused(format!("GET {url}: HTTP {status}: not JSON: {error}")))?;
         let text = body["schema"]
             .as_str()
-            .ok_or_else(|| format!("GET {url}: HTTP {status}: {body}"))?;
-        let schema = Schema::parse_str(text)
-            .map_err(|error| format!("schema {id} from the registry is not Avro: {error}"))?;
+            .ok_or_else(|| refused(format!("GET {url}: HTTP {status}: no schema in {body}")))?;
+        let schema = Schema::parse_str(text).map_err(|error| {
+            refused(format!(
+                "schema {id} from the registry is not Avro: {error}"
+            ))
+        })?;
         let reader = Reader::new(&schema)
-            .map_err(|error| format!("schema {id} from the registry: {error}"))?;
+            .map_err(|error| refused(format!("schema {id} from the registry: {error}")))?;
         self.schemas.insert(id, reader);
         Ok(())
     }
@@ -100,6 +115,18 @@ impl WriterSchemas {
         }
         decode_parts(source, parts)
     }
+}
+
+/// Why a writer schema could not be had from the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaFetchError {
+    /// The registry cannot be reached or failed (5xx): worth waiting for.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The registry answered and the event's schema id is of no use (unknown id, deleted
+    /// schema, not Avro): the event cannot be read, however long one waits.
+    #[error("{message}")]
+    Refused { id: u32, message: String },
 }
 
 /// A writer schema compiled for reading: every type a node of one arena, named types and

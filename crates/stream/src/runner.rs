@@ -766,7 +766,8 @@ struct BatchReader {
 
 impl BatchReader {
     /// An Avro event decoded for `source`; its writer schema is fetched on first sight, and
-    /// a registry that cannot be reached is waited for (the event is not given up).
+    /// a registry that cannot be reached is waited for (the event is not given up), while a
+    /// schema the registry does not have makes the event a dead letter.
     async fn decode_avro(
         &mut self,
         source: &SourceTable,
@@ -777,7 +778,16 @@ impl BatchReader {
         };
         let id = crate::avro::WriterSchemas::schema_id(payload)?;
         let mut backoff = RETRY_MIN;
-        while let Err(error) = schemas.fetch(id).await {
+        loop {
+            let error = match schemas.fetch(id).await {
+                Ok(()) => break,
+                // Waiting never mends an unknown id or a schema that is not Avro: the event
+                // goes to the dead letters and the partition flows on.
+                Err(refused @ crate::avro::SchemaFetchError::Refused { .. }) => {
+                    return Err(refused.to_string())
+                }
+                Err(crate::avro::SchemaFetchError::Unavailable(error)) => error,
+            };
             tracing::warn!(pipeline = %self.pipeline, %error, retry_in_ms = backoff.as_millis() as u64, "cannot fetch an Avro writer schema; retrying");
             if sleep_or_stop(backoff, &mut self.stop).await {
                 return Err(format!(
