@@ -11,12 +11,15 @@ use walflow_pgoutput::{
 
 use crate::avro_events::{AvroEventError, AvroEvents};
 use crate::envelope::{self, Operation, RelationCache, Source};
+use crate::keys;
 use crate::publication::{self, SetupError};
 use crate::replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream,
+    DEFAULT_CONNECT_TIMEOUT,
 };
 use crate::sink::{Sink, SinkError};
 use crate::snapshot::{self, SnapshotProgress};
+use crate::topics::{self, TopicError, TopicNames};
 
 /// pgoutput protocol 1: every change arrives after its transaction committed.
 const PROTOCOL_VERSION: u32 = 1;
@@ -80,6 +83,11 @@ pub enum CdcError {
     Sink(#[from] SinkError),
     #[error("cannot connect to Postgres: {0}")]
     Connect(tokio_postgres::Error),
+    #[error(
+        "Postgres did not answer within {} s (connect_timeout in the URL sets the limit)",
+        waited.as_secs()
+    )]
+    ConnectTimedOut { waited: Duration },
     #[error("a change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
     #[error("{0}")]
@@ -88,6 +96,14 @@ pub enum CdcError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error(transparent)]
     Avro(#[from] AvroEventError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(
+        "Kafka did not acknowledge the snapshot's rows within {} s; the snapshot is not recorded \
+         as complete and is taken again at the next start",
+        waited.as_secs()
+    )]
+    SnapshotUnacknowledged { waited: Duration },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -111,21 +127,26 @@ pub async fn run(
     mut sink: Sink,
     mut stop: watch::Receiver<bool>,
 ) -> Result<CdcSummary, CdcError> {
-    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
-        .await
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
+    let client = connect_client(&options.postgres_url).await?;
     publication::check_wal_level(&client).await?;
     if publication::ensure_publication(&client, &options.publication, &options.tables).await? {
         tracing::info!(publication = %options.publication, "publication created");
     }
     publication::check_replica_identities(&client, &options.publication).await?;
-    let topics: Vec<String> = publication::published_tables(&client, &options.publication)
-        .await?
-        .into_iter()
-        .map(|(schema, table)| format!("{}.{schema}.{table}", options.topic_prefix))
-        .collect();
-    sink.create_topics(&topics).await;
+    topics::check_prefix(&options.topic_prefix)?;
+    let mut topic_names = TopicNames::default();
+    let mut topics = Vec::new();
+    for (schema, table) in publication::published_tables(&client, &options.publication).await? {
+        if schema == "public" && table == snapshot::STATE_TABLE {
+            continue;
+        }
+        let (_, topic) = topic_names.claim(&options.topic_prefix, &schema, &table)?;
+        topics.push(topic);
+    }
+    if let Some(dead_letters) = sink.dead_letter_topic() {
+        topics.push(dead_letters.to_owned());
+    }
+    sink.create_topics(&topics).await?;
 
     let mut avro = match &options.avro {
         Some(avro) => Some(
@@ -155,17 +176,26 @@ pub async fn run(
     if take_snapshot {
         if slot_exists {
             tracing::warn!(slot = %options.slot, "recreating the slot to take the snapshot (again)");
-            publication::drop_slot(&client, &options.slot).await?;
+            publication::drop_slot(&client, &options.slot, &database).await?;
         }
+        snapshot::record_started(&client, &options.slot).await?;
         let created = replication.create_logical_slot(&options.slot, true).await?;
         tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
-        snapshot::record_started(&client, &options.slot, created.consistent_point).await?;
+        snapshot::record_consistent_point(&client, &options.slot, created.consistent_point).await?;
         let rows = copy_snapshot(options, &mut sink, &database, &created, avro.as_mut()).await?;
         sink.commit(created.consistent_point, None).await?;
-        sink.drain(created.consistent_point, Duration::from_secs(600))
+        let acknowledged = sink
+            .drain(created.consistent_point, sink.delivery_deadline())
             .await;
         if let Some(failure) = sink.failure() {
             return Err(CdcError::Delivery(failure));
+        }
+        if !acknowledged {
+            // Recorded as complete only once Kafka holds every row: otherwise the rows
+            // still queued would be lost, as the slot already starts after them.
+            return Err(CdcError::SnapshotUnacknowledged {
+                waited: sink.delivery_deadline(),
+            });
         }
         snapshot::record_completed(&client, &options.slot).await?;
         tracing::info!(rows, "snapshot complete");
@@ -182,6 +212,7 @@ pub async fn run(
         database,
         change_lsn: Lsn(0),
         avro,
+        topics: topic_names,
     };
     // Sessions: a lost connection to Postgres (a restart, a network cut) is followed by a new
     // one that resumes from the slot's confirmed position, after a growing pause.
@@ -253,6 +284,9 @@ pub async fn run(
     Ok(state.summary)
 }
 
+/// Silence from the server after which the replication link is taken for dead (a status
+/// update asking for a reply goes out at half of it).
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -260,10 +294,7 @@ async fn reconnect(
     options: &CdcOptions,
     config: &ReplicationConfig,
 ) -> Result<(tokio_postgres::Client, ReplicationConnection), CdcError> {
-    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
-        .await
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
+    let client = connect_client(&options.postgres_url).await?;
     let replication = ReplicationConnection::connect(config).await?;
     Ok((client, replication))
 }
@@ -280,7 +311,7 @@ fn is_undelivered(error: &CdcError) -> bool {
 /// refuses connections for now.
 fn is_transient(error: &CdcError) -> bool {
     match error {
-        CdcError::Connect(_) => true,
+        CdcError::Connect(_) | CdcError::ConnectTimedOut { .. } => true,
         // A message out of place is what a session cut short looks like; a new session
         // starts clean from the slot.
         CdcError::Replication(
@@ -316,10 +347,33 @@ async fn stream_session(
         .await?;
     tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
     let mut ticker = tokio::time::interval(options.status_interval);
+    // Postgres's walreceiver does the same (wal_receiver_timeout): silence from the server
+    // is answered with a status update asking for a reply, and longer silence ends the
+    // session as a dead link; a new one resumes from the slot.
+    let mut last_heard = tokio::time::Instant::now();
     loop {
+        if sink.backlogged() {
+            // Not reading now, so the server's silence says nothing.
+            last_heard = tokio::time::Instant::now();
+            // Kafka pushes back: read no more changes until it catches up, but keep the
+            // status updates going (and notice a failed delivery).
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Some(failure) = sink.failure() {
+                        return Err(CdcError::Delivery(failure));
+                    }
+                    let position = sink.acked_lsn().max(state.confirmed);
+                    state.confirm(&mut stream, position, sink.metrics(), false).await?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
         tokio::select! {
             message = stream.next() => {
                 // The server ends the stream when it shuts down: a new session will follow.
+                last_heard = tokio::time::Instant::now();
                 let Some(message) = message? else {
                     return Err(ReplicationError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
@@ -342,7 +396,7 @@ async fn stream_session(
                         let idle = state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
                         let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
                         if keepalive.reply_requested || position > state.confirmed {
-                            state.confirm(&mut stream, position, sink.metrics()).await?;
+                            state.confirm(&mut stream, position, sink.metrics(), false).await?;
                         }
                     }
                 }
@@ -355,8 +409,16 @@ async fn stream_session(
                 // Postgres learns from two updates in a row that confirm everything it sent
                 // that cdc is caught up (pg_stat_replication's lag times then read NULL, which
                 // walflow lag shows as zero).
+                let silent_for = last_heard.elapsed();
+                if silent_for > RECEIVE_TIMEOUT {
+                    return Err(ReplicationError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no message from Postgres for {} s: the link is taken for dead", silent_for.as_secs()),
+                    ))
+                    .into());
+                }
                 let position = sink.acked_lsn().max(state.confirmed);
-                state.confirm(&mut stream, position, sink.metrics()).await?;
+                state.confirm(&mut stream, position, sink.metrics(), silent_for > RECEIVE_TIMEOUT / 2).await?;
             }
             _ = stop.changed() => break,
         }
@@ -373,7 +435,9 @@ async fn stream_session(
     }
     let acked = sink.acked_lsn();
     if acked > state.confirmed {
-        state.confirm(&mut stream, acked, sink.metrics()).await?;
+        state
+            .confirm(&mut stream, acked, sink.metrics(), false)
+            .await?;
     }
     Ok(())
 }
@@ -390,6 +454,8 @@ struct StreamState {
     change_lsn: Lsn,
     /// Set for Avro events.
     avro: Option<AvroEvents>,
+    /// The topic of every table met so far, so that two never share one.
+    topics: TopicNames,
 }
 
 impl StreamState {
@@ -415,8 +481,23 @@ impl StreamState {
                     commit_time: begin.commit_time,
                 });
             }
+            LogicalMessage::Relation(relation) if snapshot::is_bookkeeping(&relation) => {
+                // Known, so its changes are recognised, but never turned into events.
+                self.relations.update(relation)
+            }
             LogicalMessage::Relation(mut relation) => {
                 resolve_domains(client, &mut relation).await?;
+                keys::resolve_key_columns(client, &mut relation).await?;
+                let (new_table, topic) = self.topics.claim(
+                    &options.topic_prefix,
+                    &relation.namespace,
+                    &relation.name,
+                )?;
+                if new_table {
+                    // A table published after cdc started: its topic exists before its
+                    // first event, as for the others.
+                    sink.create_topics(&[topic]).await?;
+                }
                 if let Some(avro) = &mut self.avro {
                     // Registered (and checked) before the table's first event of this shape.
                     avro.prepare(&relation, &options.topic_prefix).await?;
@@ -464,6 +545,9 @@ impl StreamState {
                         .relations
                         .get(*oid)
                         .ok_or(CdcError::UnknownRelation(*oid))?;
+                    if snapshot::is_bookkeeping(relation) {
+                        continue;
+                    }
                     let event = match &self.avro {
                         Some(avro) => avro.row_event(
                             relation,
@@ -527,6 +611,9 @@ impl StreamState {
             .relations
             .get(relation_oid)
             .ok_or(CdcError::UnknownRelation(relation_oid))?;
+        if snapshot::is_bookkeeping(relation) {
+            return Ok(());
+        }
         let mut source = self.source();
         source.name = &options.topic_prefix;
         let event = match &self.avro {
@@ -565,6 +652,7 @@ impl StreamState {
         stream: &mut ReplicationStream,
         position: Lsn,
         metrics: &crate::metrics::CdcMetrics,
+        reply_requested: bool,
     ) -> Result<(), CdcError> {
         stream
             .send_status(StandbyStatusUpdate {
@@ -572,7 +660,7 @@ impl StreamState {
                 flushed: position,
                 applied: position,
                 client_time: PgTimestamp::from_unix_micros(now_ms() * 1000),
-                reply_requested: false,
+                reply_requested,
             })
             .await?;
         tracing::debug!(%position, "confirmed to Postgres");
@@ -595,10 +683,7 @@ async fn copy_snapshot(
     let snapshot_name = created.snapshot_name.as_deref().ok_or_else(|| {
         ReplicationError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
     })?;
-    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
-        .await
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
+    let client = connect_client(&options.postgres_url).await?;
     let setup_failed = |source| SetupError::Postgres {
         context: "cannot open the exported snapshot".into(),
         source,
@@ -664,6 +749,28 @@ async fn resolve_domains(
         }
     }
     Ok(())
+}
+
+/// A regular connection, bounded as the replication one is: the URL's `connect_timeout`
+/// (30 s when it sets none) over the whole handshake, and TCP keepalives.
+async fn connect_client(url: &str) -> Result<tokio_postgres::Client, CdcError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(CdcError::Connect)?;
+    let timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    config
+        .connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| CdcError::ConnectTimedOut { waited: timeout })?
+        .map_err(CdcError::Connect)?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 fn now_ms() -> i64 {

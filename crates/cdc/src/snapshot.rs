@@ -16,8 +16,14 @@ use crate::publication::SetupError;
 use crate::replication::quote_identifier;
 use crate::sink::{Sink, SinkError};
 
-/// walflow's own bookkeeping table; its changes are never turned into events.
+/// walflow's own bookkeeping table; its changes are never turned into events (neither by
+/// the snapshot nor by the stream, under a `FOR ALL TABLES` publication).
 pub const STATE_TABLE: &str = "walflow_cdc_snapshot";
+
+/// Whether `relation` is walflow's bookkeeping table.
+pub fn is_bookkeeping(relation: &Relation) -> bool {
+    &*relation.namespace == "public" && &*relation.name == STATE_TABLE
+}
 /// Rows per FETCH: memory stays bounded whatever the table's size.
 const FETCH_ROWS: usize = 5000;
 
@@ -64,18 +70,37 @@ pub async fn progress(client: &Client, slot: &str) -> Result<SnapshotProgress, S
     })
 }
 
-pub async fn record_started(
-    client: &Client,
-    slot: &str,
-    consistent_point: Lsn,
-) -> Result<(), SetupError> {
+/// Records that a snapshot for `slot` is under way, before its slot is created: a crash at
+/// any point until [`record_completed`] then leaves `Started` behind, and the next start
+/// takes the snapshot again instead of streaming without it.
+pub async fn record_started(client: &Client, slot: &str) -> Result<(), SetupError> {
     ensure_state_table(client).await?;
     client
         .execute(
             &format!(
-                "INSERT INTO public.{STATE_TABLE} (slot_name, consistent_point) VALUES ($1, $2::text::pg_lsn)
+                "INSERT INTO public.{STATE_TABLE} (slot_name, consistent_point) VALUES ($1, '0/0')
                  ON CONFLICT (slot_name) DO UPDATE
-                 SET consistent_point = EXCLUDED.consistent_point, started_at = now(), completed_at = NULL"
+                 SET consistent_point = '0/0', started_at = now(), completed_at = NULL"
+            ),
+            &[&slot],
+        )
+        .await
+        .map_err(failed(format!(
+            "cannot record the snapshot in {STATE_TABLE}"
+        )))?;
+    Ok(())
+}
+
+/// Records where the snapshot's slot starts (for operators reading the table).
+pub async fn record_consistent_point(
+    client: &Client,
+    slot: &str,
+    consistent_point: Lsn,
+) -> Result<(), SetupError> {
+    client
+        .execute(
+            &format!(
+                "UPDATE public.{STATE_TABLE} SET consistent_point = $2::text::pg_lsn WHERE slot_name = $1"
             ),
             &[&slot, &consistent_point.to_string()],
         )
@@ -97,7 +122,20 @@ pub async fn record_completed(client: &Client, slot: &str) -> Result<(), SetupEr
     Ok(())
 }
 
+/// Forgets the snapshot state of `slot` (when its slot is dropped), so a new slot of that
+/// name gets its own snapshot.
 pub async fn forget(client: &Client, slot: &str) -> Result<(), SetupError> {
+    let exists: bool = client
+        .query_one(
+            &format!("SELECT to_regclass('public.{STATE_TABLE}') IS NOT NULL"),
+            &[],
+        )
+        .await
+        .map_err(failed(format!("cannot look for {STATE_TABLE}")))?
+        .get(0);
+    if !exists {
+        return Ok(());
+    }
     client
         .execute(
             &format!("DELETE FROM public.{STATE_TABLE} WHERE slot_name = $1"),

@@ -343,3 +343,23 @@ pub fn items_pipeline(
     .unwrap();
     path
 }
+
+/// Creates `topic` with `partitions` partitions (one replica), as an operator would before
+/// walflow first writes to it.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", services().kafka_brokers)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
+    }
+}

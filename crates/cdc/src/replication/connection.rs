@@ -23,7 +23,14 @@ pub struct ReplicationConfig {
     password: Option<Vec<u8>>,
     pub database: String,
     pub application_name: String,
+    /// How long connecting, starting up and authenticating may take (the URL's
+    /// `connect_timeout`, else 30 s): a server that accepts the connection and never
+    /// answers is an error, not a hang.
+    pub connect_timeout: std::time::Duration,
 }
+
+/// Used when the URL sets no `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for ReplicationConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +74,10 @@ impl ReplicationConfig {
             user,
             password: config.get_password().map(<[u8]>::to_vec),
             application_name: "walflow cdc".to_owned(),
+            connect_timeout: config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         })
     }
 }
@@ -100,14 +111,46 @@ impl ReplicationConnection {
         config: &ReplicationConfig,
     ) -> Result<ReplicationConnection, ReplicationError> {
         let address = format!("{}:{}", config.host, config.port);
+        match tokio::time::timeout(
+            config.connect_timeout,
+            Self::connect_untimed(config, &address),
+        )
+        .await
+        {
+            Ok(connected) => connected,
+            Err(_) => Err(ReplicationError::Connect {
+                address,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {} s (connect_timeout in the URL sets the limit)",
+                        config.connect_timeout.as_secs()
+                    ),
+                ),
+            }),
+        }
+    }
+
+    async fn connect_untimed(
+        config: &ReplicationConfig,
+        address: &str,
+    ) -> Result<ReplicationConnection, ReplicationError> {
         let socket =
-            TcpStream::connect(&address)
+            TcpStream::connect(address)
                 .await
                 .map_err(|source| ReplicationError::Connect {
-                    address: address.clone(),
+                    address: address.to_owned(),
                     source,
                 })?;
         socket.set_nodelay(true)?;
+        // A link that dies without a word (a NAT or firewall dropping it) is noticed in
+        // about a minute instead of the kernel's two hours.
+        socket2::SockRef::from(&socket).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(std::time::Duration::from_secs(30))
+                .with_interval(std::time::Duration::from_secs(10))
+                .with_retries(3),
+        )?;
         let mut connection = ReplicationConnection {
             socket,
             read_buffer: BytesMut::with_capacity(64 * 1024),
