@@ -1248,19 +1248,28 @@ async fn two_tables_mapping_to_one_topic_are_refused_naming_both() {
         )
         .await
         .unwrap();
-    let output = run(walflow(&database.url).args([
-        "cdc",
-        "--slot",
-        &unique_name("walflow_slot"),
-        "--publication",
-        "walflow_test",
-        "--topic-prefix",
-        &topics.prefix,
-        "--tables",
-        "public.my table,public.my_table",
-    ]));
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    let message = stderr(&output);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = crate::process::run_within(
+        walflow(&database.url).args([
+            "cdc",
+            "--slot",
+            &unique_name("walflow_slot"),
+            "--publication",
+            "walflow_test",
+            "--topic-prefix",
+            &topics.prefix,
+            "--tables",
+            "public.my table,public.my_table",
+        ]),
+        log.path(),
+        Duration::from_secs(60),
+    );
+    let message = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(1),
+        "cdc refuses at once: {message}"
+    );
     assert!(
         message
             .contains("tables public.my table and public.my_table would both write to Kafka topic"),
@@ -1372,21 +1381,30 @@ async fn a_resnapshot_leaves_a_foreign_slot_of_the_same_name_alone() {
         .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
         .await
         .unwrap();
-    let output = run(walflow(&database.url).args([
-        "cdc",
-        "--slot",
-        &slot,
-        "--publication",
-        "walflow_test",
-        "--topic-prefix",
-        &topics.prefix,
-        "--tables",
-        "public.towns",
-        "--snapshot",
-        "always",
-    ]));
-    let message = stderr(&output);
-    assert_eq!(output.status.code(), Some(1), "{message}");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = crate::process::run_within(
+        walflow(&database.url).args([
+            "cdc",
+            "--slot",
+            &slot,
+            "--publication",
+            "walflow_test",
+            "--topic-prefix",
+            &topics.prefix,
+            "--tables",
+            "public.towns",
+            "--snapshot",
+            "always",
+        ]),
+        log.path(),
+        Duration::from_secs(60),
+    );
+    let message = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(
+        status.and_then(|status| status.code()),
+        Some(1),
+        "cdc refuses at once: {message}"
+    );
     assert!(message.contains("not pgoutput"), "{message}");
     let still_there: Option<String> = client
         .query_opt(
@@ -1565,4 +1583,79 @@ async fn a_postgres_that_never_answers_is_an_error_after_the_connect_timeout() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "{message}");
     assert!(message.contains("did not answer within 2 s"), "{message}");
+}
+
+/// The snapshot copies exactly what the stream publishes: the publication's row filter and
+/// column list (so a column kept out of the stream never reaches Kafka), an inheritance
+/// child's rows only under the child's own topic, and no stored generated column, which
+/// pgoutput leaves out of its Relation messages.
+#[tokio::test]
+async fn the_snapshot_copies_what_the_publication_publishes_and_nothing_else() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY, secret text, region text);
+             CREATE TABLE child (extra int) INHERITS (parent);
+             ALTER TABLE child ADD PRIMARY KEY (id);
+             CREATE TABLE gen (id int PRIMARY KEY, n int, doubled int GENERATED ALWAYS AS (n * 2) STORED);
+             INSERT INTO parent VALUES (1, 's1', 'eu'), (2, 's2', 'us');
+             INSERT INTO child VALUES (3, 's3', 'eu', 9);
+             INSERT INTO gen (id, n) VALUES (1, 21);
+             CREATE PUBLICATION walflow_test FOR TABLE ONLY parent (id, region) WHERE (region = 'eu'),
+                                                 TABLE child, TABLE gen;",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::started(
+        &database,
+        &slot,
+        &topics,
+        "public.parent,public.child,public.gen",
+    )
+    .await;
+    client
+        .batch_execute(
+            "INSERT INTO parent VALUES (4, 's4', 'eu'), (5, 's5', 'us');
+             INSERT INTO gen (id, n) VALUES (2, 5);",
+        )
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let rows = |table: &str| -> Vec<(String, Value)> {
+        kcat_all(&format!("{}.public.{table}", topics.prefix))
+            .iter()
+            .map(|message| parsed(&message["payload"]))
+            .map(|value| {
+                (
+                    value["op"].as_str().unwrap().to_owned(),
+                    value["after"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows("parent"),
+        [
+            ("r".to_owned(), serde_json::json!({"id": 1, "region": "eu"})),
+            ("c".to_owned(), serde_json::json!({"id": 4, "region": "eu"})),
+        ],
+        "the row filter and the column list, in the snapshot as in the stream; no child row"
+    );
+    assert_eq!(
+        rows("child"),
+        [(
+            "r".to_owned(),
+            serde_json::json!({"id": 3, "secret": "s3", "region": "eu", "extra": 9})
+        )]
+    );
+    let generated = rows("gen");
+    assert_eq!(generated.len(), 2, "{generated:?}");
+    assert_eq!(generated[0].1, serde_json::json!({"id": 1, "n": 21}));
+    assert_eq!(generated[1].1, serde_json::json!({"id": 2, "n": 5}));
 }

@@ -699,8 +699,8 @@ async fn copy_snapshot(
         .map_err(setup_failed)?;
     let relations = snapshot::published_relations(&client, &options.publication).await?;
     if let Some(avro) = avro.as_deref_mut() {
-        for relation in &relations {
-            avro.prepare(relation, &options.topic_prefix).await?;
+        for table in &relations {
+            avro.prepare(&table.relation, &options.topic_prefix).await?;
         }
     }
     let rows = snapshot::copy_tables(

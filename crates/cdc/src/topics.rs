@@ -71,7 +71,8 @@ pub fn check_prefix(prefix: &str) -> Result<(), TopicError> {
 /// The topics handed out so far, by the name Kafka compares (`.` read as `_`).
 #[derive(Debug, Default)]
 pub struct TopicNames {
-    claimed: HashMap<String, (String, String)>,
+    /// Compared name -> (schema, table) of its owner, and the topic.
+    claimed: HashMap<String, ((String, String), String)>,
 }
 
 impl TopicNames {
@@ -83,24 +84,24 @@ impl TopicNames {
         schema: &str,
         table: &str,
     ) -> Result<(bool, String), TopicError> {
-        let qualified = format!("{schema}.{table}");
+        let owner = (schema.to_owned(), table.to_owned());
         let topic = topic_name(prefix, schema, table);
         if topic.len() > MAX_TOPIC_LENGTH {
             return Err(TopicError::TooLong {
-                table: qualified,
+                table: format!("{schema}.{table}"),
                 length: topic.len(),
             });
         }
         let compared = topic.replace('.', "_");
         match self.claimed.get(&compared) {
-            Some((owner, _)) if *owner == qualified => Ok((false, topic)),
-            Some((owner, owner_topic)) => Err(TopicError::Collision {
-                first: owner.clone(),
-                second: qualified,
-                topic: owner_topic.clone(),
+            Some((claimed_by, _)) if *claimed_by == owner => Ok((false, topic)),
+            Some(((first_schema, first_table), first_topic)) => Err(TopicError::Collision {
+                first: format!("{first_schema}.{first_table}"),
+                second: format!("{schema}.{table}"),
+                topic: first_topic.clone(),
             }),
             None => {
-                self.claimed.insert(compared, (qualified, topic.clone()));
+                self.claimed.insert(compared, (owner, topic.clone()));
                 Ok((true, topic))
             }
         }

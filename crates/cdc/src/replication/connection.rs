@@ -184,9 +184,30 @@ impl ReplicationConnection {
             ))
         };
         let mut scram: Option<ScramSha256> = None;
+        // Set once the server's SCRAM final message proved it knows the password.
+        let mut server_proven = false;
+        let downgrade = || {
+            ReplicationError::Authentication(
+                "Postgres started SCRAM authentication and then asked for the password in another \
+                 way: refusing, as a server that cannot finish SCRAM may not be the real one"
+                    .into(),
+            )
+        };
         loop {
             match self.read_message().await? {
-                Backend::Message(Message::AuthenticationOk) => {}
+                Backend::Message(Message::AuthenticationOk) => {
+                    if scram.is_some() && !server_proven {
+                        return Err(ReplicationError::Authentication(
+                            "Postgres accepted the login without the SCRAM final message that proves \
+                             it knows the password: refusing, the server may not be the real one"
+                                .into(),
+                        ));
+                    }
+                }
+                Backend::Message(
+                    Message::AuthenticationCleartextPassword
+                    | Message::AuthenticationMd5Password(_),
+                ) if scram.is_some() => return Err(downgrade()),
                 Backend::Message(Message::AuthenticationCleartextPassword) => {
                     let password = config.password.as_deref().ok_or_else(missing_password)?;
                     frontend::password_message(password, &mut self.write_buffer)?;
@@ -237,6 +258,7 @@ impl ReplicationConnection {
                         ReplicationError::Protocol("SASL final before SASL start".into())
                     })?;
                     exchange.finish(body.data())?;
+                    server_proven = true;
                 }
                 Backend::Message(
                     Message::ParameterStatus(_)
@@ -463,6 +485,42 @@ fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake server that starts SCRAM and then says "ok" without the final message that
+    /// would prove it knows the password.
+    #[tokio::test]
+    async fn a_server_that_skips_the_scram_proof_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = vec![0u8; 4096];
+            let _ = socket.read(&mut buffer).await.unwrap();
+            // AuthenticationSASL offering SCRAM-SHA-256.
+            let mechanism = b"SCRAM-SHA-256\0\0";
+            let mut message = vec![b'R'];
+            message.extend(((4 + 4 + mechanism.len()) as i32).to_be_bytes());
+            message.extend(10i32.to_be_bytes());
+            message.extend(mechanism);
+            socket.write_all(&message).await.unwrap();
+            let _ = socket.read(&mut buffer).await.unwrap();
+            // AuthenticationOk, then ReadyForQuery.
+            let mut message = vec![b'R'];
+            message.extend(8i32.to_be_bytes());
+            message.extend(0i32.to_be_bytes());
+            message.extend([b'Z', 0, 0, 0, 5, b'I']);
+            socket.write_all(&message).await.unwrap();
+            let _ = socket.read(&mut buffer).await;
+        });
+        let config = ReplicationConfig::from_url(&format!(
+            "postgres://walflow:secret@127.0.0.1:{port}/walflow"
+        ))
+        .unwrap();
+        let result = ReplicationConnection::connect(&config).await;
+        let error = result.err().expect("the login must be refused");
+        assert!(error.to_string().contains("SCRAM final message"), "{error}");
+        server.abort();
+    }
 
     #[test]
     fn identifiers_and_literals_are_quoted_safely() {
