@@ -1659,3 +1659,100 @@ async fn the_snapshot_copies_what_the_publication_publishes_and_nothing_else() {
     assert_eq!(generated[0].1, serde_json::json!({"id": 1, "n": 21}));
     assert_eq!(generated[1].1, serde_json::json!({"id": 2, "n": 5}));
 }
+
+/// The shipped `users` table (REPLICA IDENTITY FULL), fed by `walflow ingest` from the fake
+/// API, on a 6-partition topic: every version of a user (snapshot, inserts, updates, the
+/// delete and its tombstone) carries the key `{"id": <uuid>}` and sits on one partition in
+/// commit order, as kcat reads it back.
+#[tokio::test]
+async fn the_users_topic_with_6_partitions_keeps_each_users_versions_on_one_partition() {
+    let database = TestDatabase::migrated().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    let api = crate::harness::FakeApi::start(&[]);
+    let ingest = |seed: &str| {
+        let output = run(walflow(&database.url).args([
+            "ingest", "--json", "--source", &api.url, "--count", "60", "--seed", seed,
+        ]));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    };
+    ingest("before-cdc");
+    let topic = format!("{}.public.users", topics.prefix);
+    crate::harness::create_topic(&topic, 6).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.users").await;
+    ingest("after-cdc");
+    for round in 1..=3 {
+        client
+            .execute(
+                "UPDATE users SET city = $1, updated_at = clock_timestamp()",
+                &[&format!("round {round}")],
+            )
+            .await
+            .unwrap();
+    }
+    let deleted: Vec<String> = client
+        .query(
+            "DELETE FROM users WHERE id IN (SELECT id FROM users ORDER BY id LIMIT 15) RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let mut by_id: std::collections::BTreeMap<String, Vec<(i64, i64, Value)>> = Default::default();
+    for message in kcat_all(&topic) {
+        let key = parsed(&message["key"]);
+        assert_eq!(key.as_object().map(|key| key.len()), Some(1), "key {key}");
+        by_id
+            .entry(key["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                message["partition"].as_i64().unwrap(),
+                message["offset"].as_i64().unwrap(),
+                parsed(&message["payload"]),
+            ));
+    }
+    assert_eq!(by_id.len(), 120);
+    let mut partitions_used = std::collections::BTreeSet::new();
+    for (id, versions) in &mut by_id {
+        let partitions: std::collections::BTreeSet<i64> = versions
+            .iter()
+            .map(|(partition, _, _)| *partition)
+            .collect();
+        assert_eq!(partitions.len(), 1, "user {id} on several partitions");
+        partitions_used.extend(partitions);
+        versions.sort_by_key(|(_, offset, _)| *offset);
+        let history: Vec<String> = versions
+            .iter()
+            .map(|(_, _, payload)| match payload["op"].as_str() {
+                Some("d") => "d".to_owned(),
+                Some(op) => format!("{op}:{}", payload["after"]["city"].as_str().unwrap_or("?")),
+                None => "tombstone".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            history.len(),
+            if deleted.contains(id) { 6 } else { 4 },
+            "user {id}: {history:?}"
+        );
+        assert!(
+            history[0].starts_with("r:") || history[0].starts_with("c:"),
+            "{history:?}"
+        );
+        assert_eq!(
+            history[1..4],
+            ["u:round 1", "u:round 2", "u:round 3"],
+            "user {id}"
+        );
+        if deleted.contains(id) {
+            assert_eq!(history[4..], ["d", "tombstone"], "user {id}");
+        }
+    }
+    assert!(partitions_used.len() > 1, "{partitions_used:?}");
+}
