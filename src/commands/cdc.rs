@@ -110,8 +110,12 @@ enum CdcAction {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SnapshotArg {
+    /// When the slot is created, and again when an earlier snapshot was cut short
     Initial,
+    /// Never: changes from the slot's creation on only
     Never,
+    /// At every start: the slot first streams its changes up to a new snapshot (deletes
+    /// included), then the full copy, then the stream
     Always,
 }
 

@@ -1756,3 +1756,70 @@ async fn the_users_topic_with_6_partitions_keeps_each_users_versions_on_one_part
     }
     assert!(partitions_used.len() > 1, "{partitions_used:?}");
 }
+
+/// A snapshot taken again (`--snapshot always` after downtime with deletes) keeps the slot:
+/// first what happened while cdc was away streams, the delete with its tombstone included,
+/// then the new snapshot, then the stream goes on; no deleted row lives on downstream.
+#[tokio::test]
+async fn a_snapshot_taken_again_streams_the_deletes_of_the_downtime_first() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE towns (id int PRIMARY KEY, name text); INSERT INTO towns VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        .await
+        .unwrap();
+    let (code, log) = Cdc::started(&database, &slot, &topics, "public.towns")
+        .await
+        .stop();
+    assert_eq!(code, Some(0), "{log}");
+    client
+        .batch_execute(
+            "DELETE FROM towns WHERE id = 2;
+             UPDATE towns SET name = 'one' WHERE id = 1;
+             INSERT INTO towns VALUES (4, 'd');",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::start_with(
+        &database,
+        &slot,
+        &topics,
+        "public.towns",
+        &["--snapshot", "always"],
+    );
+    cdc.wait_until_streaming(&database).await;
+    client
+        .batch_execute("INSERT INTO towns VALUES (5, 'e')")
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let seen: Vec<String> = kcat_all(&format!("{}.public.towns", topics.prefix))[3..]
+        .iter()
+        .map(|message| {
+            let value = parsed(&message["payload"]);
+            match value["op"].as_str() {
+                Some("d") => format!("d{}", value["before"]["id"]),
+                Some(op) => format!("{op}{}", value["after"]["id"]),
+                None => "tombstone".to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(
+        seen[..4],
+        ["d2", "tombstone", "u1", "c4"],
+        "the downtime's changes first: {seen:?}"
+    );
+    let mut snapshot = seen[4..7].to_vec();
+    snapshot.sort();
+    assert_eq!(
+        snapshot,
+        ["r1", "r3", "r4"],
+        "then the new snapshot (in table order): {seen:?}"
+    );
+    assert_eq!(seen[7], "c5", "then the stream: {seen:?}");
+}

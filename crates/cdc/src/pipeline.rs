@@ -31,7 +31,8 @@ pub enum SnapshotMode {
     Initial,
     /// Never: changes from the slot's creation on only.
     Never,
-    /// At every start (the slot is recreated): a full copy each time, then the stream.
+    /// At every start: the slot's changes up to a new snapshot, the snapshot (a full copy),
+    /// then the stream; the slot is kept.
     Always,
 }
 
@@ -148,7 +149,7 @@ pub async fn run(
     }
     sink.create_topics(&topics).await?;
 
-    let mut avro = match &options.avro {
+    let avro = match &options.avro {
         Some(avro) => Some(
             AvroEvents::new(&avro.registry_url, avro.allow_incompatible)
                 .map_err(AvroEventError::from)?,
@@ -173,20 +174,80 @@ pub async fn run(
                 || snapshot::progress(&client, &options.slot).await? == SnapshotProgress::Started
         }
     };
+    let mut state = StreamState {
+        decoder: LogicalDecoder::new(),
+        relations: RelationCache::default(),
+        transaction: None,
+        last_commit_end: Lsn(0),
+        confirmed: Lsn(0),
+        summary: CdcSummary::default(),
+        database: database.clone(),
+        change_lsn: Lsn(0),
+        avro,
+        topics: topic_names,
+        catch_up_to: None,
+        caught_up: false,
+    };
+    let mut replication = Some(replication);
     if take_snapshot {
-        if slot_exists {
-            tracing::warn!(slot = %options.slot, "recreating the slot to take the snapshot (again)");
-            publication::drop_slot(&client, &options.slot, &database).await?;
-        }
+        let existing = match slot_exists {
+            true => publication::slot_state(&client, &options.slot).await?,
+            false => None,
+        };
         snapshot::record_started(&client, &options.slot).await?;
-        let created = replication.create_logical_slot(&options.slot, true).await?;
-        tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
-        snapshot::record_consistent_point(&client, &options.slot, created.consistent_point).await?;
-        let rows = copy_snapshot(options, &mut sink, &database, &created, avro.as_mut()).await?;
-        sink.commit(created.consistent_point, None).await?;
-        let acknowledged = sink
-            .drain(created.consistent_point, sink.delivery_deadline())
-            .await;
+        let mut snapshot_connection = replication.take().ok_or_else(|| {
+            ReplicationError::Protocol("no replication connection for the snapshot".into())
+        })?;
+        let (rows, consistent_point) = match existing {
+            Some(existing) if existing.wal_status.as_deref() != Some("lost") => {
+                // A snapshot taken again (`--snapshot always`, or one cut short) keeps the
+                // slot: the changes it holds up to the new snapshot's consistent point are
+                // streamed first, deletes included, so no row deleted meanwhile lives on
+                // downstream; then the snapshot; then the slot goes on from that point.
+                publication::check_slot_is_ours(&options.slot, &existing, &database)?;
+                let temporary = temporary_slot_name(&options.slot);
+                let created = snapshot_connection
+                    .create_temporary_logical_slot(&temporary)
+                    .await?;
+                tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "taking the snapshot again: first the slot's changes up to its consistent point");
+                snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
+                    .await?;
+                state.catch_up_to = Some(created.consistent_point);
+                let catch_up = ReplicationConnection::connect(&config).await?;
+                stream_session(catch_up, &client, options, &mut sink, &mut stop, &mut state)
+                    .await?;
+                if !state.caught_up {
+                    // Stopped (SIGTERM) before the snapshot: it is taken at the next start.
+                    return Ok(state.summary);
+                }
+                state.catch_up_to = None;
+                state.caught_up = false;
+                state.start_new_session();
+                let rows =
+                    copy_snapshot(options, &mut sink, &database, &created, state.avro.as_mut())
+                        .await?;
+                (rows, created.consistent_point)
+            }
+            existing => {
+                if existing.is_some() {
+                    tracing::warn!(slot = %options.slot, "the slot was invalidated (wal_status lost): recreating it to take the snapshot again");
+                    publication::drop_slot(&client, &options.slot, &database).await?;
+                }
+                let created = snapshot_connection
+                    .create_logical_slot(&options.slot, true)
+                    .await?;
+                tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
+                snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
+                    .await?;
+                let rows =
+                    copy_snapshot(options, &mut sink, &database, &created, state.avro.as_mut())
+                        .await?;
+                replication = Some(snapshot_connection);
+                (rows, created.consistent_point)
+            }
+        };
+        sink.commit(consistent_point, None).await?;
+        let acknowledged = sink.drain(consistent_point, sink.delivery_deadline()).await;
         if let Some(failure) = sink.failure() {
             return Err(CdcError::Delivery(failure));
         }
@@ -197,27 +258,21 @@ pub async fn run(
                 waited: sink.delivery_deadline(),
             });
         }
+        if replication.is_none() {
+            // The kept slot goes on from the new snapshot's consistent point (the temporary
+            // slot went with its connection).
+            advance_slot(&client, &options.slot, consistent_point).await?;
+        }
         snapshot::record_completed(&client, &options.slot).await?;
         tracing::info!(rows, "snapshot complete");
-    } else if publication::ensure_slot(&client, &mut replication, &options.slot, &database).await? {
-        tracing::info!(slot = %options.slot, "replication slot created");
+    } else if let Some(connection) = replication.as_mut() {
+        if publication::ensure_slot(&client, connection, &options.slot, &database).await? {
+            tracing::info!(slot = %options.slot, "replication slot created");
+        }
     }
-    let mut state = StreamState {
-        decoder: LogicalDecoder::new(),
-        relations: RelationCache::default(),
-        transaction: None,
-        last_commit_end: Lsn(0),
-        confirmed: Lsn(0),
-        summary: CdcSummary::default(),
-        database,
-        change_lsn: Lsn(0),
-        avro,
-        topics: topic_names,
-    };
     // Sessions: a lost connection to Postgres (a restart, a network cut) is followed by a new
     // one that resumes from the slot's confirmed position, after a growing pause.
     let mut client = client;
-    let mut replication = Some(replication);
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         let transactions_before = state.summary.transactions;
@@ -393,7 +448,13 @@ async fn stream_session(
                         // Idle and fully acknowledged: all WAL the server has sent so far is
                         // done with, published tables or not (the heartbeat that keeps an
                         // idle slot from holding WAL back).
-                        let idle = state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
+                        if state.catch_up_to.is_some_and(|point| keepalive.wal_end >= point) && state.transaction.is_none() {
+                            // Every transaction committed before the point has been sent.
+                            state.caught_up = true;
+                        }
+                        // (Not in a catch-up: the kept slot must not be confirmed past the
+                        // new snapshot's consistent point.)
+                        let idle = state.catch_up_to.is_none() && state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
                         let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
                         if keepalive.reply_requested || position > state.confirmed {
                             state.confirm(&mut stream, position, sink.metrics(), false).await?;
@@ -418,9 +479,14 @@ async fn stream_session(
                     .into());
                 }
                 let position = sink.acked_lsn().max(state.confirmed);
-                state.confirm(&mut stream, position, sink.metrics(), silent_for > RECEIVE_TIMEOUT / 2).await?;
+                // A catch-up asks for replies, whose WAL position tells when it is done.
+                let ask = silent_for > RECEIVE_TIMEOUT / 2 || state.catch_up_to.is_some();
+                state.confirm(&mut stream, position, sink.metrics(), ask).await?;
             }
             _ = stop.changed() => break,
+        }
+        if state.caught_up {
+            break;
         }
         if let Some(stop_at) = options.stop_at {
             if state.last_commit_end >= stop_at {
@@ -456,6 +522,11 @@ struct StreamState {
     avro: Option<AvroEvents>,
     /// The topic of every table met so far, so that two never share one.
     topics: TopicNames,
+    /// Set while a kept slot streams up to a new snapshot's consistent point: the session
+    /// ends before the first transaction that commits at or after it.
+    catch_up_to: Option<Lsn>,
+    /// The catch-up reached its point.
+    caught_up: bool,
 }
 
 impl StreamState {
@@ -475,6 +546,15 @@ impl StreamState {
         sink: &mut Sink,
     ) -> Result<(), CdcError> {
         match message {
+            LogicalMessage::Begin(begin)
+                if self
+                    .catch_up_to
+                    .is_some_and(|point| begin.final_lsn >= point) =>
+            {
+                // Committed after the new snapshot's consistent point: the snapshot does not
+                // hold it, the stream after the snapshot will.
+                self.caught_up = true;
+            }
             LogicalMessage::Begin(begin) => {
                 self.transaction = Some(Transaction {
                     xid: begin.xid,
@@ -749,6 +829,54 @@ async fn resolve_domains(
         }
     }
     Ok(())
+}
+
+/// The temporary slot of a snapshot taken again: unique per process, within Postgres's
+/// 63 characters.
+fn temporary_slot_name(slot: &str) -> String {
+    let suffix = format!("_resnapshot_{}", std::process::id());
+    let keep = slot.len().min(63 - suffix.len());
+    let mut end = keep;
+    while !slot.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &slot[..end])
+}
+
+/// Moves the kept slot to the new snapshot's consistent point, once its catch-up session
+/// has let go of it (the walsender may take a moment to exit).
+async fn advance_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    point: Lsn,
+) -> Result<(), CdcError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let advanced = client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &point.to_string()],
+            )
+            .await;
+        match advanced {
+            Ok(_) => return Ok(()),
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(source) => {
+                return Err(SetupError::Postgres {
+                    context: format!(
+                        "cannot move slot {slot} to the snapshot's consistent point {point}"
+                    ),
+                    source,
+                }
+                .into())
+            }
+        }
+    }
 }
 
 /// A regular connection, bounded as the replication one is: the URL's `connect_timeout`

@@ -373,6 +373,33 @@ impl ReplicationConnection {
         })
     }
 
+    /// A slot that lives only as long as this connection, exporting its snapshot: the
+    /// consistent point of a snapshot taken again for a slot that is kept.
+    pub async fn create_temporary_logical_slot(
+        &mut self,
+        slot_name: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        let rows = self
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                quote_identifier(slot_name)
+            ))
+            .await?;
+        let row = rows.first().ok_or_else(|| {
+            ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
+        })?;
+        let column = |index: usize| row.get(index).cloned().flatten();
+        let consistent_point =
+            column(1).ok_or_else(|| ReplicationError::Protocol("no consistent point".into()))?;
+        Ok(CreatedSlot {
+            slot_name: column(0).unwrap_or_else(|| slot_name.to_owned()),
+            consistent_point: consistent_point
+                .parse()
+                .map_err(|error| ReplicationError::Protocol(format!("{error}")))?,
+            snapshot_name: column(2),
+        })
+    }
+
     /// Starts streaming from `start_lsn` (0/0: from the slot's confirmed position).
     pub async fn start_replication(
         mut self,
