@@ -1823,3 +1823,48 @@ async fn a_snapshot_taken_again_streams_the_deletes_of_the_downtime_first() {
     );
     assert_eq!(seen[7], "c5", "then the stream: {seen:?}");
 }
+
+/// SIGTERM during a long initial snapshot stops cdc within moments (between batches), exit
+/// 0, and the snapshot, still recorded as started, is taken again at the next start.
+#[tokio::test]
+async fn sigterm_during_the_snapshot_stops_it_and_leaves_it_to_be_taken_again() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, body text);
+             INSERT INTO big SELECT n, md5(n::text) FROM generate_series(1, 1000000) n;",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.big");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cdc.log_so_far().contains("snapshot in progress") {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot progress: {}",
+            cdc.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = Instant::now();
+    let (code, log) = cdc.stop();
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("stopped during the snapshot"), "{log}");
+    let completed: Option<bool> = client
+        .query_one(
+            "SELECT completed_at IS NOT NULL FROM walflow_cdc_snapshot WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        completed,
+        Some(false),
+        "recorded as started, not complete (stopped after {took:?})"
+    );
+}

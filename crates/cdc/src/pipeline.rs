@@ -223,9 +223,24 @@ pub async fn run(
                 state.catch_up_to = None;
                 state.caught_up = false;
                 state.start_new_session();
-                let rows =
-                    copy_snapshot(options, &mut sink, &database, &created, state.avro.as_mut())
-                        .await?;
+                let rows = match copy_snapshot(
+                    options,
+                    &mut sink,
+                    &database,
+                    &created,
+                    state.avro.as_mut(),
+                    &stop,
+                )
+                .await
+                {
+                    Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
+                        tracing::info!(
+                            "stopped during the snapshot; it is taken again at the next start"
+                        );
+                        return Ok(state.summary);
+                    }
+                    rows => rows?,
+                };
                 (rows, created.consistent_point)
             }
             existing => {
@@ -239,9 +254,24 @@ pub async fn run(
                 tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
                 snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
                     .await?;
-                let rows =
-                    copy_snapshot(options, &mut sink, &database, &created, state.avro.as_mut())
-                        .await?;
+                let rows = match copy_snapshot(
+                    options,
+                    &mut sink,
+                    &database,
+                    &created,
+                    state.avro.as_mut(),
+                    &stop,
+                )
+                .await
+                {
+                    Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
+                        tracing::info!(
+                            "stopped during the snapshot; it is taken again at the next start"
+                        );
+                        return Ok(state.summary);
+                    }
+                    rows => rows?,
+                };
                 replication = Some(snapshot_connection);
                 (rows, created.consistent_point)
             }
@@ -759,6 +789,7 @@ async fn copy_snapshot(
     database: &str,
     created: &crate::replication::CreatedSlot,
     mut avro: Option<&mut AvroEvents>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<u64, CdcError> {
     let snapshot_name = created.snapshot_name.as_deref().ok_or_else(|| {
         ReplicationError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
@@ -795,6 +826,7 @@ async fn copy_snapshot(
         now_ms,
         options.snapshot_progress.as_ref().map(|hook| &*hook.0),
         avro.as_deref(),
+        stop,
     )
     .await?;
     client.batch_execute("COMMIT").await.map_err(setup_failed)?;

@@ -266,6 +266,8 @@ pub enum SnapshotError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Avro(#[from] crate::avro_events::AvroEventError),
+    #[error("stopped during the snapshot; it is taken again at the next start")]
+    Stopped,
 }
 
 /// Where the snapshot's `r` events say they come from.
@@ -287,6 +289,7 @@ pub async fn copy_tables(
     now_ms: impl Fn() -> i64,
     progress: Option<&SnapshotProgressFn>,
     avro: Option<&crate::avro_events::AvroEvents>,
+    stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<u64, SnapshotError> {
     let SnapshotOrigin {
         topic_prefix,
@@ -386,6 +389,11 @@ pub async fn copy_tables(
             }
             if fetched < FETCH_ROWS as u64 {
                 break;
+            }
+            // SIGTERM is honoured between batches: a long snapshot stops in moments, and
+            // its progress stays "started", so the next start takes it again.
+            if *stop.borrow() {
+                return Err(SnapshotError::Stopped);
             }
         }
         client
