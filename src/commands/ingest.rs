@@ -36,8 +36,15 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 1000)]
     count: u64,
 
-    /// The API to fetch from
-    #[arg(long, env = "WALFLOW_INGEST_SOURCE", default_value = DEFAULT_SOURCE, value_name = "URL")]
+    /// The API to fetch from (an API key may sit in its query string or userinfo: it is
+    /// shown as ***)
+    #[arg(
+        long,
+        env = "WALFLOW_INGEST_SOURCE",
+        hide_env_values = true,
+        default_value = DEFAULT_SOURCE,
+        value_name = "URL"
+    )]
     source: String,
 
     /// Seed passed to the API: the same seed gives the same users
@@ -99,7 +106,7 @@ pub async fn run(args: IngestArgs, global: &GlobalArgs) -> Result<ExitCode, Fail
         let progress = progress.clone();
         move |handled: u64| progress.inc(handled)
     };
-    tracing::info!(source = %options.source, count = options.count, seed = ?options.seed, "ingest starting");
+    tracing::info!(source = %walflow_redact::url(&options.source), count = options.count, seed = ?options.seed, "ingest starting");
     let outcome = run::run(&options, stop, &on_written).await;
     progress.finish_and_clear();
 

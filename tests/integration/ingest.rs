@@ -425,3 +425,85 @@ async fn sigint_stops_after_the_current_batch() {
     assert_eq!(written % 250, 0);
     assert!(written < 5000);
 }
+
+/// An API key may sit in the source URL's query string or userinfo: it reaches neither
+/// `--help`, the log, the summary, the error of a failing request nor `ingest_rejects`.
+#[tokio::test]
+async fn the_source_url_is_shown_without_its_credentials() {
+    let database = TestDatabase::migrated().await;
+    let secret_source = |api: &FakeApi| {
+        let mut url = url::Url::parse(&api.url).unwrap();
+        url.set_username("user").unwrap();
+        url.set_password(Some("s3cret-password")).unwrap();
+        url.set_query(Some("apikey=s3cret-key"));
+        url.to_string()
+    };
+    let leaks = |output: &std::process::Output| {
+        let all = format!("{}{}", stdout(output), stderr(output));
+        assert!(!all.contains("s3cret"), "the credentials leaked: {all}");
+        all
+    };
+
+    let help = run(walflow(&database.url)
+        .env(
+            "WALFLOW_INGEST_SOURCE",
+            "http://127.0.0.1:1/api/?apikey=s3cret-key",
+        )
+        .args(["ingest", "--help"]));
+    leaks(&help);
+
+    let with_rejects = FakeApi::start(&["--bad-record-rate", "0.5"]);
+    let output = run(walflow(&database.url).args([
+        "--log-level",
+        "info",
+        "ingest",
+        "--json",
+        "--count",
+        "20",
+        "--seed",
+        "keys",
+        "--source",
+        &secret_source(&with_rejects),
+    ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let all = leaks(&output);
+    assert!(all.contains("apikey=***"), "the source is named: {all}");
+    let sources: Vec<String> = database
+        .client()
+        .await
+        .query("SELECT DISTINCT source FROM ingest_rejects", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(sources.len(), 1, "some records were rejected");
+    assert!(!sources[0].contains("s3cret"), "{sources:?}");
+
+    let failing = FakeApi::start(&["--fail-500-rate", "0.999"]);
+    let output = run(walflow(&database.url).args([
+        "ingest",
+        "--json",
+        "--count",
+        "20",
+        "--max-retries",
+        "1",
+        "--source",
+        &secret_source(&failing),
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    let all = leaks(&output);
+    assert!(all.contains("after 2 attempts"), "{all}");
+
+    let unreachable = run(walflow(&database.url).args([
+        "ingest",
+        "--count",
+        "20",
+        "--max-retries",
+        "0",
+        "--source",
+        "http://user:s3cret-password@127.0.0.1:1/api/?apikey=s3cret-key",
+    ]));
+    assert_eq!(unreachable.status.code(), Some(1));
+    leaks(&unreachable);
+}

@@ -64,6 +64,8 @@ struct ApiInfo {
 pub struct ApiClient {
     http: reqwest::Client,
     source: String,
+    /// `source` as errors show it: an API key in its userinfo or query string hidden.
+    shown_source: String,
     policy: RetryPolicy,
     min_interval: Option<Duration>,
     next_request_at: Mutex<Instant>,
@@ -85,6 +87,7 @@ impl ApiClient {
         Ok(ApiClient {
             http,
             source: source.to_owned(),
+            shown_source: walflow_redact::url(source),
             policy,
             min_interval: max_requests_per_second
                 .filter(|rate| *rate > 0.0)
@@ -110,14 +113,14 @@ impl ApiClient {
         if let Some(nat) = &request.nat {
             query.push(("nat", nat.clone()));
         }
-        let url = describe(&self.source, &query);
+        let url = describe(&self.shown_source, &query);
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.pace().await;
             let (failure, retry_after) =
                 match self.http.get(&self.source).query(&query).send().await {
-                    Err(error) => (describe_transport_error(&error), None),
+                    Err(error) => (describe_transport_error(error), None),
                     Ok(response) => {
                         let status = response.status().as_u16();
                         let retry_after = response
@@ -126,7 +129,7 @@ impl ApiClient {
                             .and_then(|value| value.to_str().ok())
                             .and_then(parse_retry_after);
                         match response.bytes().await {
-                            Err(error) => (describe_transport_error(&error), retry_after),
+                            Err(error) => (describe_transport_error(error), retry_after),
                             Ok(body) if status == 200 => match parse_body(&body) {
                                 Ok(page) => return Ok(page),
                                 Err(problem) => (problem, None),
@@ -199,20 +202,26 @@ fn parse_body(body: &[u8]) -> Result<ApiPage, String> {
     })
 }
 
-fn describe(source: &str, query: &[(&str, String)]) -> String {
+/// The request as errors name it: `shown_source` (already redacted) with walflow's own
+/// parameters, which carry nothing secret.
+fn describe(shown_source: &str, query: &[(&str, String)]) -> String {
     let parameters: Vec<String> = query
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    format!("{source}?{}", parameters.join("&"))
+    let separator = if shown_source.contains('?') { '&' } else { '?' };
+    format!("{shown_source}{separator}{}", parameters.join("&"))
 }
 
-fn describe_transport_error(error: &reqwest::Error) -> String {
+/// The error and its causes, without the request's URL (its query string may hold an API
+/// key; the caller names the request with [`describe`]).
+fn describe_transport_error(error: reqwest::Error) -> String {
     if error.is_timeout() {
         return "timed out".to_owned();
     }
+    let error = error.without_url();
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -233,6 +242,45 @@ fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_described_without_the_sources_credentials() {
+        let client = ApiClient::new(
+            "https://user:s3cret@api.example.com/api/?apikey=s3cret",
+            RetryPolicy::default(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        let described = describe(&client.shown_source, &[("page", "3".to_owned())]);
+        assert_eq!(
+            described,
+            "https://user:***@api.example.com/api/?apikey=***&page=3"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_is_reported_without_the_sources_credentials() {
+        let client = ApiClient::new(
+            "http://user:s3cret@127.0.0.1:1/api/?apikey=s3cret",
+            RetryPolicy {
+                max_retries: 0,
+                ..RetryPolicy::default()
+            },
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
+        let request = PageRequest {
+            results: 10,
+            page: 1,
+            seed: Some("demo".into()),
+            nat: None,
+        };
+        let error = client.fetch(&request).await.unwrap_err().to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("127.0.0.1:1/api/?apikey=***"), "{error}");
+    }
 
     #[test]
     fn bodies_are_parsed_or_explained() {
