@@ -22,7 +22,8 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[command(
     long_about = "Fetches users from a randomuser-compatible API and upserts them into the \
         `users` table (run `walflow migrate` first).\n\n\
-        Records that do not validate (a missing uuid, a bad date, a field of the wrong type) \
+        Records that do not validate (a missing uuid, a bad date, a field of the wrong type, \
+        a NUL character, which Postgres cannot store) \
         go to `ingest_rejects` with the reason; the rest are written. Each batch is one \
         transaction. Re-running with the same --seed changes nothing. 429s, 5xx, timeouts \
         and garbled bodies are retried with exponential backoff and jitter, honouring \

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{run, stderr, stdout, walflow, FakeApi, TestDatabase};
+use crate::harness::{run, stderr, stdout, walflow, FakeApi, FixedHttp, TestDatabase};
 
 fn ingest(database: &TestDatabase, api: &FakeApi, flags: &[&str]) -> (std::process::Output, Value) {
     let output = run(walflow(&database.url)
@@ -506,4 +506,60 @@ async fn the_source_url_is_shown_without_its_credentials() {
     ]));
     assert_eq!(unreachable.status.code(), Some(1));
     leaks(&unreachable);
+}
+
+/// Postgres text and jsonb cannot hold U+0000: a record carrying one is rejected, by the
+/// field, instead of failing its whole batch (and, on every re-run, the same batch again).
+#[tokio::test]
+async fn a_nul_character_in_a_field_rejects_that_record_and_the_rest_are_written() {
+    let database = TestDatabase::migrated().await;
+    let api = FakeApi::start(&[]);
+    let mut records = api.page(3, 1, "nul").await;
+    records[1]["location"]["city"] = Value::String("a\u{0}b".into());
+    // A record rejected for another reason may carry a NUL too: its payload is still stored.
+    records[2]["login"]["uuid"] = Value::String("not-a-uuid".into());
+    records[2]["name"]["first"] = Value::String("nul\u{0}".into());
+    let page = serde_json::json!({
+        "results": records,
+        "info": {"seed": "nul", "results": 3, "page": 1, "version": "1.4"},
+    });
+    let server = FixedHttp::serve(page.to_string().into_bytes(), true);
+    let output = run(walflow(&database.url).args([
+        "ingest",
+        "--json",
+        "--count",
+        "3",
+        "--seed",
+        "nul",
+        "--source",
+        &server.url,
+    ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let good = records[0]["login"]["uuid"].as_str().unwrap().to_owned();
+    assert_eq!(ids_in_table(&database).await, BTreeSet::from([good]));
+    let rejects = database
+        .client()
+        .await
+        .query(
+            "SELECT payload, reason FROM ingest_rejects ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let reasons: Vec<String> = rejects.iter().map(|row| row.get(1)).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("location.city: contains a NUL character"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("login.uuid"), "{reasons:?}");
+    let stored: Value = rejects[0].get(0);
+    assert_eq!(
+        stored["location"]["city"], "a\\u0000b",
+        "the NUL is kept visibly"
+    );
+    assert_eq!(stored["login"]["uuid"], records[1]["login"]["uuid"]);
+    let stored: Value = rejects[1].get(0);
+    assert_eq!(stored["name"]["first"], "nul\\u0000");
 }

@@ -14,8 +14,10 @@ use rdkafka::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
 mod fake_api;
+mod fixed_http;
 mod scratch_postgres;
 pub use fake_api::FakeApi;
+pub use fixed_http::FixedHttp;
 pub use scratch_postgres::ScratchPostgres;
 
 /// The service addresses, from `eval "$(scripts/services env)"`.
