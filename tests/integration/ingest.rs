@@ -563,3 +563,34 @@ async fn a_nul_character_in_a_field_rejects_that_record_and_the_rest_are_written
     let stored: Value = rejects[1].get(0);
     assert_eq!(stored["name"]["first"], "nul\\u0000");
 }
+
+/// A source that sends more than a page of users can take (a hostile or broken endpoint, or
+/// a redirect to a large file) is refused by the body's size, whether it declares its length
+/// or streams it, with the limit and the request named.
+#[tokio::test]
+async fn a_body_larger_than_a_page_is_refused_naming_the_limit() {
+    let database = TestDatabase::migrated().await;
+    let limit: usize = 5000 * 8 * 1024;
+    for declared_length in [true, false] {
+        let server = FixedHttp::serve(vec![b'x'; limit + 1], declared_length);
+        let output = run(walflow(&database.url).args([
+            "ingest",
+            "--count",
+            "10",
+            "--max-retries",
+            "0",
+            "--source",
+            &format!("{}?apikey=s3cret", server.url),
+        ]));
+        assert_eq!(output.status.code(), Some(1));
+        let message = stderr(&output);
+        assert!(
+            message.contains(&format!("sent a body of more than {limit} bytes")),
+            "declared length {declared_length}: {message}"
+        );
+        assert!(
+            message.contains("apikey=***&results=10&page=1"),
+            "{message}"
+        );
+    }
+}

@@ -15,6 +15,10 @@ use crate::retry::{is_retryable_status, parse_retry_after, RetryPolicy};
 /// The API's documented maximum per request.
 pub const MAX_RESULTS_PER_REQUEST: u32 = 5000;
 
+/// The most bytes one response may have: a full page at 8 KiB per user, about seven times
+/// what a randomuser record takes. A body past it is refused before it fills memory.
+pub const MAX_BODY_BYTES: u64 = MAX_RESULTS_PER_REQUEST as u64 * 8 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
     pub results: u32,
@@ -45,8 +49,19 @@ pub enum FetchError {
         attempts: u32,
         last_failure: String,
     },
+    #[error(
+        "{url} sent a body of more than {limit_bytes} bytes, the limit for a page of \
+         {MAX_RESULTS_PER_REQUEST} users; check that the source is a randomuser-compatible API"
+    )]
+    TooLarge { url: String, limit_bytes: u64 },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+}
+
+/// Why a response's body was not read.
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +85,7 @@ pub struct ApiClient {
     min_interval: Option<Duration>,
     next_request_at: Mutex<Instant>,
     retries: AtomicU64,
+    max_body_bytes: u64,
 }
 
 impl ApiClient {
@@ -94,6 +110,7 @@ impl ApiClient {
                 .map(|rate| Duration::from_secs_f64(1.0 / rate)),
             next_request_at: Mutex::new(Instant::now()),
             retries: AtomicU64::new(0),
+            max_body_bytes: MAX_BODY_BYTES,
         })
     }
 
@@ -128,8 +145,16 @@ impl ApiClient {
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|value| value.to_str().ok())
                             .and_then(parse_retry_after);
-                        match response.bytes().await {
-                            Err(error) => (describe_transport_error(error), retry_after),
+                        match read_body(response, self.max_body_bytes).await {
+                            Err(BodyError::TooLarge) => {
+                                return Err(FetchError::TooLarge {
+                                    url,
+                                    limit_bytes: self.max_body_bytes,
+                                });
+                            }
+                            Err(BodyError::Transport(error)) => {
+                                (describe_transport_error(error), retry_after)
+                            }
                             Ok(body) if status == 200 => match parse_body(&body) {
                                 Ok(page) => return Ok(page),
                                 Err(problem) => (problem, None),
@@ -185,6 +210,25 @@ impl ApiClient {
         };
         tokio::time::sleep_until(wait_until).await;
     }
+}
+
+/// The body, read chunk by chunk so that one past `limit` bytes is dropped as soon as it
+/// is known to be (from its Content-Length, or while it streams).
+async fn read_body(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn parse_body(body: &[u8]) -> Result<ApiPage, String> {
