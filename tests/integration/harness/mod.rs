@@ -14,8 +14,10 @@ use rdkafka::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
 mod fake_api;
+mod fixed_http;
 mod scratch_postgres;
 pub use fake_api::FakeApi;
+pub use fixed_http::FixedHttp;
 pub use scratch_postgres::ScratchPostgres;
 
 /// The service addresses, from `eval "$(scripts/services env)"`.
@@ -62,19 +64,14 @@ pub fn unique_name(prefix: &str) -> String {
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", redact(url)));
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot connect to {}: {error}",
+                walflow_redact::postgres(url)
+            )
+        });
     tokio::spawn(connection);
     client
-}
-
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Err(_) => "<postgres url>".to_owned(),
-    }
 }
 
 /// `url` with its database replaced by `database`.
