@@ -152,10 +152,25 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<usize, CheckpointErr
         file.sync_all().map_err(io("sync"))?;
     }
     std::fs::rename(&temporary, path).map_err(io("replace"))?;
-    if let Ok(directory) = std::fs::File::open(directory) {
-        let _ = directory.sync_all();
-    }
+    sync_directory(directory).map_err(io("sync the directory of"))?;
     Ok(bytes.len())
+}
+
+/// Makes a rename in `directory` durable. A file system that cannot sync directories at all
+/// (it answers EINVAL, as some network and FUSE file systems do) is let be, as Postgres does;
+/// any other failure is an error, since the new checkpoint may not survive a crash.
+fn sync_directory(directory: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(directory).and_then(|directory| directory.sync_all()) {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 pub fn remove(path: &Path) -> Result<(), CheckpointError> {
