@@ -310,11 +310,15 @@ fn render_metrics(
         errors
             .get_or_create(&vec![("kind".to_owned(), "cassandra_write".to_owned())])
             .inc_by(load(&metrics.cassandra_errors));
+        errors
+            .get_or_create(&vec![("kind".to_owned(), "offset_commit".to_owned())])
+            .inc_by(load(&metrics.offset_commit_errors));
         registry.register(
             "errors",
             "Errors the pipeline recovered from, by kind: cassandra_write (a batch write failed \
-             and was retried; the position holds until it succeeds). Undecodable events are \
-             counted as dead letters",
+             and was retried; the position holds until it succeeds), offset_commit (committing \
+             the checkpoint's offsets to the consumer group failed; the group's lag stays \
+             behind until a commit succeeds). Undecodable events are counted as dead letters",
             errors,
         );
         registry.register(

@@ -129,10 +129,23 @@ pub enum SchemaFetchError {
     Refused { id: u32, message: String },
 }
 
+/// How deep a datum may nest, counting every record, array, map and union. A Debezium
+/// envelope nests about six deep. Without a limit a hostile datum (a recursive type, one
+/// level per byte) overflows the stack, which aborts the whole process instead of failing
+/// one event.
+const MAX_DEPTH: usize = 64;
+
+/// How many zero-width items (nulls, records of them, `fixed` of size 0) one datum may hold
+/// in its arrays and maps. They cost nothing to write, so the datum's size does not bound
+/// them, and a block count of 2^62 fits in ten bytes.
+const MAX_ZERO_WIDTH_ITEMS: u64 = 1 << 16;
+
 /// A writer schema compiled for reading: every type a node of one arena, named types and
 /// references resolved once.
 pub struct Reader {
     nodes: Vec<Node>,
+    /// The fewest bytes a value of each node takes.
+    widths: Vec<u64>,
 }
 
 type NodeId = usize;
@@ -174,14 +187,20 @@ enum Node {
 }
 
 impl Reader {
+    /// Compiles a writer schema; one with a record that contains itself with nothing to end
+    /// the recursion (no union with another branch, no array or map on the way) is refused,
+    /// since no finite datum has that type.
     pub fn new(schema: &Schema) -> Result<Reader, String> {
         let mut compiler = Compiler {
             nodes: Vec::new(),
+            widths: Vec::new(),
             named: HashMap::new(),
         };
         compiler.compile(schema, &None)?;
+        compiler.refuse_endless_records()?;
         Ok(Reader {
             nodes: compiler.nodes,
+            widths: compiler.widths,
         })
     }
 
@@ -190,7 +209,10 @@ impl Reader {
     /// runner reads only [`Reader::event_parts`]; tests read whole datums with this.)
     #[cfg(test)]
     pub fn read(&self, input: &mut &[u8]) -> Result<Json, String> {
-        self.value(0, input)
+        let mut datum = Datum::new(input);
+        let value = self.value(0, &mut datum, 0)?;
+        *input = datum.bytes;
+        Ok(value)
     }
 
     /// Reads a change event's datum (the Debezium envelope) into the parts the decoder
@@ -204,16 +226,18 @@ impl Reader {
         let Node::Record(fields) = &self.nodes[0] else {
             return Err("the writer schema is not a record (a Debezium envelope)".into());
         };
+        let datum = &mut Datum::new(input);
         let (mut op, mut before, mut after, mut commit_time_ms) = (None, None, None, None);
         for (name, node) in fields {
             match name.as_str() {
-                "before" => before = self.image(source, *node, input)?,
-                "after" => after = self.image(source, *node, input)?,
-                "op" => op = self.value(*node, input)?.as_str().map(str::to_owned),
-                "source" => commit_time_ms = self.source_ts_ms(*node, input)?,
-                _ => self.skip(*node, input)?,
+                "before" => before = self.image(source, *node, datum, 1)?,
+                "after" => after = self.image(source, *node, datum, 1)?,
+                "op" => op = self.value(*node, datum, 1)?.as_str().map(str::to_owned),
+                "source" => commit_time_ms = self.source_ts_ms(*node, datum, 1)?,
+                _ => self.skip(*node, datum, 1)?,
             }
         }
+        *input = datum.bytes;
         Ok(EventParts {
             op: Cow::Owned(op.ok_or("the envelope has no `op` string")?),
             before,
@@ -227,13 +251,15 @@ impl Reader {
         &self,
         source: &SourceTable,
         node: NodeId,
-        input: &mut &[u8],
+        datum: &mut Datum,
+        depth: usize,
     ) -> Result<Option<Image<'static>>, String> {
+        let depth = deeper(depth)?;
         match &self.nodes[node] {
             Node::Null => Ok(None),
             Node::Union(branches) => {
-                let branch = branch(branches, input)?;
-                self.image(source, branch, input)
+                let branch = datum.branch(branches)?;
+                self.image(source, branch, datum, depth)
             }
             Node::Record(fields) => {
                 let mut found = vec![None; source.columns.len()];
@@ -243,8 +269,8 @@ impl Reader {
                         .iter()
                         .position(|column| column.name == *name)
                     {
-                        Some(index) => found[index] = Some(self.value(*field, input)?),
-                        None => self.skip(*field, input)?,
+                        Some(index) => found[index] = Some(self.value(*field, datum, depth)?),
+                        None => self.skip(*field, datum, depth)?,
                     }
                 }
                 Ok(Some(Image::Columns(found)))
@@ -254,34 +280,41 @@ impl Reader {
     }
 
     /// `source.ts_ms`, the commit time, when the source block has it.
-    fn source_ts_ms(&self, node: NodeId, input: &mut &[u8]) -> Result<Option<i64>, String> {
+    fn source_ts_ms(
+        &self,
+        node: NodeId,
+        datum: &mut Datum,
+        depth: usize,
+    ) -> Result<Option<i64>, String> {
+        let depth = deeper(depth)?;
         match &self.nodes[node] {
             Node::Record(fields) => {
                 let mut ts_ms = None;
                 for (name, field) in fields {
                     if name == "ts_ms" {
-                        ts_ms = self.value(*field, input)?.as_i64();
+                        ts_ms = self.value(*field, datum, depth)?.as_i64();
                     } else {
-                        self.skip(*field, input)?;
+                        self.skip(*field, datum, depth)?;
                     }
                 }
                 Ok(ts_ms)
             }
             Node::Union(branches) => {
-                let branch = branch(branches, input)?;
-                self.source_ts_ms(branch, input)
+                let branch = datum.branch(branches)?;
+                self.source_ts_ms(branch, datum, depth)
             }
             _ => {
-                self.skip(node, input)?;
+                self.skip(node, datum, depth)?;
                 Ok(None)
             }
         }
     }
 
-    fn value(&self, node: NodeId, input: &mut &[u8]) -> Result<Json, String> {
+    fn value(&self, node: NodeId, datum: &mut Datum, depth: usize) -> Result<Json, String> {
+        let depth = deeper(depth)?;
         Ok(match &self.nodes[node] {
             Node::Null => Json::Null,
-            Node::Boolean => match take(input, 1)?[0] {
+            Node::Boolean => match datum.take(1)?[0] {
                 0 => Json::Bool(false),
                 1 => Json::Bool(true),
                 other => return Err(format!("{other} is not a boolean")),
@@ -291,26 +324,26 @@ impl Reader {
             | Node::Date
             | Node::TimeMillis
             | Node::TimeMicros
-            | Node::TimestampMicros => Json::from(long(input)?),
-            Node::TimestampMillis => Json::from(long(input)?.saturating_mul(1000)),
-            Node::TimestampNanos => Json::from(long(input)? / 1000),
+            | Node::TimestampMicros => Json::from(datum.long()?),
+            Node::TimestampMillis => Json::from(datum.long()?.saturating_mul(1000)),
+            Node::TimestampNanos => Json::from(datum.long()? / 1000),
             Node::Float => {
-                let bytes = take(input, 4)?;
+                let bytes = datum.take(4)?;
                 float(f64::from(f32::from_le_bytes(bytes.try_into().unwrap())))
             }
             Node::Double => {
-                let bytes = take(input, 8)?;
+                let bytes = datum.take(8)?;
                 float(f64::from_le_bytes(bytes.try_into().unwrap()))
             }
-            Node::Bytes => base64_string(length_prefixed(input)?),
-            Node::Fixed(size) => base64_string(take(input, *size)?),
+            Node::Bytes => base64_string(datum.length_prefixed()?),
+            Node::Fixed(size) => base64_string(datum.take(*size)?),
             Node::String => Json::String(
-                std::str::from_utf8(length_prefixed(input)?)
+                std::str::from_utf8(datum.length_prefixed()?)
                     .map_err(|_| "a string that is not UTF-8".to_owned())?
                     .to_owned(),
             ),
             Node::Uuid => {
-                let bytes = length_prefixed(input)?;
+                let bytes = datum.length_prefixed()?;
                 Json::String(match bytes.len() {
                     16 => uuid_text(bytes.try_into().unwrap()),
                     _ => std::str::from_utf8(bytes)
@@ -320,13 +353,13 @@ impl Reader {
             }
             Node::Decimal { scale, fixed } => {
                 let bytes = match fixed {
-                    Some(size) => take(input, *size)?,
-                    None => length_prefixed(input)?,
+                    Some(size) => datum.take(*size)?,
+                    None => datum.length_prefixed()?,
                 };
                 Json::String(decimal_text(bytes, *scale)?)
             }
             Node::Duration => {
-                let bytes = take(input, 12)?;
+                let bytes = datum.take(12)?;
                 let part = |index: usize| {
                     u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().unwrap())
                 };
@@ -338,7 +371,7 @@ impl Reader {
                 ))
             }
             Node::Enum(symbols) => {
-                let index = long(input)?;
+                let index = datum.long()?;
                 let symbol = usize::try_from(index)
                     .ok()
                     .and_then(|index| symbols.get(index))
@@ -348,12 +381,12 @@ impl Reader {
             Node::Array(items) => {
                 let mut values = Vec::new();
                 loop {
-                    let count = block_count(input)?;
+                    let count = datum.block_items(self.widths[*items])?;
                     if count == 0 {
                         break;
                     }
                     for _ in 0..count {
-                        values.push(self.value(*items, input)?);
+                        values.push(self.value(*items, datum, depth)?);
                     }
                 }
                 Json::Array(values)
@@ -361,27 +394,27 @@ impl Reader {
             Node::Map(values) => {
                 let mut map = serde_json::Map::new();
                 loop {
-                    let count = block_count(input)?;
+                    let count = datum.block_items(self.map_entry_width(*values))?;
                     if count == 0 {
                         break;
                     }
                     for _ in 0..count {
-                        let key = std::str::from_utf8(length_prefixed(input)?)
+                        let key = std::str::from_utf8(datum.length_prefixed()?)
                             .map_err(|_| "a map key that is not UTF-8".to_owned())?
                             .to_owned();
-                        map.insert(key, self.value(*values, input)?);
+                        map.insert(key, self.value(*values, datum, depth)?);
                     }
                 }
                 Json::Object(map)
             }
             Node::Union(branches) => {
-                let branch = branch(branches, input)?;
-                self.value(branch, input)?
+                let branch = datum.branch(branches)?;
+                self.value(branch, datum, depth)?
             }
             Node::Record(fields) => {
                 let mut object = serde_json::Map::new();
                 for (name, field) in fields {
-                    object.insert(name.clone(), self.value(*field, input)?);
+                    object.insert(name.clone(), self.value(*field, datum, depth)?);
                 }
                 Json::Object(object)
             }
@@ -390,11 +423,12 @@ impl Reader {
     }
 
     /// Moves past a value without building it.
-    fn skip(&self, node: NodeId, input: &mut &[u8]) -> Result<(), String> {
+    fn skip(&self, node: NodeId, datum: &mut Datum, depth: usize) -> Result<(), String> {
+        let depth = deeper(depth)?;
         match &self.nodes[node] {
             Node::Null => {}
             Node::Boolean => {
-                take(input, 1)?;
+                datum.take(1)?;
             }
             Node::Int
             | Node::Long
@@ -405,85 +439,163 @@ impl Reader {
             | Node::TimestampMicros
             | Node::TimestampNanos
             | Node::Enum(_) => {
-                long(input)?;
+                datum.long()?;
             }
             Node::Float => {
-                take(input, 4)?;
+                datum.take(4)?;
             }
             Node::Double => {
-                take(input, 8)?;
+                datum.take(8)?;
             }
             Node::Duration => {
-                take(input, 12)?;
+                datum.take(12)?;
             }
             Node::Fixed(size)
             | Node::Decimal {
                 fixed: Some(size), ..
             } => {
-                take(input, *size)?;
+                datum.take(*size)?;
             }
             Node::Bytes | Node::String | Node::Uuid | Node::Decimal { fixed: None, .. } => {
-                length_prefixed(input)?;
+                datum.length_prefixed()?;
             }
             Node::Array(items) => loop {
-                let count = block_count(input)?;
+                let count = datum.block_items(self.widths[*items])?;
                 if count == 0 {
                     break;
                 }
                 for _ in 0..count {
-                    self.skip(*items, input)?;
+                    self.skip(*items, datum, depth)?;
                 }
             },
             Node::Map(values) => loop {
-                let count = block_count(input)?;
+                let count = datum.block_items(self.map_entry_width(*values))?;
                 if count == 0 {
                     break;
                 }
                 for _ in 0..count {
-                    length_prefixed(input)?;
-                    self.skip(*values, input)?;
+                    datum.length_prefixed()?;
+                    self.skip(*values, datum, depth)?;
                 }
             },
             Node::Union(branches) => {
-                let branch = branch(branches, input)?;
-                self.skip(branch, input)?;
+                let branch = datum.branch(branches)?;
+                self.skip(branch, datum, depth)?;
             }
             Node::Record(fields) => {
                 for (_, field) in fields {
-                    self.skip(*field, input)?;
+                    self.skip(*field, datum, depth)?;
                 }
             }
             Node::Pending => return Err("a reference to an unfinished record".into()),
         }
         Ok(())
     }
+
+    /// The fewest bytes a map entry takes: its key's length, then its value.
+    fn map_entry_width(&self, values: NodeId) -> u64 {
+        self.widths[values].saturating_add(1)
+    }
 }
 
-/// A union's branch, by the index the datum gives.
-fn branch(branches: &[NodeId], input: &mut &[u8]) -> Result<NodeId, String> {
-    let index = long(input)?;
-    usize::try_from(index)
-        .ok()
-        .and_then(|index| branches.get(index))
-        .copied()
-        .ok_or_else(|| format!("union branch {index} of {}", branches.len()))
+/// The depth below `depth`, unless that is too deep.
+fn deeper(depth: usize) -> Result<usize, String> {
+    if depth >= MAX_DEPTH {
+        return Err(format!(
+            "the datum nests deeper than {MAX_DEPTH} levels of records, arrays, maps and unions"
+        ));
+    }
+    Ok(depth + 1)
 }
 
 struct Compiler {
     nodes: Vec<Node>,
+    widths: Vec<u64>,
     named: HashMap<Name, NodeId>,
 }
 
 impl Compiler {
     fn push(&mut self, node: Node) -> NodeId {
-        self.nodes.push(node);
-        self.nodes.len() - 1
+        self.nodes.push(Node::Pending);
+        self.widths.push(0);
+        let id = self.nodes.len() - 1;
+        self.set(id, node);
+        id
+    }
+
+    /// Puts the compiled `node` at `id`, with the fewest bytes its values take. (A reference
+    /// to a record still being compiled counts 0 bytes, which can only err low; only records
+    /// that [`Compiler::refuse_endless_records`] refuses are made of such references alone.)
+    fn set(&mut self, id: NodeId, node: Node) {
+        self.widths[id] = match &node {
+            Node::Null | Node::Pending => 0,
+            Node::Float => 4,
+            Node::Double => 8,
+            Node::Duration => 12,
+            Node::Fixed(size)
+            | Node::Decimal {
+                fixed: Some(size), ..
+            } => *size as u64,
+            Node::Record(fields) => fields.iter().fold(0, |sum: u64, (_, field)| {
+                sum.saturating_add(self.widths[*field])
+            }),
+            // A varint, a length, a block count or a branch index: at least one byte.
+            _ => 1,
+        };
+        self.nodes[id] = node;
     }
 
     fn name(&mut self, name: &Name, namespace: &Namespace, id: NodeId) -> Name {
         let full = name.fully_qualified_name(namespace);
         self.named.insert(full.clone(), id);
         full
+    }
+
+    /// Refuses a schema with a type no finite datum has: a record that always contains
+    /// itself again (`A{a: A}`, `A{b: B{a: A}}`, `A{a: ["A"]}`). Reading one would recurse
+    /// without consuming input. A type ends when it is not a record or union, when it is an
+    /// array or map (which can be empty), when one branch of a union ends, or when every
+    /// field of a record ends.
+    fn refuse_endless_records(&self) -> Result<(), String> {
+        let mut ends = vec![false; self.nodes.len()];
+        let mut changed = true;
+        while changed {
+            changed = false;
+            for (id, node) in self.nodes.iter().enumerate() {
+                if ends[id] {
+                    continue;
+                }
+                ends[id] = match node {
+                    Node::Union(branches) => branches.iter().any(|branch| ends[*branch]),
+                    Node::Record(fields) => fields.iter().all(|(_, field)| ends[*field]),
+                    Node::Pending => false,
+                    _ => true,
+                };
+                changed |= ends[id];
+            }
+        }
+        if ends.iter().all(|&ends| ends) {
+            return Ok(());
+        }
+        let mut endless: Vec<String> = self
+            .named
+            .iter()
+            .filter(|(_, id)| !ends[**id])
+            .map(|(name, _)| name.fullname(None))
+            .collect();
+        endless.sort();
+        if endless.is_empty() {
+            return Err(
+                "no datum can be written with this schema: it has a union without \
+                        branches"
+                    .into(),
+            );
+        }
+        Err(format!(
+            "no datum can be written with this schema: {}: a record that contains itself with \
+             no union branch, array or map to end the recursion",
+            endless.join(", ")
+        ))
     }
 
     fn compile(&mut self, schema: &Schema, namespace: &Namespace) -> Result<NodeId, String> {
@@ -532,13 +644,13 @@ impl Compiler {
             Schema::Array(array) => {
                 let id = self.push(Node::Pending);
                 let items = self.compile(&array.items, namespace)?;
-                self.nodes[id] = Node::Array(items);
+                self.set(id, Node::Array(items));
                 return Ok(id);
             }
             Schema::Map(map) => {
                 let id = self.push(Node::Pending);
                 let values = self.compile(&map.types, namespace)?;
-                self.nodes[id] = Node::Map(values);
+                self.set(id, Node::Map(values));
                 return Ok(id);
             }
             Schema::Union(union) => {
@@ -548,7 +660,7 @@ impl Compiler {
                     .iter()
                     .map(|branch| self.compile(branch, namespace))
                     .collect::<Result<_, _>>()?;
-                self.nodes[id] = Node::Union(branches);
+                self.set(id, Node::Union(branches));
                 return Ok(id);
             }
             Schema::Record(record) => {
@@ -559,7 +671,7 @@ impl Compiler {
                     let node = self.compile(&field.schema, &full.namespace)?;
                     fields.push((field.name.clone(), node));
                 }
-                self.nodes[id] = Node::Record(fields);
+                self.set(id, Node::Record(fields));
                 return Ok(id);
             }
             Schema::Ref { name } => {
@@ -573,44 +685,92 @@ impl Compiler {
     }
 }
 
-fn take<'a>(input: &mut &'a [u8], count: usize) -> Result<&'a [u8], String> {
-    if input.len() < count {
-        return Err(format!(
-            "the datum ends early ({count} bytes wanted, {} left)",
-            input.len()
-        ));
-    }
-    let (taken, rest) = input.split_at(count);
-    *input = rest;
-    Ok(taken)
+/// The bytes of a datum not read yet, and how many zero-width items it may still hold.
+struct Datum<'a> {
+    bytes: &'a [u8],
+    zero_width_items_left: u64,
 }
 
-/// A zig-zag varint.
-fn long(input: &mut &[u8]) -> Result<i64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = take(input, 1)?[0];
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+impl<'a> Datum<'a> {
+    fn new(bytes: &'a [u8]) -> Datum<'a> {
+        Datum {
+            bytes,
+            zero_width_items_left: MAX_ZERO_WIDTH_ITEMS,
         }
     }
-    Err("a varint longer than 10 bytes".into())
-}
 
-fn length_prefixed<'a>(input: &mut &'a [u8]) -> Result<&'a [u8], String> {
-    let length = long(input)?;
-    let length = usize::try_from(length).map_err(|_| format!("a negative length {length}"))?;
-    take(input, length)
-}
-
-/// An array or map block's item count (a negative count is followed by the block's size).
-fn block_count(input: &mut &[u8]) -> Result<u64, String> {
-    let count = long(input)?;
-    if count < 0 {
-        long(input)?;
+    fn take(&mut self, count: usize) -> Result<&'a [u8], String> {
+        if self.bytes.len() < count {
+            return Err(format!(
+                "the datum ends early ({count} bytes wanted, {} left)",
+                self.bytes.len()
+            ));
+        }
+        let (taken, rest) = self.bytes.split_at(count);
+        self.bytes = rest;
+        Ok(taken)
     }
-    Ok(count.unsigned_abs())
+
+    /// A zig-zag varint.
+    fn long(&mut self) -> Result<i64, String> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = self.take(1)?[0];
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
+            }
+        }
+        Err("a varint longer than 10 bytes".into())
+    }
+
+    fn length_prefixed(&mut self) -> Result<&'a [u8], String> {
+        let length = self.long()?;
+        let length = usize::try_from(length).map_err(|_| format!("a negative length {length}"))?;
+        self.take(length)
+    }
+
+    /// A union's branch, by the index the datum gives.
+    fn branch(&mut self, branches: &[NodeId]) -> Result<NodeId, String> {
+        let index = self.long()?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|index| branches.get(index))
+            .copied()
+            .ok_or_else(|| format!("union branch {index} of {}", branches.len()))
+    }
+
+    /// An array or map block's item count (a negative count is followed by the block's
+    /// size in bytes). Refused when the rest of the datum cannot hold that many items of at
+    /// least `item_width` bytes, or when it is more zero-width items than a datum may hold:
+    /// either way the count is a lie, and believing it costs time or memory the datum's
+    /// size does not bound.
+    fn block_items(&mut self, item_width: u64) -> Result<u64, String> {
+        let count = self.long()?;
+        if count < 0 {
+            self.long()?;
+        }
+        let count = count.unsigned_abs();
+        if item_width == 0 {
+            self.zero_width_items_left =
+                self.zero_width_items_left
+                    .checked_sub(count)
+                    .ok_or_else(|| {
+                        format!(
+                            "a block of {count} zero-width items (nulls, empty records or \
+                         zero-size fixed), more than the {MAX_ZERO_WIDTH_ITEMS} a datum may \
+                         hold"
+                        )
+                    })?;
+        } else if count > self.bytes.len() as u64 / item_width {
+            return Err(format!(
+                "a block of {count} items of at least {item_width} bytes each, with {} bytes \
+                 left in the datum",
+                self.bytes.len()
+            ));
+        }
+        Ok(count)
+    }
 }
 
 /// NaN and the infinities as the strings Debezium's JSON uses.
@@ -915,6 +1075,199 @@ mod tests {
             read(&recursive, &datum),
             json!({"label": "a", "next": {"label": "b", "next": null}})
         );
+    }
+
+    /// A zig-zag varint, as Avro writes ints and longs.
+    fn zigzag(number: i64) -> Vec<u8> {
+        let mut value = ((number << 1) ^ (number >> 63)) as u64;
+        let mut bytes = Vec::new();
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                bytes.push(byte);
+                return bytes;
+            }
+            bytes.push(byte | 0x80);
+        }
+    }
+
+    /// Runs `work` on a thread with a 1 MiB stack (half of a Tokio worker's) and gives its
+    /// result, or `None` when it has not finished within ten seconds.
+    fn on_small_stack<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || {
+                let _ = sender.send(work());
+            })
+            .unwrap();
+        receiver.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    /// An envelope whose images have a column no pipeline declares: an array of nulls.
+    const NULLS_ENVELOPE: &str = r#"{"type":"record","name":"Envelope","fields":[
+        {"name":"before","type":["null",{"type":"record","name":"Value","fields":[
+            {"name":"id","type":"long"},
+            {"name":"junk","type":{"type":"array","items":"null"}}]}]},
+        {"name":"after","type":["null","Value"]},
+        {"name":"op","type":"string"}]}"#;
+
+    #[test]
+    fn a_huge_block_count_of_zero_width_items_in_an_undeclared_column_is_an_error_at_once() {
+        let schema = Schema::parse_str(NULLS_ENVELOPE).unwrap();
+        let mut schemas = WriterSchemas::new("http://unused").unwrap();
+        schemas.schemas.insert(1, Reader::new(&schema).unwrap());
+        // 2^62 nulls cost nothing to write: the whole event is 22 bytes.
+        let mut payload = vec![0, 0, 0, 0, 1, 2];
+        payload.extend(zigzag(7));
+        payload.extend(zigzag(1 << 62));
+        payload.extend([0, 0, 2, b'c']);
+        let source = source(crate::definition::SourceMode::Updating);
+        let outcome = on_small_stack(move || {
+            schemas
+                .decode(&source, &payload)
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        });
+        let error = outcome
+            .expect("decoding a 22-byte event has not finished within ten seconds")
+            .unwrap_err();
+        assert!(error.contains("zero-width"), "{error}");
+    }
+
+    /// The error of reading `datum`, which must not be read.
+    fn refused(reader: &Reader, datum: &[u8]) -> String {
+        match reader.read(&mut &datum[..]) {
+            Ok(value) => panic!(
+                "a datum of {} bytes was read, into {} bytes of JSON",
+                datum.len(),
+                value.to_string().len()
+            ),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn a_datum_with_millions_of_zero_width_items_is_refused_before_it_is_built() {
+        let schema = Schema::parse_str(r#"{"type":"array","items":"null"}"#).unwrap();
+        let reader = Reader::new(&schema).unwrap();
+        let mut datum = zigzag(1 << 22);
+        datum.push(0);
+        let error = refused(&reader, &datum);
+        assert!(error.contains("zero-width"), "{error}");
+        // Items of a record without fields, or a fixed of size 0, are zero-width too; many
+        // small blocks are counted together.
+        let schema = Schema::parse_str(
+            r#"{"type":"array","items":{"type":"array","items":{"type":"record","name":"E","fields":[
+                {"name":"nothing","type":{"type":"fixed","name":"F","size":0}}]}}}"#,
+        )
+        .unwrap();
+        let reader = Reader::new(&schema).unwrap();
+        let mut datum = zigzag(1 << 20);
+        for _ in 0..1 << 20 {
+            datum.extend(zigzag(1000));
+            datum.push(0);
+        }
+        datum.push(0);
+        let error = refused(&reader, &datum);
+        assert!(error.contains("zero-width"), "{error}");
+        // A few are read as they are.
+        let mut datum = zigzag(2);
+        datum.push(0);
+        datum.extend(zigzag(2));
+        datum.extend([0, 0]);
+        assert_eq!(
+            read(&schema, &datum),
+            json!([[], [{"nothing": ""}, {"nothing": ""}]])
+        );
+        // Items of one byte or more cannot outnumber the bytes left.
+        let schema = Schema::parse_str(r#"{"type":"map","values":"long"}"#).unwrap();
+        let error = Reader::new(&schema)
+            .unwrap()
+            .read(&mut zigzag(1 << 40).as_slice())
+            .unwrap_err();
+        assert!(error.contains("bytes left"), "{error}");
+    }
+
+    /// A linked list: every element costs one byte (the union's branch).
+    const LIST: &str = r#"{"type":"record","name":"Element","fields":[
+        {"name":"next","type":["null","Element"]}]}"#;
+
+    #[test]
+    fn a_datum_nested_too_deep_is_an_error_not_a_stack_overflow() {
+        let schema = Schema::parse_str(LIST).unwrap();
+        let reader = Reader::new(&schema).unwrap();
+        let mut deep = vec![2u8; 1_000_000];
+        deep.push(0);
+        let error = on_small_stack(move || reader.read(&mut deep.as_slice()))
+            .expect("reading a deep datum has not finished within ten seconds")
+            .unwrap_err();
+        assert!(error.contains("deeper than"), "{error}");
+        // The same when the deep column is skipped: the list is a column no one declares.
+        let envelope = Schema::parse_str(&format!(
+            r#"{{"type":"record","name":"Envelope","fields":[
+                {{"name":"before","type":["null",{{"type":"record","name":"Value","fields":[
+                    {{"name":"id","type":"long"}},{{"name":"list","type":{LIST}}}]}}]}},
+                {{"name":"after","type":["null","Value"]}},
+                {{"name":"op","type":"string"}}]}}"#
+        ))
+        .unwrap();
+        let mut schemas = WriterSchemas::new("http://unused").unwrap();
+        schemas.schemas.insert(1, Reader::new(&envelope).unwrap());
+        let mut payload = vec![0, 0, 0, 0, 1, 2];
+        payload.extend(zigzag(7));
+        payload.extend(vec![2u8; 1_000_000]);
+        payload.extend([0, 0, 2, b'c']);
+        let source = source(crate::definition::SourceMode::Updating);
+        let error = on_small_stack(move || schemas.decode(&source, &payload).map(|_| ()))
+            .expect("decoding a deep event has not finished within ten seconds")
+            .unwrap_err();
+        assert!(error.contains("deeper than"), "{error}");
+        // A short list reads.
+        let reader = Reader::new(&schema).unwrap();
+        assert_eq!(
+            reader.read(&mut [2u8, 2, 0].as_slice()).unwrap(),
+            json!({"next": {"next": {"next": null}}})
+        );
+    }
+
+    #[test]
+    fn a_schema_whose_records_contain_themselves_without_an_end_is_refused() {
+        for (schema, record) in [
+            (
+                r#"{"type":"record","name":"A","fields":[{"name":"a","type":"A"}]}"#,
+                "A",
+            ),
+            (
+                r#"{"type":"record","name":"A","namespace":"n","fields":[
+                    {"name":"b","type":{"type":"record","name":"B","fields":[
+                        {"name":"x","type":"long"},{"name":"a","type":"A"}]}}]}"#,
+                "n.A",
+            ),
+            (
+                r#"{"type":"record","name":"A","fields":[{"name":"a","type":["A"]}]}"#,
+                "A",
+            ),
+        ] {
+            let schema = Schema::parse_str(schema).unwrap();
+            let error = Reader::new(&schema)
+                .err()
+                .unwrap_or_else(|| panic!("{schema:?} was compiled"));
+            assert!(
+                error.contains(record) && error.contains("itself"),
+                "{error}"
+            );
+        }
+        // Recursion that a null branch, an array or a map can end is fine.
+        for schema in [
+            LIST,
+            r#"{"type":"record","name":"Tree","fields":[
+                {"name":"kids","type":{"type":"array","items":"Tree"}},
+                {"name":"named","type":{"type":"map","values":"Tree"}}]}"#,
+        ] {
+            Reader::new(&Schema::parse_str(schema).unwrap()).unwrap();
+        }
     }
 
     fn source(mode: crate::definition::SourceMode) -> SourceTable {

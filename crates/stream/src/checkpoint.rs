@@ -50,19 +50,52 @@ pub fn path_for(directory: &Path, pipeline: &str) -> PathBuf {
 }
 
 /// A stable fingerprint of a pipeline's text (FNV-1a), to notice that the file changed
-/// since the state was taken.
+/// since the state was taken. Comments, blank lines and the spaces around lines do not
+/// count; strings and quoted names count as written, `--` inside them included.
 pub fn fingerprint(text: &str) -> u64 {
-    let normalized: String = text
-        .lines()
-        .map(|line| line.split("--").next().unwrap_or("").trim())
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n");
-    normalized
+    without_comments(text)
         .bytes()
         .fold(0xcbf29ce484222325u64, |hash, byte| {
             (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
         })
+}
+
+/// The lines of `text` without `--` comments, trimmed, blank ones left out; a line's part
+/// inside a string or quoted name (`'...'`, `"..."`, a doubled quote inside) is kept
+/// untouched, even where it spans lines. Lines are kept as lines so that a file without
+/// `--` inside quotes keeps the fingerprint it had when comments were cut at any `--`.
+fn without_comments(text: &str) -> String {
+    let mut lines = Vec::new();
+    // The quote of the string or name the scan is inside.
+    let mut open_quote: Option<char> = None;
+    for line in text.lines() {
+        let starts_quoted = open_quote.is_some();
+        let mut end = line.len();
+        for (index, character) in line.char_indices() {
+            match open_quote {
+                // A doubled quote closes and reopens: it stays inside.
+                Some(quote) if character == quote => open_quote = None,
+                Some(_) => {}
+                None if character == '\'' || character == '"' => open_quote = Some(character),
+                None if line[index..].starts_with("--") => {
+                    end = index;
+                    break;
+                }
+                None => {}
+            }
+        }
+        let mut kept = &line[..end];
+        if !starts_quoted {
+            kept = kept.trim_start();
+        }
+        if open_quote.is_none() {
+            kept = kept.trim_end();
+        }
+        if !kept.is_empty() || starts_quoted {
+            lines.push(kept);
+        }
+    }
+    lines.join("\n")
 }
 
 pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
@@ -119,10 +152,25 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<usize, CheckpointErr
         file.sync_all().map_err(io("sync"))?;
     }
     std::fs::rename(&temporary, path).map_err(io("replace"))?;
-    if let Ok(directory) = std::fs::File::open(directory) {
-        let _ = directory.sync_all();
-    }
+    sync_directory(directory).map_err(io("sync the directory of"))?;
     Ok(bytes.len())
+}
+
+/// Makes a rename in `directory` durable. A file system that cannot sync directories at all
+/// (it answers EINVAL, as some network and FUSE file systems do) is let be, as Postgres does;
+/// any other failure is an error, since the new checkpoint may not survive a crash.
+fn sync_directory(directory: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(directory).and_then(|directory| directory.sync_all()) {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 pub fn remove(path: &Path) -> Result<(), CheckpointError> {
@@ -176,5 +224,77 @@ mod tests {
             fingerprint("SELECT a FROM t"),
             fingerprint("SELECT b FROM t")
         );
+    }
+
+    #[test]
+    fn dashes_inside_strings_and_quoted_names_are_part_of_the_fingerprint() {
+        assert_ne!(
+            fingerprint("SELECT * FROM t WHERE x = 'a--b'"),
+            fingerprint("SELECT * FROM t WHERE x = 'a--c'")
+        );
+        assert_ne!(
+            fingerprint(r#"SELECT "a--b" FROM t"#),
+            fingerprint(r#"SELECT "a--c" FROM t"#)
+        );
+        // A doubled quote stays inside the string; the comment after it is still one.
+        assert_ne!(
+            fingerprint("SELECT 'it''s -- a' FROM t"),
+            fingerprint("SELECT 'it''s -- b' FROM t")
+        );
+        assert_eq!(
+            fingerprint("SELECT 'it''s' FROM t -- one"),
+            fingerprint("SELECT 'it''s' FROM t -- two")
+        );
+        // A string that spans lines keeps its lines as they are.
+        assert_ne!(
+            fingerprint("SELECT 'a\n-- b' FROM t"),
+            fingerprint("SELECT 'a\n-- c' FROM t")
+        );
+        assert_ne!(
+            fingerprint("SELECT 'a\n\n' FROM t"),
+            fingerprint("SELECT 'a\n' FROM t")
+        );
+        // Quotes in a comment open nothing.
+        assert_eq!(
+            fingerprint("-- the country's name\nSELECT a FROM t -- it's\n"),
+            fingerprint("SELECT a FROM t")
+        );
+    }
+
+    /// The fingerprint as walflow computed it before strings were told apart from comments:
+    /// a pipeline without `--` in a string or quoted name must keep its fingerprint, or an
+    /// upgrade would make `--rebuild-if-changed` rebuild every sink.
+    fn line_wise_fingerprint(text: &str) -> u64 {
+        let normalized: String = text
+            .lines()
+            .map(|line| line.split("--").next().unwrap_or("").trim())
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        normalized
+            .bytes()
+            .fold(0xcbf29ce484222325u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3)
+            })
+    }
+
+    #[test]
+    fn the_shipped_pipelines_keep_their_fingerprints() {
+        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql/pipelines");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&directory).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|extension| extension == "sql") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert_eq!(
+                    fingerprint(&text),
+                    line_wise_fingerprint(&text),
+                    "{}",
+                    path.display()
+                );
+                files += 1;
+            }
+        }
+        assert!(files >= 6, "{files} pipelines in {}", directory.display());
     }
 }

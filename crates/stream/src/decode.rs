@@ -156,7 +156,15 @@ fn changelog_row(source: &SourceTable, event: EventParts<'_>) -> Result<Row, Str
         match column.name.as_str() {
             OP_COLUMN => row[index] = Value::Text(op.to_owned()),
             COMMIT_TIME_COLUMN => {
-                row[index] = commit_time_ms.map_or(Value::Null, |ms| Value::Timestamp(ms * 1000))
+                row[index] = match commit_time_ms {
+                    None => Value::Null,
+                    Some(ms) => Value::Timestamp(ms.checked_mul(1000).ok_or_else(|| {
+                        format!(
+                            "source.ts_ms = {ms} is no commit time: in microseconds it is \
+                             beyond what {COMMIT_TIME_COLUMN} can hold"
+                        )
+                    })?),
+                }
             }
             _ => {}
         }
@@ -400,5 +408,32 @@ mod tests {
         assert!(error.contains("key column"), "{error}");
         let error = decode(&source(), Some(br#"{"after":{"id":"a"},"op":"x"}"#)).unwrap_err();
         assert!(error.contains("unknown op 'x'"), "{error}");
+    }
+
+    #[test]
+    fn a_commit_time_beyond_the_microsecond_range_is_an_error_of_the_event() {
+        let mut changelog = source();
+        changelog.mode = SourceMode::Changelog;
+        changelog.columns.push(Column {
+            name: COMMIT_TIME_COLUMN.into(),
+            column_type: ColumnType::Timestamp,
+        });
+        let event = |ts_ms: i64| {
+            format!(r#"{{"after":{{"id":"a"}},"source":{{"ts_ms":{ts_ms}}},"op":"c"}}"#)
+        };
+        let decoded = decode(&changelog, Some(event(1_700_000_000_000).as_bytes()))
+            .unwrap()
+            .unwrap();
+        let SourceChange::Append(row) = decoded.change else {
+            panic!("a changelog event is appended");
+        };
+        assert_eq!(row[4], Value::Timestamp(1_700_000_000_000_000));
+        for ts_ms in [i64::MAX, i64::MIN, i64::MAX / 999] {
+            let error = decode(&changelog, Some(event(ts_ms).as_bytes())).unwrap_err();
+            assert!(
+                error.contains("source.ts_ms") && error.contains(&ts_ms.to_string()),
+                "{error}"
+            );
+        }
     }
 }

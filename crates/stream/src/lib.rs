@@ -3,6 +3,7 @@
 
 pub mod avro;
 pub mod checkpoint;
+pub mod consumer;
 pub mod decode;
 pub mod definition;
 pub mod golden;

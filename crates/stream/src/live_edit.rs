@@ -197,6 +197,26 @@ mod tests {
     use super::*;
     use crate::definition::PipelineDefinition;
 
+    #[test]
+    fn an_edit_inside_a_string_is_noticed_and_one_in_a_comment_is_not() {
+        let directory = std::env::temp_dir().join(format!("walflow-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("p.sql");
+        let text = "SELECT * FROM t WHERE x = 'a--b' -- first\n";
+        std::fs::write(&path, text).unwrap();
+        let mut watch = FileWatch::new(&path, text);
+        watch.every = Duration::ZERO;
+        let mut saved = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            // The modification time may not move within a test's few microseconds.
+            watch.seen = None;
+            watch.changed()
+        };
+        assert!(!saved("SELECT * FROM t WHERE x = 'a--b' -- second\n"));
+        assert!(saved("SELECT * FROM t WHERE x = 'a--c' -- second\n"));
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
     async fn pipeline(select: &str) -> Pipeline {
         let definition = PipelineDefinition::parse(
             Path::new("p.sql"),

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
+use crate::consumer::{commit_offsets, PipelineConsumer, PipelineConsumerContext};
 use crate::decode::decode;
 use crate::definition::{
     DefinitionError, PipelineDefinition, SinkTable, SourceFormat, SourceTable,
@@ -99,6 +100,8 @@ pub struct ProcessMetrics {
     pub batches: AtomicU64,
     pub rows_written: AtomicU64,
     pub cassandra_errors: AtomicU64,
+    /// Offset commits to the consumer group that failed (the checkpoint is unaffected).
+    pub offset_commit_errors: AtomicU64,
     pub checkpoints: AtomicU64,
     pub last_checkpoint_unix_ms: AtomicU64,
     pub last_checkpoint_bytes: AtomicU64,
@@ -130,6 +133,7 @@ impl Default for ProcessMetrics {
             batches: AtomicU64::new(0),
             rows_written: AtomicU64::new(0),
             cassandra_errors: AtomicU64::new(0),
+            offset_commit_errors: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             last_checkpoint_unix_ms: AtomicU64::new(0),
             last_checkpoint_bytes: AtomicU64::new(0),
@@ -481,7 +485,8 @@ pub async fn run(
 
     // Kafka: every partition of every source topic, from the checkpoint's offsets.
     let group = pipeline.definition.consumer_group();
-    let consumer: StreamConsumer = consumer_config(&options.brokers, &group).create()?;
+    let consumer: PipelineConsumer = consumer_config(&options.brokers, &group)
+        .create_with_context(PipelineConsumerContext::new(&name, &group, metrics.clone()))?;
     let topics = pipeline.definition.topics();
     let mut partitions: Vec<(String, i32)> = Vec::new();
     for topic in &topics {
@@ -756,7 +761,7 @@ struct ReadBatch {
 struct BatchReader {
     /// Writer schemas, when a source reads Avro.
     avro: Option<crate::avro::WriterSchemas>,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<PipelineConsumer>,
     sources: Arc<Vec<SourceTable>>,
     batch_max_events: usize,
     batch_max_wait: Duration,
@@ -1096,29 +1101,7 @@ fn write_checkpoint(
     Ok(())
 }
 
-/// The consumer group's committed offsets follow the checkpoint, so Kafka's own tools (and
-/// `walflow lag`) see how far processing is. The checkpoint stays the source of truth.
-fn commit_offsets(consumer: &StreamConsumer, state: &Checkpoint, mode: CommitMode) {
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), &next) in &state.offsets {
-        if list
-            .add_partition_offset(topic, *partition, Offset::Offset(next))
-            .is_err()
-        {
-            return;
-        }
-    }
-    let commit = || consumer.commit(&list, mode);
-    let result = match mode {
-        CommitMode::Sync => tokio::task::block_in_place(commit),
-        CommitMode::Async => commit(),
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "committing offsets to the consumer group failed");
-    }
-}
-
-fn consumer_lag(consumer: &StreamConsumer, state: &Checkpoint) -> u64 {
+fn consumer_lag(consumer: &PipelineConsumer, state: &Checkpoint) -> u64 {
     let mut lag = 0u64;
     for ((topic, partition), &next) in &state.offsets {
         let high = tokio::task::block_in_place(|| {
@@ -1233,7 +1216,7 @@ async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> 
 }
 
 async fn partitions_of(
-    consumer: &StreamConsumer,
+    consumer: &PipelineConsumer,
     topic: &str,
 ) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
     let metadata = tokio::task::block_in_place(|| {
@@ -1248,7 +1231,7 @@ async fn partitions_of(
 }
 
 async fn watermarks(
-    consumer: &StreamConsumer,
+    consumer: &PipelineConsumer,
     topic: &str,
     partition: i32,
 ) -> Result<(i64, i64), rdkafka::error::KafkaError> {

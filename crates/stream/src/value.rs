@@ -221,6 +221,9 @@ impl Ord for Value {
     }
 }
 
+/// Days from 0001-01-01 (chrono's day 1 of the common era) to 1970-01-01.
+const DAYS_FROM_CE_TO_1970: i32 = 719_163;
+
 impl std::fmt::Display for Value {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -234,7 +237,10 @@ impl std::fmt::Display for Value {
                 Some(time) => write!(f, "{}", time.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
                 None => write!(f, "timestamp {micros}"),
             },
-            Value::Date(days) => match chrono::NaiveDate::from_num_days_from_ce_opt(days + 719_163)
+            // Postgres dates reach further than chrono's calendar: those show their number.
+            Value::Date(days) => match days
+                .checked_add(DAYS_FROM_CE_TO_1970)
+                .and_then(chrono::NaiveDate::from_num_days_from_ce_opt)
             {
                 Some(date) => write!(f, "{date}"),
                 None => write!(f, "date {days}"),
@@ -358,6 +364,25 @@ mod tests {
         assert_eq!(Value::Float64(f64::NAN), Value::Float64(-f64::NAN));
         assert_ne!(Value::Null, Value::Int32(0));
         assert!(Value::Null < Value::Int32(i32::MIN));
+    }
+
+    #[test]
+    fn dates_beyond_the_calendar_display_as_their_day_number() {
+        assert_eq!(Value::Date(19_000).to_string(), "2022-01-08");
+        assert_eq!(Value::Date(-719_162).to_string(), "0001-01-01");
+        // Postgres dates reach year 5874897, beyond what chrono can name.
+        assert_eq!(
+            Value::Date(i32::MAX).to_string(),
+            format!("date {}", i32::MAX)
+        );
+        assert_eq!(
+            Value::Date(i32::MIN).to_string(),
+            format!("date {}", i32::MIN)
+        );
+        assert_eq!(
+            value_to_json(&Value::Date(i32::MAX)),
+            format!("date {}", i32::MAX)
+        );
     }
 
     #[test]
