@@ -1248,9 +1248,9 @@ async fn two_tables_mapping_to_one_topic_are_refused_naming_both() {
         )
         .await
         .unwrap();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let status = crate::process::run_within(
-        walflow(&database.url).args([
+    let (code, message) = cdc_refusal(
+        &database.url,
+        &[
             "cdc",
             "--slot",
             &unique_name("walflow_slot"),
@@ -1260,16 +1260,9 @@ async fn two_tables_mapping_to_one_topic_are_refused_naming_both() {
             &topics.prefix,
             "--tables",
             "public.my table,public.my_table",
-        ]),
-        log.path(),
-        Duration::from_secs(60),
+        ],
     );
-    let message = std::fs::read_to_string(log.path()).unwrap();
-    assert_eq!(
-        status.and_then(|status| status.code()),
-        Some(1),
-        "cdc refuses at once: {message}"
-    );
+    assert_eq!(code, Some(1), "cdc refuses at once: {message}");
     assert!(
         message
             .contains("tables public.my table and public.my_table would both write to Kafka topic"),
@@ -1381,9 +1374,9 @@ async fn a_resnapshot_leaves_a_foreign_slot_of_the_same_name_alone() {
         .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
         .await
         .unwrap();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let status = crate::process::run_within(
-        walflow(&database.url).args([
+    let (code, message) = cdc_refusal(
+        &database.url,
+        &[
             "cdc",
             "--slot",
             &slot,
@@ -1395,16 +1388,9 @@ async fn a_resnapshot_leaves_a_foreign_slot_of_the_same_name_alone() {
             "public.towns",
             "--snapshot",
             "always",
-        ]),
-        log.path(),
-        Duration::from_secs(60),
+        ],
     );
-    let message = std::fs::read_to_string(log.path()).unwrap();
-    assert_eq!(
-        status.and_then(|status| status.code()),
-        Some(1),
-        "cdc refuses at once: {message}"
-    );
+    assert_eq!(code, Some(1), "cdc refuses at once: {message}");
     assert!(message.contains("not pgoutput"), "{message}");
     let still_there: Option<String> = client
         .query_opt(
@@ -1867,4 +1853,19 @@ async fn sigterm_during_the_snapshot_stops_it_and_leaves_it_to_be_taken_again() 
         Some(false),
         "recorded as started, not complete (stopped after {took:?})"
     );
+}
+
+/// Runs `walflow cdc` with `args`, expected to refuse to start: its exit code (`None` when
+/// it still ran after 60 s and was killed) and what it logged.
+fn cdc_refusal(database_url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = crate::process::run_within(
+        walflow(database_url).args(args),
+        log.path(),
+        Duration::from_secs(60),
+    );
+    (
+        status.and_then(|status| status.code()),
+        std::fs::read_to_string(log.path()).unwrap(),
+    )
 }

@@ -223,7 +223,7 @@ pub async fn run(
                 state.catch_up_to = None;
                 state.caught_up = false;
                 state.start_new_session();
-                let rows = match copy_snapshot(
+                let rows = copy_snapshot(
                     options,
                     &mut sink,
                     &database,
@@ -231,16 +231,7 @@ pub async fn run(
                     state.avro.as_mut(),
                     &stop,
                 )
-                .await
-                {
-                    Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
-                        tracing::info!(
-                            "stopped during the snapshot; it is taken again at the next start"
-                        );
-                        return Ok(state.summary);
-                    }
-                    rows => rows?,
-                };
+                .await;
                 (rows, created.consistent_point)
             }
             existing => {
@@ -254,7 +245,7 @@ pub async fn run(
                 tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
                 snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
                     .await?;
-                let rows = match copy_snapshot(
+                let rows = copy_snapshot(
                     options,
                     &mut sink,
                     &database,
@@ -262,19 +253,17 @@ pub async fn run(
                     state.avro.as_mut(),
                     &stop,
                 )
-                .await
-                {
-                    Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
-                        tracing::info!(
-                            "stopped during the snapshot; it is taken again at the next start"
-                        );
-                        return Ok(state.summary);
-                    }
-                    rows => rows?,
-                };
+                .await;
                 replication = Some(snapshot_connection);
                 (rows, created.consistent_point)
             }
+        };
+        let rows = match rows {
+            Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
+                tracing::info!("stopped during the snapshot; it is taken again at the next start");
+                return Ok(state.summary);
+            }
+            rows => rows?,
         };
         sink.commit(consistent_point, None).await?;
         let acknowledged = sink.drain(consistent_point, sink.delivery_deadline()).await;
@@ -824,9 +813,11 @@ async fn copy_snapshot(
             consistent_point: created.consistent_point,
         },
         now_ms,
-        options.snapshot_progress.as_ref().map(|hook| &*hook.0),
+        snapshot::SnapshotWatch {
+            progress: options.snapshot_progress.as_ref().map(|hook| &*hook.0),
+            stop,
+        },
         avro.as_deref(),
-        stop,
     )
     .await?;
     client.batch_execute("COMMIT").await.map_err(setup_failed)?;

@@ -279,6 +279,14 @@ pub struct SnapshotOrigin<'a> {
     pub consistent_point: Lsn,
 }
 
+/// Who follows the snapshot as it runs: a progress callback, and the stop signal
+/// (checked between batches).
+#[derive(Clone, Copy)]
+pub struct SnapshotWatch<'a> {
+    pub progress: Option<&'a SnapshotProgressFn>,
+    pub stop: &'a tokio::sync::watch::Receiver<bool>,
+}
+
 /// Copies every published table inside the transaction `client` has open on the exported
 /// snapshot, as `r` events. Returns the number of rows.
 pub async fn copy_tables(
@@ -287,10 +295,10 @@ pub async fn copy_tables(
     sink: &mut Sink,
     origin: SnapshotOrigin<'_>,
     now_ms: impl Fn() -> i64,
-    progress: Option<&SnapshotProgressFn>,
+    watch: SnapshotWatch<'_>,
     avro: Option<&crate::avro_events::AvroEvents>,
-    stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<u64, SnapshotError> {
+    let SnapshotWatch { progress, stop } = watch;
     let SnapshotOrigin {
         topic_prefix,
         database,

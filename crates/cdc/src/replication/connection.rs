@@ -352,25 +352,7 @@ impl ReplicationConnection {
         } else {
             "NOEXPORT_SNAPSHOT"
         };
-        let rows = self
-            .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
-                quote_identifier(slot_name)
-            ))
-            .await?;
-        let row = rows.first().ok_or_else(|| {
-            ReplicationError::Protocol("CREATE_REPLICATION_SLOT returned no row".into())
-        })?;
-        let column = |index: usize| row.get(index).cloned().flatten();
-        let consistent_point =
-            column(1).ok_or_else(|| ReplicationError::Protocol("no consistent point".into()))?;
-        Ok(CreatedSlot {
-            slot_name: column(0).unwrap_or_else(|| slot_name.to_owned()),
-            consistent_point: consistent_point
-                .parse()
-                .map_err(|error| ReplicationError::Protocol(format!("{error}")))?,
-            snapshot_name: column(2),
-        })
+        self.create_slot(slot_name, "", snapshot).await
     }
 
     /// A slot that lives only as long as this connection, exporting its snapshot: the
@@ -379,9 +361,19 @@ impl ReplicationConnection {
         &mut self,
         slot_name: &str,
     ) -> Result<CreatedSlot, ReplicationError> {
+        self.create_slot(slot_name, " TEMPORARY", "EXPORT_SNAPSHOT")
+            .await
+    }
+
+    async fn create_slot(
+        &mut self,
+        slot_name: &str,
+        temporary: &str,
+        snapshot: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
         let rows = self
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+                "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput {snapshot}",
                 quote_identifier(slot_name)
             ))
             .await?;
