@@ -48,16 +48,16 @@ pub struct LagArgs {
 
     /// Exit 3 when cdc (commit -> Kafka) or a pipeline end to end (commit -> Cassandra) is
     /// further behind than this many seconds, or cdc is not attached to the slot
-    #[arg(long, value_name = "SECONDS")]
-    max_lag_seconds: Option<u64>,
+    #[arg(long = "max-lag-seconds", value_name = "SECONDS", value_parser = parse_seconds_as_ms)]
+    max_lag_ms: Option<u64>,
 
     /// Exit 3 when a consumer group is more events behind than this on a partition
     #[arg(long, value_name = "EVENTS")]
     max_lag_events: Option<u64>,
 
     /// Exit 3 when a pipeline's last checkpoint is older than this many seconds
-    #[arg(long, value_name = "SECONDS")]
-    max_checkpoint_age: Option<u64>,
+    #[arg(long = "max-checkpoint-age", value_name = "SECONDS", value_parser = parse_seconds_as_ms)]
+    max_checkpoint_age_ms: Option<u64>,
 }
 
 /// Where `walflow lag` and `walflow dashboard` read from besides Postgres and Kafka: the
@@ -134,7 +134,26 @@ fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gb" => 1 << 30,
         other => return Err(format!("unknown unit {other:?} (use B, kB, MB or GB)")),
     };
-    Ok(number * factor)
+    number.checked_mul(factor).ok_or_else(|| {
+        format!(
+            "{text:?} is too large: at most {} bytes can be counted",
+            u64::MAX
+        )
+    })
+}
+
+/// Whole seconds, returned as milliseconds (what the thresholds compare with).
+fn parse_seconds_as_ms(text: &str) -> Result<u64, String> {
+    let seconds: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))?;
+    seconds.checked_mul(1000).ok_or_else(|| {
+        format!(
+            "{seconds} seconds is too large: at most {} seconds can be counted in milliseconds",
+            u64::MAX / 1000
+        )
+    })
 }
 
 pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
@@ -142,9 +161,9 @@ pub async fn run(args: LagArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     let groups = args.sources.consumer_groups()?;
     let thresholds = Thresholds {
         max_lag_bytes: args.max_lag_bytes,
-        max_lag_ms: args.max_lag_seconds.map(|seconds| seconds * 1000),
+        max_lag_ms: args.max_lag_ms,
         max_lag_events: args.max_lag_events,
-        max_checkpoint_age_ms: args.max_checkpoint_age.map(|seconds| seconds * 1000),
+        max_checkpoint_age_ms: args.max_checkpoint_age_ms,
     };
     loop {
         let report = measure(&config, &args.sources, &groups).await;

@@ -594,3 +594,45 @@ async fn a_body_larger_than_a_page_is_refused_naming_the_limit() {
         );
     }
 }
+
+/// The request rate becomes an interval between requests: a rate too small (or not a
+/// positive number) for one is refused by the flag, where it once panicked.
+#[tokio::test]
+async fn a_request_rate_that_gives_no_interval_is_refused_by_its_flag() {
+    let database = TestDatabase::migrated().await;
+    let api = FakeApi::start(&[]);
+    for rate in ["1e-20", "0", "-1", "NaN", "inf"] {
+        let flag = format!("--max-requests-per-second={rate}");
+        let (output, _) = ingest(&database, &api, &["--count", "1", &flag]);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "rate {rate}: {message}");
+        assert!(
+            message.contains("--max-requests-per-second"),
+            "rate {rate}: {message}"
+        );
+    }
+    let (output, summary) = ingest(
+        &database,
+        &api,
+        &["--count", "1", "--max-requests-per-second", "0.5"],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(summary["fetched"], 1);
+}
+
+/// A page number times the page size past the last position the API can number is a bad
+/// request, not an overflow (a panic of the connection's task in debug builds).
+#[tokio::test]
+async fn the_fake_api_answers_a_page_past_the_last_user_with_400() {
+    let api = FakeApi::start(&[]);
+    let response = reqwest::get(format!(
+        "{}?page=18446744073709551615&results=5000",
+        api.url
+    ))
+    .await
+    .expect("the fake API answers");
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("page"), "{body}");
+    assert_eq!(api.page(2, 1, "after").await.len(), 2, "it keeps serving");
+}

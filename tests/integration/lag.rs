@@ -244,3 +244,23 @@ fn an_unreachable_multi_host_postgres_is_reported_without_its_password() {
         "the slot's error names the servers: {report}"
     );
 }
+
+/// Thresholds are multiplied into bytes and milliseconds: one too large for that is refused
+/// by its flag, where it once overflowed (a panic in debug builds, a wrapped tiny threshold
+/// and false alarms in release).
+#[test]
+fn thresholds_too_large_to_count_are_refused_by_their_flag() {
+    let directory = tempfile::tempdir().unwrap();
+    let pipeline = items_pipeline(directory.path(), "unused", "unused", "price");
+    for (flag, value) in [
+        ("--max-lag-bytes", "17179869184GB"),
+        ("--max-lag-seconds", "18446744073709551615"),
+        ("--max-checkpoint-age", "18446744073709552"),
+    ] {
+        let output = lag(&services().postgres_url, &pipeline, &[flag, value]);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{flag} {value}: {message}");
+        assert!(message.contains(flag), "{flag} is named: {message}");
+        assert!(message.contains("too large"), "{message}");
+    }
+}

@@ -105,9 +105,12 @@ impl ApiClient {
             source: source.to_owned(),
             shown_source: walflow_redact::url(source),
             policy,
-            min_interval: max_requests_per_second
-                .filter(|rate| *rate > 0.0)
-                .map(|rate| Duration::from_secs_f64(1.0 / rate)),
+            min_interval: match max_requests_per_second {
+                Some(rate) => Some(request_interval(rate).ok_or_else(|| {
+                    FetchError::Client(format!("{rate} requests per second give no interval"))
+                })?),
+                None => None,
+            },
             next_request_at: Mutex::new(Instant::now()),
             retries: AtomicU64::new(0),
             max_body_bytes: MAX_BODY_BYTES,
@@ -210,6 +213,15 @@ impl ApiClient {
         };
         tokio::time::sleep_until(wait_until).await;
     }
+}
+
+/// The pause between requests at `rate` requests per second: none for a rate that is not a
+/// positive number or so small that the interval does not fit a `Duration`.
+pub fn request_interval(rate: f64) -> Option<Duration> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return None;
+    }
+    Duration::try_from_secs_f64(1.0 / rate).ok()
 }
 
 /// The body, read chunk by chunk so that one past `limit` bytes is dropped as soon as it

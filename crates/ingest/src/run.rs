@@ -11,7 +11,9 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use crate::churn::churn;
-use crate::client::{ApiClient, ApiPage, FetchError, PageRequest, MAX_RESULTS_PER_REQUEST};
+use crate::client::{
+    request_interval, ApiClient, ApiPage, FetchError, PageRequest, MAX_RESULTS_PER_REQUEST,
+};
 use crate::model::User;
 use crate::retry::RetryPolicy;
 use crate::writer::{Reject, UserWriter, WriteError};
@@ -137,6 +139,14 @@ async fn ingest(
             "--churn must be between 0 and 1, got {}",
             options.churn
         )));
+    }
+    if let Some(rate) = options.max_requests_per_second {
+        if request_interval(rate).is_none() {
+            return Err(IngestError::Options(format!(
+                "--max-requests-per-second must be a positive number of requests per second \
+                 that gives an interval between them (for example 0.5 or 20), got {rate}"
+            )));
+        }
     }
     let mut writer =
         UserWriter::connect(&options.postgres_url, &walflow_redact::url(&options.source)).await?;

@@ -143,8 +143,23 @@ async fn users(
         .collect();
     let (include, exclude) = (list("inc"), list("exc"));
 
-    let first_position = (page - 1) * results;
-    let records: Vec<_> = (first_position..first_position + results)
+    // Positions are u64: a page past the last one is the client's mistake, not an overflow.
+    let Some((first_position, end_position)) = (page - 1)
+        .checked_mul(results)
+        .and_then(|first| Some((first, first.checked_add(results)?)))
+    else {
+        let error = format!(
+            "page {page} of {results} results is past the last user this API can number \
+             ({} users)",
+            u64::MAX
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "error": error })),
+        )
+            .into_response();
+    };
+    let records: Vec<_> = (first_position..end_position)
         .map(|position| {
             let mut record = generator::user(&seed, position, &nationalities);
             state.faults.maybe_corrupt(&seed, position, &mut record);

@@ -91,14 +91,16 @@ impl LagReport {
     pub fn breaches(&self, thresholds: &Thresholds) -> Vec<Breach> {
         let mut breaches = Vec::new();
         if let Some(limit) = thresholds.max_lag_bytes {
+            // Postgres counts WAL bytes in an i64: a larger limit is one no slot can pass.
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             match &self.slot {
-                Some(slot) if slot.lag_bytes.unwrap_or(0) > limit as i64 => breaches.push(Breach {
+                Some(slot) if slot.lag_bytes.unwrap_or(0) > limit => breaches.push(Breach {
                     hop: "postgres slot".into(),
                     message: format!(
                         "slot {} is {} behind the current WAL position (limit {})",
                         slot.slot_name,
                         human_bytes(slot.lag_bytes.unwrap_or(0)),
-                        human_bytes(limit as i64)
+                        human_bytes(limit)
                     ),
                 }),
                 Some(_) => {}
@@ -402,6 +404,15 @@ mod tests {
             breaches[0].message.contains("4.9 kB behind"),
             "{breaches:?}"
         );
+    }
+
+    #[test]
+    fn a_byte_limit_past_what_postgres_counts_is_never_breached() {
+        let breaches = report(5_000, true).breaches(&Thresholds {
+            max_lag_bytes: Some(u64::MAX),
+            ..Thresholds::default()
+        });
+        assert!(breaches.is_empty(), "{breaches:?}");
     }
 
     #[test]
