@@ -931,3 +931,162 @@ async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
         "the healthy pipeline wrote its checkpoint before the process ended:\n{log}"
     );
 }
+
+/// Deletes the records of `topic`'s partition 0 before `offset`, as retention does.
+async fn delete_records_before(topic: &str, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", services().kafka_brokers)
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    let result = admin
+        .delete_records(&offsets, &AdminOptions::new())
+        .await
+        .unwrap();
+    for element in result.elements() {
+        assert!(
+            element.error().is_ok(),
+            "deleting records of {topic}: {element:?}"
+        );
+    }
+}
+
+fn item_event(id: i32) -> String {
+    format!(r#"{{"before":null,"after":{{"id":{id},"price":{id}.5}},"op":"c"}}"#)
+}
+
+/// Records the pipeline has not read yet, deleted by retention, must not be jumped over: a
+/// pipeline resuming from its checkpoint at an offset Kafka no longer has stops with an
+/// error naming the topic, partition and the offsets lost, and what to do.
+#[tokio::test]
+async fn a_pipeline_resuming_past_records_deleted_by_retention_stops_and_names_the_gap() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    let process = || {
+        run(walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--until-caught-up", "--checkpoint-dir"])
+            .arg(directory.path().join("checkpoints"))
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", topics.prefix),
+            ])
+            .arg(&pipeline))
+    };
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let ids = || async {
+        cassandra_rows_by_int(
+            &session,
+            &format!("SELECT JSON * FROM {}.item_prices", keyspace.name),
+        )
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect::<Vec<_>>()
+    };
+    kcat_produce(&topic, (1..=3).map(item_event));
+    let first = process();
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(ids().await, vec![1, 2, 3]);
+
+    // Items 4 and 5 (offsets 3 and 4) are deleted before the pipeline reads them.
+    kcat_produce(&topic, (4..=6).map(item_event));
+    delete_records_before(&topic, 5).await;
+    let resumed = process();
+    let message = stderr(&resumed);
+    assert_eq!(
+        resumed.status.code(),
+        Some(1),
+        "the pipeline went on past the deleted offsets 3 and 4; Cassandra has items {:?}:\n{message}",
+        ids().await
+    );
+    assert!(
+        message.contains(&topic) && message.contains("partition 0"),
+        "{message}"
+    );
+    assert!(message.contains("offsets 3 to 4"), "{message}");
+    assert!(
+        message.contains("--topic-prefix") && message.contains("--rebuild"),
+        "{message}"
+    );
+    assert_eq!(
+        ids().await,
+        vec![1, 2, 3],
+        "nothing was written past the gap"
+    );
+}
+
+/// A rebuild replays the topics from their start; when retention has deleted their first
+/// records it would leave the sink tables with only what is left, so it is refused before
+/// anything is emptied, with the way out.
+#[tokio::test]
+async fn a_rebuild_is_refused_when_retention_deleted_the_start_of_a_topic() {
+    let topics = TestTopics::new();
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    let pipeline = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    let process = |flags: &[&str]| {
+        run(walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--until-caught-up", "--checkpoint-dir"])
+            .arg(directory.path().join("checkpoints"))
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", topics.prefix),
+            ])
+            .args(flags)
+            .arg(&pipeline))
+    };
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let ids = || async {
+        cassandra_rows_by_int(
+            &session,
+            &format!("SELECT JSON * FROM {}.item_prices", keyspace.name),
+        )
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect::<Vec<_>>()
+    };
+    kcat_produce(&topic, (1..=3).map(item_event));
+    let first = process(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    delete_records_before(&topic, 2).await;
+
+    let refused = process(&["--rebuild"]);
+    let message = stderr(&refused);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "the rebuild went ahead; Cassandra has items {:?}:\n{message}",
+        ids().await
+    );
+    assert!(
+        message.contains(&topic) && message.contains("starts at offset 2"),
+        "{message}"
+    );
+    assert!(message.contains("--topic-prefix"), "{message}");
+    assert_eq!(
+        ids().await,
+        vec![1, 2, 3],
+        "the sink tables were not emptied"
+    );
+
+    // The pipeline edited, --rebuild-if-changed is refused the same way.
+    items_pipeline(directory.path(), &topic, &keyspace.name, "price * 2");
+    let refused = process(&["--rebuild-if-changed"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("starts at offset 2"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(ids().await, vec![1, 2, 3]);
+}
