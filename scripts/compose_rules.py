@@ -14,6 +14,27 @@ def volume_targets(service):
     return targets
 
 
+def host_address(port):
+    """The host address a published port binds, or None for all interfaces."""
+    if isinstance(port, dict):
+        return port.get("host_ip")
+    parts = str(port).rsplit(":", 2)
+    return parts[0].strip("[]") if len(parts) == 3 else None
+
+
+def ports_on_all_interfaces(services):
+    """Published ports without a loopback host address: Compose binds them on 0.0.0.0, which
+    exposes an unauthenticated dashboard, Kafka and Cassandra, and Postgres with its
+    default password, to the whole network."""
+    problems = []
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            if host_address(port) != "127.0.0.1":
+                shown = port if isinstance(port, str) else port.get("published", port.get("target"))
+                problems.append(f"{name} publishes {shown} on every host interface (write it as \"127.0.0.1:HOST:CONTAINER\")")
+    return problems
+
+
 def problems_of(config):
     services = config["services"]
     problems = []
@@ -43,6 +64,7 @@ def problems_of(config):
         problems.append("walflow-process keeps its checkpoints outside a volume: a new container would start over")
     if "/opt/airflow/dags" not in volume_targets(services.get("airflow", {})):
         problems.append("airflow does not mount airflow/dags")
+    problems.extend(ports_on_all_interfaces(services))
     return problems, len(services)
 
 
@@ -51,4 +73,4 @@ if __name__ == "__main__":
     if problems:
         print("check-compose: " + "; ".join(problems), file=sys.stderr)
         sys.exit(1)
-    print(f"check-compose: {count} services, health-ordered start, logical WAL, DAGs mounted")
+    print(f"check-compose: {count} services, health-ordered start, logical WAL, DAGs mounted, ports on 127.0.0.1")

@@ -156,7 +156,7 @@ impl Config {
             .or(file.cassandra.nodes)
             .unwrap_or_else(|| DEFAULT_CASSANDRA_NODES.to_owned());
         let config = Config {
-            postgres_url: SecretUrl::new(postgres_url),
+            postgres_url: SecretUrl::postgres(postgres_url),
             kafka_brokers: non_empty_list(&kafka_brokers, "the Kafka broker list")?.join(","),
             cassandra_nodes: non_empty_list(&cassandra_nodes, "the Cassandra node list")?,
             schema_registry_url: args
@@ -164,7 +164,7 @@ impl Config {
                 .clone()
                 .or(file.schema_registry.url)
                 .filter(|url| !url.trim().is_empty())
-                .map(SecretUrl::new),
+                .map(SecretUrl::http),
         };
         tracing::debug!(?config, "configuration loaded");
         Ok(config)
@@ -202,20 +202,46 @@ fn non_empty_list(list: &str, what: &'static str) -> Result<Vec<String>, ConfigE
 
 /// A connection URL whose password never reaches a log line, an error or `Debug`.
 #[derive(Clone)]
-pub struct SecretUrl(String);
+pub struct SecretUrl {
+    url: String,
+    kind: UrlKind,
+}
+
+/// Which grammar the URL follows, so that redaction can parse it.
+#[derive(Clone, Copy)]
+enum UrlKind {
+    /// A Postgres URL or libpq key/value string.
+    Postgres,
+    /// An HTTP(S) URL, whose userinfo and query values are hidden.
+    Http,
+}
 
 impl SecretUrl {
-    pub fn new(url: String) -> Self {
-        SecretUrl(url)
+    pub fn postgres(url: String) -> Self {
+        SecretUrl {
+            url,
+            kind: UrlKind::Postgres,
+        }
+    }
+
+    pub fn http(url: String) -> Self {
+        SecretUrl {
+            url,
+            kind: UrlKind::Http,
+        }
     }
 
     /// The URL with its password, only for handing to a client library.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.url
     }
 
+    /// The URL rebuilt without its secrets, or `***` when it cannot be parsed.
     pub fn redacted(&self) -> String {
-        redact_password(&self.0)
+        match self.kind {
+            UrlKind::Postgres => walflow_redact::postgres(&self.url),
+            UrlKind::Http => walflow_redact::url(&self.url),
+        }
     }
 }
 
@@ -231,48 +257,17 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-/// Hides the password of a URL (`postgres://user:secret@host`) or of a libpq key/value
-/// string (`host=... password=secret`).
-pub fn redact_password(connection: &str) -> String {
-    if let Ok(mut url) = url::Url::parse(connection) {
-        if url.password().is_some() {
-            // Only URLs that cannot have a password refuse this, and this one has one.
-            let _ = url.set_password(Some("***"));
-        }
-        // Query parameters may carry a password too (`?password=...`).
-        if url.query_pairs().any(|(key, _)| key == "password") {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(key, value)| {
-                    let value = if key == "password" {
-                        "***".to_owned()
-                    } else {
-                        value.into_owned()
-                    };
-                    (key.into_owned(), value)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        return url.to_string();
-    }
-    connection
-        .split_whitespace()
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => "password=***".to_owned(),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn redact_password(connection: &str) -> String {
+        SecretUrl::postgres(connection.to_owned()).to_string()
+    }
+
     #[test]
     fn url_passwords_are_redacted() {
-        let url = SecretUrl::new("postgres://walflow:s3cret@db:5432/walflow".into());
+        let url = SecretUrl::postgres("postgres://walflow:s3cret@db:5432/walflow".into());
         assert_eq!(url.to_string(), "postgres://walflow:***@db:5432/walflow");
         assert!(!format!("{url:?}").contains("s3cret"));
         assert_eq!(url.expose(), "postgres://walflow:s3cret@db:5432/walflow");
@@ -285,6 +280,56 @@ mod tests {
         assert!(query.contains("sslmode=require"), "{query}");
         let key_value = redact_password("host=db user=a password=s3cret dbname=walflow");
         assert_eq!(key_value, "host=db user=a password=*** dbname=walflow");
+    }
+
+    /// Each of these once came back with its password (`redact_password` failed open).
+    #[test]
+    fn passwords_are_hidden_in_every_connection_string_form() {
+        let leaks = [
+            "postgres://walflow:s3cret@pg1:5432,pg2:5432/walflow",
+            "postgresql://walflow:s3cret@pg1,pg2:6432/walflow?sslmode=disable",
+            "postgres://walflow:s3cret/x@db:5432/walflow",
+            "host=db user=a password = s3cret dbname=walflow",
+            "host=db user=a password='s3cret and more' dbname=walflow",
+            "host=db user=a password=s3cret\\ more dbname=walflow",
+            "postgres://walflow:s3cret@db:5432/walflow?password=s3cret",
+        ]
+        .into_iter()
+        .map(|connection| (connection, redact_password(connection)))
+        .filter(|(_, shown)| shown.contains("s3cret") || shown.contains("more"))
+        .collect::<Vec<_>>();
+        assert!(leaks.is_empty(), "passwords shown: {leaks:#?}");
+    }
+
+    #[test]
+    fn unparsable_connection_strings_are_hidden_whole() {
+        let shown = [
+            "postgres://walflow:s3cret@db:notaport/walflow",
+            "host=db password='s3cret",
+            "s3cret",
+            "postgres://walflow:s3cret@[::1/walflow",
+        ]
+        .into_iter()
+        .map(|connection| (connection, redact_password(connection)))
+        .filter(|(_, shown)| shown != "***")
+        .collect::<Vec<_>>();
+        assert!(shown.is_empty(), "shown although unparsable: {shown:#?}");
+    }
+
+    #[test]
+    fn redacted_connection_strings_keep_what_locates_the_server() {
+        assert_eq!(
+            redact_password("postgres://walflow:s3cret@pg1:5432,pg2:5433/walflow"),
+            "postgres://walflow:***@pg1:5432,pg2:5433/walflow"
+        );
+        assert_eq!(
+            redact_password("host=pg1,pg2 port=5432 user=a password='a b' dbname=walflow"),
+            "host=pg1,pg2 port=5432 user=a password=*** dbname=walflow"
+        );
+        assert_eq!(
+            redact_password("postgres://walflow@db/walflow"),
+            "postgres://walflow@db:5432/walflow"
+        );
     }
 
     #[test]

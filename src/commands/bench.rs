@@ -685,7 +685,7 @@ pub(super) async fn connect(url: &str) -> anyhow::Result<Client> {
     let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| {
         format!(
             "cannot connect to Postgres at {}",
-            crate::config::redact_password(url)
+            walflow_redact::postgres(url)
         )
     })?;
     tokio::spawn(connection);

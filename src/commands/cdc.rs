@@ -90,6 +90,16 @@ pub struct CdcArgs {
     /// down), in seconds
     #[arg(long, default_value_t = 300, value_name = "SECS")]
     kafka_message_timeout: u64,
+
+    /// Largest event (key and value) sent to Kafka, in bytes. A larger one never stops cdc:
+    /// a record naming its table, key, position and size goes to the dead-letter topic in
+    /// its place. Raise it together with the topics' max.message.bytes
+    #[arg(long, default_value_t = 1_000_000, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1024..=1_000_000_000))]
+    kafka_max_message_bytes: u64,
+
+    /// Where records of events too large for Kafka go [default: <topic-prefix>.dead_letters]
+    #[arg(long, value_name = "TOPIC")]
+    dead_letter_topic: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,8 +110,12 @@ enum CdcAction {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SnapshotArg {
+    /// When the slot is created, and again when an earlier snapshot was cut short
     Initial,
+    /// Never: changes from the slot's creation on only
     Never,
+    /// At every start: the slot first streams its changes up to a new snapshot (deletes
+    /// included), then the full copy, then the stream
     Always,
 }
 
@@ -164,6 +178,8 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         SinkKind::Kafka => {
             let mut settings = KafkaSettings::new(&config.kafka_brokers);
             settings.message_timeout = Duration::from_secs(args.kafka_message_timeout.max(1));
+            settings.max_message_bytes = args.kafka_max_message_bytes as usize;
+            settings.dead_letter_topic = dead_letter_topic(&args);
             Sink::kafka_with(settings).context("cannot create the Kafka producer")?
         }
         SinkKind::Stdout => Sink::stdout(),
@@ -213,6 +229,7 @@ async fn report_progress(metrics: std::sync::Arc<walflow_cdc::metrics::CdcMetric
             acked_lsn = %walflow_pgoutput::Lsn(now.acked_lsn),
             acked_lag_ms,
             delivery_failures = now.delivery_failures,
+            dead_letters = now.dead_letters,
             reconnects = now.reconnects,
             "progress"
         );
@@ -320,6 +337,7 @@ fn render_metrics(
     for (kind, count) in [
         ("kafka_undelivered", now.delivery_failures),
         ("postgres_session_lost", now.postgres_sessions_lost),
+        ("event_too_large", now.dead_letters),
     ] {
         errors
             .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
@@ -329,7 +347,8 @@ fn render_metrics(
         "errors",
         "Errors cdc recovered from, by kind: kafka_undelivered (Kafka refused events past the \
          message timeout; resent from the slot), postgres_session_lost (the replication \
-         session ended; resumed from the slot)",
+         session ended; resumed from the slot), event_too_large (an event over \
+         --kafka-max-message-bytes, replaced by a record on the dead-letter topic)",
         errors,
     );
     registry.register(
@@ -365,4 +384,11 @@ fn render_metrics(
         "Times the connection to Postgres was lost and made again",
         ConstCounter::new(now.reconnects),
     );
+}
+
+/// `--dead-letter-topic`, or `<topic-prefix>.dead_letters`.
+fn dead_letter_topic(args: &CdcArgs) -> String {
+    args.dead_letter_topic
+        .clone()
+        .unwrap_or_else(|| format!("{}.dead_letters", args.topic_prefix))
 }

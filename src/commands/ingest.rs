@@ -22,7 +22,8 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[command(
     long_about = "Fetches users from a randomuser-compatible API and upserts them into the \
         `users` table (run `walflow migrate` first).\n\n\
-        Records that do not validate (a missing uuid, a bad date, a field of the wrong type) \
+        Records that do not validate (a missing uuid, a bad date, a field of the wrong type, \
+        a NUL character, which Postgres cannot store) \
         go to `ingest_rejects` with the reason; the rest are written. Each batch is one \
         transaction. Re-running with the same --seed changes nothing. 429s, 5xx, timeouts \
         and garbled bodies are retried with exponential backoff and jitter, honouring \
@@ -36,8 +37,15 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 1000)]
     count: u64,
 
-    /// The API to fetch from
-    #[arg(long, env = "WALFLOW_INGEST_SOURCE", default_value = DEFAULT_SOURCE, value_name = "URL")]
+    /// The API to fetch from (an API key may sit in its query string or userinfo: it is
+    /// shown as ***)
+    #[arg(
+        long,
+        env = "WALFLOW_INGEST_SOURCE",
+        hide_env_values = true,
+        default_value = DEFAULT_SOURCE,
+        value_name = "URL"
+    )]
     source: String,
 
     /// Seed passed to the API: the same seed gives the same users
@@ -99,7 +107,7 @@ pub async fn run(args: IngestArgs, global: &GlobalArgs) -> Result<ExitCode, Fail
         let progress = progress.clone();
         move |handled: u64| progress.inc(handled)
     };
-    tracing::info!(source = %options.source, count = options.count, seed = ?options.seed, "ingest starting");
+    tracing::info!(source = %walflow_redact::url(&options.source), count = options.count, seed = ?options.seed, "ingest starting");
     let outcome = run::run(&options, stop, &on_written).await;
     progress.finish_and_clear();
 

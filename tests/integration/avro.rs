@@ -612,3 +612,59 @@ async fn an_avro_event_of_an_unknown_schema_id_is_a_dead_letter_and_the_rest_flo
         "{reason}"
     );
 }
+
+/// Avro change events of a REPLICA IDENTITY FULL table: the key schema is the primary key's,
+/// registered once by the snapshot and kept by the stream, so updates (with NULLs in other
+/// columns) flow on instead of cdc refusing a key schema of every column.
+#[tokio::test]
+async fn avro_events_of_a_replica_identity_full_table_keep_the_primary_key_schema() {
+    use crate::harness::{TestDatabase, TestTopics};
+
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE members (id int PRIMARY KEY, email text, city text, updated_at timestamptz);
+             ALTER TABLE members REPLICA IDENTITY FULL;
+             INSERT INTO members VALUES (1, 'a@example.com', NULL, now());",
+        )
+        .await
+        .unwrap();
+    let url = services().schema_registry_url;
+    let cdc = avro_cdc(&database, &slot, &topics, "public.members", &[]).await;
+    client
+        .batch_execute(
+            "INSERT INTO members VALUES (2, NULL, 'Oslo', NULL);
+             UPDATE members SET city = 'Lima', updated_at = now() WHERE id = 1;
+             DELETE FROM members WHERE id = 2;",
+        )
+        .await
+        .unwrap();
+    crate::cdc::wait_until_caught_up(&client, &slot).await;
+    let topic = format!("{}.public.members", topics.prefix);
+    let messages = avro_messages(&topic, 5);
+    let keys: Vec<&serde_json::Value> = messages.iter().map(|message| &message["key"]).collect();
+    assert_eq!(
+        keys,
+        [
+            &serde_json::json!({"id": 1}),
+            &serde_json::json!({"id": 2}),
+            &serde_json::json!({"id": 1}),
+            &serde_json::json!({"id": 2}),
+            &serde_json::json!({"id": 2}),
+        ],
+        "{messages:?}"
+    );
+    let ops: Vec<&serde_json::Value> = messages[..4]
+        .iter()
+        .map(|message| &message["value"]["op"])
+        .collect();
+    assert_eq!(ops, ["r", "c", "u", "d"]);
+    assert_eq!(messages[2]["value"]["after"]["city"], "Lima");
+    let versions: Vec<u64> = registry_get(&format!("{url}/subjects/{topic}-key/versions")).await;
+    assert_eq!(versions.len(), 1, "one key schema: {versions:?}");
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}

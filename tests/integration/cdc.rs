@@ -1077,3 +1077,795 @@ async fn a_row_written_during_slot_creation_arrives_exactly_once() {
     }
     assert!(lost.is_empty(), "{}", lost.join("\n"));
 }
+
+/// The partition and offset of each message, grouped by its key's `id`, in offset order.
+fn versions_by_id(messages: &[Value]) -> std::collections::BTreeMap<i64, Vec<(i64, i64, Value)>> {
+    let mut by_id: std::collections::BTreeMap<i64, Vec<(i64, i64, Value)>> = Default::default();
+    for message in messages {
+        let key = parsed(&message["key"]);
+        let id = key["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("a key other than the primary key: {key}"));
+        assert_eq!(
+            key.as_object().unwrap().len(),
+            1,
+            "key {key} is not just the primary key"
+        );
+        by_id.entry(id).or_default().push((
+            message["partition"].as_i64().unwrap(),
+            message["offset"].as_i64().unwrap(),
+            parsed(&message["payload"]),
+        ));
+    }
+    for versions in by_id.values_mut() {
+        versions.sort_by_key(|(partition, offset, _)| (*partition, *offset));
+    }
+    by_id
+}
+
+/// pgoutput flags every column of a REPLICA IDENTITY FULL table as part of its identity;
+/// the Kafka key is still the primary key, as for the snapshot, so every version of a row
+/// lands on one partition of a 6-partition topic, in commit order, and the delete's
+/// tombstone carries the same key.
+#[tokio::test]
+async fn a_replica_identity_full_table_keeps_each_rows_key_and_partition_across_updates() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE people (id int PRIMARY KEY, name text, version int NOT NULL,
+                                  note text, updated_at timestamptz NOT NULL DEFAULT now());
+             ALTER TABLE people REPLICA IDENTITY FULL;
+             INSERT INTO people (id, name, version) SELECT n, 'p' || n, 0 FROM generate_series(1, 10) n;",
+        )
+        .await
+        .unwrap();
+    let topic = format!("{}.public.people", topics.prefix);
+    crate::harness::create_topic(&topic, 6).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.people").await;
+    client
+        .batch_execute(
+            "INSERT INTO people (id, name, version) SELECT n, 'p' || n, 0 FROM generate_series(11, 24) n;",
+        )
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        client
+            .batch_execute(
+                "UPDATE people SET version = version + 1, updated_at = clock_timestamp(),
+                                   note = CASE WHEN id % 2 = 0 THEN NULL ELSE 'odd' END",
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute("DELETE FROM people WHERE id % 3 = 0")
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let messages = kcat_all(&topic);
+    let by_id = versions_by_id(&messages);
+    assert_eq!(by_id.len(), 24, "{by_id:?}");
+    let mut partitions_used = std::collections::BTreeSet::new();
+    for (id, versions) in &by_id {
+        let partitions: std::collections::BTreeSet<i64> = versions
+            .iter()
+            .map(|(partition, _, _)| *partition)
+            .collect();
+        assert_eq!(
+            partitions.len(),
+            1,
+            "row {id} spread over partitions: {versions:?}"
+        );
+        partitions_used.extend(partitions);
+        let history: Vec<String> = versions
+            .iter()
+            .map(|(_, _, payload)| match payload["op"].as_str() {
+                Some("d") => "d".to_owned(),
+                Some(op) => format!("{op}{}", payload["after"]["version"]),
+                None => "tombstone".to_owned(),
+            })
+            .collect();
+        let first = if *id <= 10 { "r0" } else { "c0" };
+        let mut expected = vec![
+            first.to_owned(),
+            "u1".into(),
+            "u2".into(),
+            "u3".into(),
+            "u4".into(),
+        ];
+        if id % 3 == 0 {
+            expected.extend(["d".to_owned(), "tombstone".to_owned()]);
+        }
+        assert_eq!(history, expected, "row {id}, in offset order");
+    }
+    assert!(
+        partitions_used.len() > 1,
+        "24 keys should hash to more than one of 6 partitions: {partitions_used:?}"
+    );
+}
+
+/// Table names Kafka does not allow in a topic name (a space, non-ASCII letters) are
+/// mapped as Debezium maps them, every other character becoming `_`, and their changes
+/// flow like any other table's, while another table's changes keep flowing too.
+#[tokio::test]
+async fn tables_whose_names_kafka_refuses_stream_to_sanitized_topics() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            r#"CREATE TABLE "my table" (id int PRIMARY KEY, note text);
+               CREATE TABLE "Größe" (id int PRIMARY KEY);
+               CREATE TABLE plain (id int PRIMARY KEY);"#,
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::started(
+        &database,
+        &slot,
+        &topics,
+        "public.my table,public.Größe,public.plain",
+    )
+    .await;
+    client
+        .batch_execute(
+            r#"INSERT INTO "my table" VALUES (1, 'spaced');
+               INSERT INTO "Größe" VALUES (7);
+               INSERT INTO plain VALUES (3);"#,
+        )
+        .await
+        .unwrap();
+    let spaced = kcat_messages(&format!("{}.public.my_table", topics.prefix), 1);
+    assert_eq!(parsed(&spaced[0]["payload"])["after"]["note"], "spaced");
+    assert_eq!(parsed(&spaced[0]["payload"])["source"]["table"], "my table");
+    let umlaut = kcat_messages(&format!("{}.public.Gr__e", topics.prefix), 1);
+    assert_eq!(parsed(&umlaut[0]["key"]), serde_json::json!({"id": 7}));
+    let plain = kcat_messages(&format!("{}.public.plain", topics.prefix), 1);
+    assert_eq!(parsed(&plain[0]["key"]), serde_json::json!({"id": 3}));
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// Two tables whose topic names come out the same (`"my table"` and `my_table`) are
+/// refused at start, naming both and what to do, instead of mixing their changes.
+#[tokio::test]
+async fn two_tables_mapping_to_one_topic_are_refused_naming_both() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let client = database.client().await;
+    client
+        .batch_execute(
+            r#"CREATE TABLE "my table" (id int PRIMARY KEY);
+               CREATE TABLE my_table (id int PRIMARY KEY);"#,
+        )
+        .await
+        .unwrap();
+    let (code, message) = cdc_refusal(
+        &database.url,
+        &[
+            "cdc",
+            "--slot",
+            &unique_name("walflow_slot"),
+            "--publication",
+            "walflow_test",
+            "--topic-prefix",
+            &topics.prefix,
+            "--tables",
+            "public.my table,public.my_table",
+        ],
+    );
+    assert_eq!(code, Some(1), "cdc refuses at once: {message}");
+    assert!(
+        message
+            .contains("tables public.my table and public.my_table would both write to Kafka topic"),
+        "{message}"
+    );
+    assert!(message.contains("rename one of the tables"), "{message}");
+}
+
+/// cdc killed right after creating its slot, before any snapshot bookkeeping of its own
+/// (here: held there by a lock on walflow_cdc_snapshot), still takes the snapshot at the
+/// next start; and `cdc drop` forgets the earlier slot's completed snapshot, so it cannot
+/// stand in for the new slot's.
+#[tokio::test]
+async fn cdc_killed_during_its_first_start_takes_the_snapshot_at_the_next() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE towns (id int PRIMARY KEY); INSERT INTO towns VALUES (1), (2), (3)",
+        )
+        .await
+        .unwrap();
+    let topic = format!("{}.public.towns", topics.prefix);
+    // An earlier slot of this name, snapshot completed, then dropped.
+    let (code, log) = Cdc::started(&database, &slot, &topics, "public.towns")
+        .await
+        .stop();
+    assert_eq!(code, Some(0), "{log}");
+    let output = run(walflow(&database.url).args([
+        "cdc",
+        "drop",
+        "--slot",
+        &slot,
+        "--publication",
+        "walflow_test",
+    ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    client
+        .batch_execute("INSERT INTO towns VALUES (4), (5)")
+        .await
+        .unwrap();
+
+    let locker = database.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE walflow_cdc_snapshot IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.towns");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cdc never waited for walflow_cdc_snapshot: {}",
+            cdc.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // kill -9, and its session ends with it.
+    drop(cdc);
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+        .unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
+
+    let cdc = Cdc::started(&database, &slot, &topics, "public.towns").await;
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let resnapshot: Vec<i64> = kcat_all(&topic)[3..]
+        .iter()
+        .map(|message| parsed(&message["payload"]))
+        .filter(|value| value["op"] == "r")
+        .map(|value| value["after"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(resnapshot, [1, 2, 3, 4, 5], "the second slot's snapshot");
+}
+
+/// `--snapshot always` recreates walflow's own slot, but never drops a slot of the same
+/// name that is not a pgoutput slot of this database (a standby's physical slot here).
+#[tokio::test]
+async fn a_resnapshot_leaves_a_foreign_slot_of_the_same_name_alone() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE towns (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    client
+        .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+    let (code, message) = cdc_refusal(
+        &database.url,
+        &[
+            "cdc",
+            "--slot",
+            &slot,
+            "--publication",
+            "walflow_test",
+            "--topic-prefix",
+            &topics.prefix,
+            "--tables",
+            "public.towns",
+            "--snapshot",
+            "always",
+        ],
+    );
+    assert_eq!(code, Some(1), "cdc refuses at once: {message}");
+    assert!(message.contains("not pgoutput"), "{message}");
+    let still_there: Option<String> = client
+        .query_opt(
+            "SELECT slot_type::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .map(|row| row.get(0));
+    assert_eq!(still_there.as_deref(), Some("physical"));
+    client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .unwrap();
+}
+
+/// An event larger than Kafka takes (`--kafka-max-message-bytes`, 1 MB by default) never
+/// stops cdc: a record naming its topic, key and size goes to the dead-letter topic in its
+/// place, and the changes after it flow on.
+#[tokio::test]
+async fn an_event_too_large_for_kafka_goes_to_the_dead_letters_and_the_stream_goes_on() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        .await
+        .unwrap();
+    let cdc = Cdc::started(&database, &slot, &topics, "public.notes").await;
+    client
+        .batch_execute(
+            "INSERT INTO notes VALUES (1, 'small');
+             INSERT INTO notes VALUES (2, repeat('x', 1200000));
+             INSERT INTO notes VALUES (3, 'after');",
+        )
+        .await
+        .unwrap();
+    let topic = format!("{}.public.notes", topics.prefix);
+    let ids: Vec<i64> = kcat_messages(&topic, 2)
+        .iter()
+        .map(|message| parsed(&message["key"])["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 3], "the rows around the oversized one");
+    let dead = kcat_messages(&format!("{}.dead_letters", topics.prefix), 1);
+    let record = parsed(&dead[0]["payload"]);
+    assert_eq!(record["topic"], topic.as_str(), "{record}");
+    assert_eq!(parsed(&dead[0]["key"]), serde_json::json!({"id": 2}));
+    assert!(record["bytes"].as_u64().unwrap() > 1_200_000, "{record}");
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--kafka-max-message-bytes"),
+        "{record}"
+    );
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        log.contains("larger than --kafka-max-message-bytes"),
+        "{log}"
+    );
+}
+
+/// While Kafka takes nothing (unreachable here), cdc stops reading changes once
+/// librdkafka's queue fills up, but goes on sending status updates, so Postgres does not
+/// end the replication session as dead after wal_sender_timeout (2 s here).
+#[tokio::test]
+async fn a_kafka_that_pushes_back_does_not_make_postgres_drop_the_session() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET wal_sender_timeout = '2s';
+             CREATE TABLE blobs (id int PRIMARY KEY, body text);",
+            database.name
+        ))
+        .await
+        .unwrap();
+    let cdc = Cdc::start_with(
+        &database,
+        &slot,
+        &topics,
+        "public.blobs",
+        &[
+            "--kafka-brokers",
+            "127.0.0.1:9",
+            "--kafka-message-timeout",
+            "3600",
+            "--snapshot",
+            "never",
+        ],
+    );
+    // Topic creation waits for the unreachable brokers first, for up to 30 s.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cdc.log_so_far().contains("streaming changes") {
+        assert!(
+            Instant::now() < deadline,
+            "cdc did not start streaming: {}",
+            cdc.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_active_slot(&database, &slot).await;
+    // About 30 MB of events: more than librdkafka's 16 MB queue holds.
+    client
+        .batch_execute(
+            "INSERT INTO blobs SELECT n, repeat(md5(n::text), 32) FROM generate_series(1, 30000) n",
+        )
+        .await
+        .unwrap();
+    let walsender = || async {
+        client
+            .query_one(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<i32>>(0)
+    };
+    let first = walsender().await;
+    assert!(first.is_some(), "the slot is active");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        walsender().await,
+        first,
+        "the same replication session, still active: {}",
+        cdc.log_so_far()
+    );
+    let log = cdc.log_so_far();
+    assert!(!log.contains("lost Postgres"), "{log}");
+}
+
+/// A server that accepts the connection and never answers (overloaded, or a half-open
+/// link behind a firewall) is an error after `connect_timeout`, not a hang.
+#[tokio::test]
+async fn a_postgres_that_never_answers_is_an_error_after_the_connect_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection, saying nothing.
+    let _holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let url = format!("postgres://walflow@127.0.0.1:{port}/walflow?connect_timeout=2");
+    let mut child = walflow(&url)
+        .args(["cdc", "--slot", "walflow_silent"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("walflow cdc still waits for a server that never answers after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut message = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut message)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{message}");
+    assert!(message.contains("did not answer within 2 s"), "{message}");
+}
+
+/// The snapshot copies exactly what the stream publishes: the publication's row filter and
+/// column list (so a column kept out of the stream never reaches Kafka), an inheritance
+/// child's rows only under the child's own topic, and no stored generated column, which
+/// pgoutput leaves out of its Relation messages.
+#[tokio::test]
+async fn the_snapshot_copies_what_the_publication_publishes_and_nothing_else() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY, secret text, region text);
+             CREATE TABLE child (extra int) INHERITS (parent);
+             ALTER TABLE child ADD PRIMARY KEY (id);
+             CREATE TABLE gen (id int PRIMARY KEY, n int, doubled int GENERATED ALWAYS AS (n * 2) STORED);
+             INSERT INTO parent VALUES (1, 's1', 'eu'), (2, 's2', 'us');
+             INSERT INTO child VALUES (3, 's3', 'eu', 9);
+             INSERT INTO gen (id, n) VALUES (1, 21);
+             CREATE PUBLICATION walflow_test FOR TABLE ONLY parent (id, region) WHERE (region = 'eu'),
+                                                 TABLE child, TABLE gen;",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::started(
+        &database,
+        &slot,
+        &topics,
+        "public.parent,public.child,public.gen",
+    )
+    .await;
+    client
+        .batch_execute(
+            "INSERT INTO parent VALUES (4, 's4', 'eu'), (5, 's5', 'us');
+             INSERT INTO gen (id, n) VALUES (2, 5);",
+        )
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let rows = |table: &str| -> Vec<(String, Value)> {
+        kcat_all(&format!("{}.public.{table}", topics.prefix))
+            .iter()
+            .map(|message| parsed(&message["payload"]))
+            .map(|value| {
+                (
+                    value["op"].as_str().unwrap().to_owned(),
+                    value["after"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        rows("parent"),
+        [
+            ("r".to_owned(), serde_json::json!({"id": 1, "region": "eu"})),
+            ("c".to_owned(), serde_json::json!({"id": 4, "region": "eu"})),
+        ],
+        "the row filter and the column list, in the snapshot as in the stream; no child row"
+    );
+    assert_eq!(
+        rows("child"),
+        [(
+            "r".to_owned(),
+            serde_json::json!({"id": 3, "secret": "s3", "region": "eu", "extra": 9})
+        )]
+    );
+    let generated = rows("gen");
+    assert_eq!(generated.len(), 2, "{generated:?}");
+    assert_eq!(generated[0].1, serde_json::json!({"id": 1, "n": 21}));
+    assert_eq!(generated[1].1, serde_json::json!({"id": 2, "n": 5}));
+}
+
+/// The shipped `users` table (REPLICA IDENTITY FULL), fed by `walflow ingest` from the fake
+/// API, on a 6-partition topic: every version of a user (snapshot, inserts, updates, the
+/// delete and its tombstone) carries the key `{"id": <uuid>}` and sits on one partition in
+/// commit order, as kcat reads it back.
+#[tokio::test]
+async fn the_users_topic_with_6_partitions_keeps_each_users_versions_on_one_partition() {
+    let database = TestDatabase::migrated().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    let api = crate::harness::FakeApi::start(&[]);
+    let ingest = |seed: &str| {
+        let output = run(walflow(&database.url).args([
+            "ingest", "--json", "--source", &api.url, "--count", "60", "--seed", seed,
+        ]));
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    };
+    ingest("before-cdc");
+    let topic = format!("{}.public.users", topics.prefix);
+    crate::harness::create_topic(&topic, 6).await;
+    let cdc = Cdc::started(&database, &slot, &topics, "public.users").await;
+    ingest("after-cdc");
+    for round in 1..=3 {
+        client
+            .execute(
+                "UPDATE users SET city = $1, updated_at = clock_timestamp()",
+                &[&format!("round {round}")],
+            )
+            .await
+            .unwrap();
+    }
+    let deleted: Vec<String> = client
+        .query(
+            "DELETE FROM users WHERE id IN (SELECT id FROM users ORDER BY id LIMIT 15) RETURNING id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+
+    let mut by_id: std::collections::BTreeMap<String, Vec<(i64, i64, Value)>> = Default::default();
+    for message in kcat_all(&topic) {
+        let key = parsed(&message["key"]);
+        assert_eq!(key.as_object().map(|key| key.len()), Some(1), "key {key}");
+        by_id
+            .entry(key["id"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((
+                message["partition"].as_i64().unwrap(),
+                message["offset"].as_i64().unwrap(),
+                parsed(&message["payload"]),
+            ));
+    }
+    assert_eq!(by_id.len(), 120);
+    let mut partitions_used = std::collections::BTreeSet::new();
+    for (id, versions) in &mut by_id {
+        let partitions: std::collections::BTreeSet<i64> = versions
+            .iter()
+            .map(|(partition, _, _)| *partition)
+            .collect();
+        assert_eq!(partitions.len(), 1, "user {id} on several partitions");
+        partitions_used.extend(partitions);
+        versions.sort_by_key(|(_, offset, _)| *offset);
+        let history: Vec<String> = versions
+            .iter()
+            .map(|(_, _, payload)| match payload["op"].as_str() {
+                Some("d") => "d".to_owned(),
+                Some(op) => format!("{op}:{}", payload["after"]["city"].as_str().unwrap_or("?")),
+                None => "tombstone".to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            history.len(),
+            if deleted.contains(id) { 6 } else { 4 },
+            "user {id}: {history:?}"
+        );
+        assert!(
+            history[0].starts_with("r:") || history[0].starts_with("c:"),
+            "{history:?}"
+        );
+        assert_eq!(
+            history[1..4],
+            ["u:round 1", "u:round 2", "u:round 3"],
+            "user {id}"
+        );
+        if deleted.contains(id) {
+            assert_eq!(history[4..], ["d", "tombstone"], "user {id}");
+        }
+    }
+    assert!(partitions_used.len() > 1, "{partitions_used:?}");
+}
+
+/// A snapshot taken again (`--snapshot always` after downtime with deletes) keeps the slot:
+/// first what happened while cdc was away streams, the delete with its tombstone included,
+/// then the new snapshot, then the stream goes on; no deleted row lives on downstream.
+#[tokio::test]
+async fn a_snapshot_taken_again_streams_the_deletes_of_the_downtime_first() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE towns (id int PRIMARY KEY, name text); INSERT INTO towns VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        .await
+        .unwrap();
+    let (code, log) = Cdc::started(&database, &slot, &topics, "public.towns")
+        .await
+        .stop();
+    assert_eq!(code, Some(0), "{log}");
+    client
+        .batch_execute(
+            "DELETE FROM towns WHERE id = 2;
+             UPDATE towns SET name = 'one' WHERE id = 1;
+             INSERT INTO towns VALUES (4, 'd');",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::start_with(
+        &database,
+        &slot,
+        &topics,
+        "public.towns",
+        &["--snapshot", "always"],
+    );
+    cdc.wait_until_streaming(&database).await;
+    client
+        .batch_execute("INSERT INTO towns VALUES (5, 'e')")
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let seen: Vec<String> = kcat_all(&format!("{}.public.towns", topics.prefix))[3..]
+        .iter()
+        .map(|message| {
+            let value = parsed(&message["payload"]);
+            match value["op"].as_str() {
+                Some("d") => format!("d{}", value["before"]["id"]),
+                Some(op) => format!("{op}{}", value["after"]["id"]),
+                None => "tombstone".to_owned(),
+            }
+        })
+        .collect();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert_eq!(
+        seen[..4],
+        ["d2", "tombstone", "u1", "c4"],
+        "the downtime's changes first: {seen:?}"
+    );
+    let mut snapshot = seen[4..7].to_vec();
+    snapshot.sort();
+    assert_eq!(
+        snapshot,
+        ["r1", "r3", "r4"],
+        "then the new snapshot (in table order): {seen:?}"
+    );
+    assert_eq!(seen[7], "c5", "then the stream: {seen:?}");
+}
+
+/// SIGTERM during a long initial snapshot stops cdc within moments (between batches), exit
+/// 0, and the snapshot, still recorded as started, is taken again at the next start.
+#[tokio::test]
+async fn sigterm_during_the_snapshot_stops_it_and_leaves_it_to_be_taken_again() {
+    let database = TestDatabase::create().await;
+    let topics = TestTopics::new();
+    let slot = unique_name("walflow_slot");
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE big (id int PRIMARY KEY, body text);
+             INSERT INTO big SELECT n, md5(n::text) FROM generate_series(1, 1000000) n;",
+        )
+        .await
+        .unwrap();
+    let cdc = Cdc::start(&database, &slot, &topics, "public.big");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cdc.log_so_far().contains("snapshot in progress") {
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot progress: {}",
+            cdc.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let asked = Instant::now();
+    let (code, log) = cdc.stop();
+    let took = asked.elapsed();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("stopped during the snapshot"), "{log}");
+    let completed: Option<bool> = client
+        .query_one(
+            "SELECT completed_at IS NOT NULL FROM walflow_cdc_snapshot WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        completed,
+        Some(false),
+        "recorded as started, not complete (stopped after {took:?})"
+    );
+}
+
+/// Runs `walflow cdc` with `args`, expected to refuse to start: its exit code (`None` when
+/// it still ran after 60 s and was killed) and what it logged.
+fn cdc_refusal(database_url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let status = crate::process::run_within(
+        walflow(database_url).args(args),
+        log.path(),
+        Duration::from_secs(60),
+    );
+    (
+        status.and_then(|status| status.code()),
+        std::fs::read_to_string(log.path()).unwrap(),
+    )
+}

@@ -214,3 +214,27 @@ async fn doctor_checks_the_schema_registry_when_one_is_given() {
     );
     assert_eq!(check(&report, "kafka", "create topic")["status"], "ok");
 }
+
+/// The registry's URL may carry credentials (its userinfo is the only way to authenticate);
+/// `doctor` names the registry in its address, errors and fixes without them.
+#[tokio::test]
+async fn doctor_shows_the_schema_registry_without_its_credentials() {
+    let database = TestDatabase::create().await;
+    let mut reachable = url::Url::parse(&services().schema_registry_url).unwrap();
+    reachable.set_username("user").unwrap();
+    reachable.set_password(Some("s3cret")).unwrap();
+    for registry in [
+        "http://user:s3cret@127.0.0.1:1/apis/ccompat/v7",
+        reachable.as_str(),
+    ] {
+        for format in [&["doctor", "--json"][..], &["doctor"]] {
+            let output = run(walflow(&database.url)
+                .env("WALFLOW_SCHEMA_REGISTRY_URL", registry)
+                .args(format));
+            let all = format!("{}{}", stdout(&output), crate::harness::stderr(&output));
+            assert!(all.contains("schema registry"), "{all}");
+            assert!(!all.contains("s3cret"), "the password leaked: {all}");
+            assert!(all.contains("user:***@"), "the registry is named: {all}");
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{run, stderr, stdout, walflow, FakeApi, TestDatabase};
+use crate::harness::{run, stderr, stdout, walflow, FakeApi, FixedHttp, TestDatabase};
 
 fn ingest(database: &TestDatabase, api: &FakeApi, flags: &[&str]) -> (std::process::Output, Value) {
     let output = run(walflow(&database.url)
@@ -424,4 +424,173 @@ async fn sigint_stops_after_the_current_batch() {
     assert_eq!(written, summary["inserted"].as_i64().unwrap());
     assert_eq!(written % 250, 0);
     assert!(written < 5000);
+}
+
+/// An API key may sit in the source URL's query string or userinfo: it reaches neither
+/// `--help`, the log, the summary, the error of a failing request nor `ingest_rejects`.
+#[tokio::test]
+async fn the_source_url_is_shown_without_its_credentials() {
+    let database = TestDatabase::migrated().await;
+    let secret_source = |api: &FakeApi| {
+        let mut url = url::Url::parse(&api.url).unwrap();
+        url.set_username("user").unwrap();
+        url.set_password(Some("s3cret-password")).unwrap();
+        url.set_query(Some("apikey=s3cret-key"));
+        url.to_string()
+    };
+    let leaks = |output: &std::process::Output| {
+        let all = format!("{}{}", stdout(output), stderr(output));
+        assert!(!all.contains("s3cret"), "the credentials leaked: {all}");
+        all
+    };
+
+    let help = run(walflow(&database.url)
+        .env(
+            "WALFLOW_INGEST_SOURCE",
+            "http://127.0.0.1:1/api/?apikey=s3cret-key",
+        )
+        .args(["ingest", "--help"]));
+    leaks(&help);
+
+    let with_rejects = FakeApi::start(&["--bad-record-rate", "0.5"]);
+    let output = run(walflow(&database.url).args([
+        "--log-level",
+        "info",
+        "ingest",
+        "--json",
+        "--count",
+        "20",
+        "--seed",
+        "keys",
+        "--source",
+        &secret_source(&with_rejects),
+    ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let all = leaks(&output);
+    assert!(all.contains("apikey=***"), "the source is named: {all}");
+    let sources: Vec<String> = database
+        .client()
+        .await
+        .query("SELECT DISTINCT source FROM ingest_rejects", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(sources.len(), 1, "some records were rejected");
+    assert!(!sources[0].contains("s3cret"), "{sources:?}");
+
+    let failing = FakeApi::start(&["--fail-500-rate", "0.999"]);
+    let output = run(walflow(&database.url).args([
+        "ingest",
+        "--json",
+        "--count",
+        "20",
+        "--max-retries",
+        "1",
+        "--source",
+        &secret_source(&failing),
+    ]));
+    assert_eq!(output.status.code(), Some(1));
+    let all = leaks(&output);
+    assert!(all.contains("after 2 attempts"), "{all}");
+
+    let unreachable = run(walflow(&database.url).args([
+        "ingest",
+        "--count",
+        "20",
+        "--max-retries",
+        "0",
+        "--source",
+        "http://user:s3cret-password@127.0.0.1:1/api/?apikey=s3cret-key",
+    ]));
+    assert_eq!(unreachable.status.code(), Some(1));
+    leaks(&unreachable);
+}
+
+/// Postgres text and jsonb cannot hold U+0000: a record carrying one is rejected, by the
+/// field, instead of failing its whole batch (and, on every re-run, the same batch again).
+#[tokio::test]
+async fn a_nul_character_in_a_field_rejects_that_record_and_the_rest_are_written() {
+    let database = TestDatabase::migrated().await;
+    let api = FakeApi::start(&[]);
+    let mut records = api.page(3, 1, "nul").await;
+    records[1]["location"]["city"] = Value::String("a\u{0}b".into());
+    // A record rejected for another reason may carry a NUL too: its payload is still stored.
+    records[2]["login"]["uuid"] = Value::String("not-a-uuid".into());
+    records[2]["name"]["first"] = Value::String("nul\u{0}".into());
+    let page = serde_json::json!({
+        "results": records,
+        "info": {"seed": "nul", "results": 3, "page": 1, "version": "1.4"},
+    });
+    let server = FixedHttp::serve(page.to_string().into_bytes(), true);
+    let output = run(walflow(&database.url).args([
+        "ingest",
+        "--json",
+        "--count",
+        "3",
+        "--seed",
+        "nul",
+        "--source",
+        &server.url,
+    ]));
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+
+    let good = records[0]["login"]["uuid"].as_str().unwrap().to_owned();
+    assert_eq!(ids_in_table(&database).await, BTreeSet::from([good]));
+    let rejects = database
+        .client()
+        .await
+        .query(
+            "SELECT payload, reason FROM ingest_rejects ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let reasons: Vec<String> = rejects.iter().map(|row| row.get(1)).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("location.city: contains a NUL character"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("login.uuid"), "{reasons:?}");
+    let stored: Value = rejects[0].get(0);
+    assert_eq!(
+        stored["location"]["city"], "a\\u0000b",
+        "the NUL is kept visibly"
+    );
+    assert_eq!(stored["login"]["uuid"], records[1]["login"]["uuid"]);
+    let stored: Value = rejects[1].get(0);
+    assert_eq!(stored["name"]["first"], "nul\\u0000");
+}
+
+/// A source that sends more than a page of users can take (a hostile or broken endpoint, or
+/// a redirect to a large file) is refused by the body's size, whether it declares its length
+/// or streams it, with the limit and the request named.
+#[tokio::test]
+async fn a_body_larger_than_a_page_is_refused_naming_the_limit() {
+    let database = TestDatabase::migrated().await;
+    let limit: usize = 5000 * 8 * 1024;
+    for declared_length in [true, false] {
+        let server = FixedHttp::serve(vec![b'x'; limit + 1], declared_length);
+        let output = run(walflow(&database.url).args([
+            "ingest",
+            "--count",
+            "10",
+            "--max-retries",
+            "0",
+            "--source",
+            &format!("{}?apikey=s3cret", server.url),
+        ]));
+        assert_eq!(output.status.code(), Some(1));
+        let message = stderr(&output);
+        assert!(
+            message.contains(&format!("sent a body of more than {limit} bytes")),
+            "declared length {declared_length}: {message}"
+        );
+        assert!(
+            message.contains("apikey=***&results=10&page=1"),
+            "{message}"
+        );
+    }
 }

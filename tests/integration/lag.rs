@@ -226,3 +226,21 @@ async fn kafka_lag_is_the_events_a_pipeline_has_not_processed() {
     );
     assert_eq!(healthy.status.code(), Some(0), "{}", stderr(&healthy));
 }
+
+/// A multi-host URL is one that the `url` crate cannot parse; its password once came back
+/// whole in the slot hop's error, which `lag --json` and the dashboard's `/api/lag` show.
+#[test]
+fn an_unreachable_multi_host_postgres_is_reported_without_its_password() {
+    let directory = tempfile::tempdir().unwrap();
+    let pipeline = items_pipeline(directory.path(), "unused", "unused", "price");
+    let url = "postgres://walflow:s3cret-of-lag@127.0.0.1:1,127.0.0.1:2/walflow";
+    let output = lag(url, &pipeline, &["--json"]);
+    let all = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(!all.contains("s3cret"), "the password leaked: {all}");
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let errors = report["report"]["errors"].to_string();
+    assert!(
+        errors.contains("postgres://walflow:***@127.0.0.1:1,127.0.0.1:2/walflow"),
+        "the slot's error names the servers: {report}"
+    );
+}

@@ -69,8 +69,9 @@ pub struct ChangeEvent {
     pub value: Option<Vec<u8>>,
 }
 
+/// The table's topic: see [`crate::topics`] for how names Kafka refuses are mapped.
 pub fn topic_for(prefix: &str, relation: &Relation) -> String {
-    format!("{prefix}.{}.{}", relation.namespace, relation.name)
+    crate::topics::topic_name(prefix, &relation.namespace, &relation.name)
 }
 
 /// A row, serialized column by column straight from the decoded tuple: no JSON tree is

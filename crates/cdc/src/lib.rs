@@ -4,6 +4,7 @@
 pub mod avro;
 pub mod avro_events;
 pub mod envelope;
+pub mod keys;
 pub mod metrics;
 pub mod pg_time;
 pub mod pipeline;
@@ -12,4 +13,5 @@ pub mod registry;
 pub mod replication;
 pub mod sink;
 pub mod snapshot;
+pub mod topics;
 pub mod types;

@@ -30,6 +30,8 @@ pub struct CdcMetrics {
     delivery_failures: AtomicU64,
     /// Times the connection to Postgres was lost and made again.
     reconnects: AtomicU64,
+    /// Events too large for Kafka, replaced by a record on the dead-letter topic.
+    dead_letters: AtomicU64,
     /// Times a replication session ended on an error (connection lost, server restarting).
     postgres_sessions_lost: AtomicU64,
     /// Newest WAL end position the server reported (keepalives and changes).
@@ -52,6 +54,7 @@ impl Default for CdcMetrics {
             acked_commit_time_us: AtomicU64::new(0),
             delivery_failures: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
             postgres_sessions_lost: AtomicU64::new(0),
             server_wal_end: AtomicU64::new(0),
             confirmed_lsn: AtomicU64::new(0),
@@ -77,6 +80,7 @@ pub struct CdcMetricsSnapshot {
     pub acked_commit_time_us: u64,
     pub delivery_failures: u64,
     pub reconnects: u64,
+    pub dead_letters: u64,
     pub postgres_sessions_lost: u64,
     pub server_wal_end: u64,
     pub confirmed_lsn: u64,
@@ -154,6 +158,10 @@ impl CdcMetrics {
         self.delivery_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn record_dead_letter(&self) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record_reconnect(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
@@ -171,6 +179,7 @@ impl CdcMetrics {
             acked_commit_time_us: self.acked_commit_time_us.load(Ordering::Relaxed),
             delivery_failures: self.delivery_failures.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
             postgres_sessions_lost: self.postgres_sessions_lost.load(Ordering::Relaxed),
             server_wal_end: self.server_wal_end.load(Ordering::Relaxed),
             confirmed_lsn: self.confirmed_lsn.load(Ordering::Relaxed),

@@ -11,12 +11,15 @@ use walflow_pgoutput::{
 
 use crate::avro_events::{AvroEventError, AvroEvents};
 use crate::envelope::{self, Operation, RelationCache, Source};
+use crate::keys;
 use crate::publication::{self, SetupError};
 use crate::replication::{
     ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream,
+    DEFAULT_CONNECT_TIMEOUT,
 };
 use crate::sink::{Sink, SinkError};
 use crate::snapshot::{self, SnapshotProgress};
+use crate::topics::{self, TopicError, TopicNames};
 
 /// pgoutput protocol 1: every change arrives after its transaction committed.
 const PROTOCOL_VERSION: u32 = 1;
@@ -28,7 +31,8 @@ pub enum SnapshotMode {
     Initial,
     /// Never: changes from the slot's creation on only.
     Never,
-    /// At every start (the slot is recreated): a full copy each time, then the stream.
+    /// At every start: the slot's changes up to a new snapshot, the snapshot (a full copy),
+    /// then the stream; the slot is kept.
     Always,
 }
 
@@ -80,6 +84,11 @@ pub enum CdcError {
     Sink(#[from] SinkError),
     #[error("cannot connect to Postgres: {0}")]
     Connect(tokio_postgres::Error),
+    #[error(
+        "Postgres did not answer within {} s (connect_timeout in the URL sets the limit)",
+        waited.as_secs()
+    )]
+    ConnectTimedOut { waited: Duration },
     #[error("a change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
     #[error("{0}")]
@@ -88,6 +97,14 @@ pub enum CdcError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error(transparent)]
     Avro(#[from] AvroEventError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error(
+        "Kafka did not acknowledge the snapshot's rows within {} s; the snapshot is not recorded \
+         as complete and is taken again at the next start",
+        waited.as_secs()
+    )]
+    SnapshotUnacknowledged { waited: Duration },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -111,23 +128,28 @@ pub async fn run(
     mut sink: Sink,
     mut stop: watch::Receiver<bool>,
 ) -> Result<CdcSummary, CdcError> {
-    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
-        .await
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
+    let client = connect_client(&options.postgres_url).await?;
     publication::check_wal_level(&client).await?;
     if publication::ensure_publication(&client, &options.publication, &options.tables).await? {
         tracing::info!(publication = %options.publication, "publication created");
     }
     publication::check_replica_identities(&client, &options.publication).await?;
-    let topics: Vec<String> = publication::published_tables(&client, &options.publication)
-        .await?
-        .into_iter()
-        .map(|(schema, table)| format!("{}.{schema}.{table}", options.topic_prefix))
-        .collect();
-    sink.create_topics(&topics).await;
+    topics::check_prefix(&options.topic_prefix)?;
+    let mut topic_names = TopicNames::default();
+    let mut topics = Vec::new();
+    for (schema, table) in publication::published_tables(&client, &options.publication).await? {
+        if schema == "public" && table == snapshot::STATE_TABLE {
+            continue;
+        }
+        let (_, topic) = topic_names.claim(&options.topic_prefix, &schema, &table)?;
+        topics.push(topic);
+    }
+    if let Some(dead_letters) = sink.dead_letter_topic() {
+        topics.push(dead_letters.to_owned());
+    }
+    sink.create_topics(&topics).await?;
 
-    let mut avro = match &options.avro {
+    let avro = match &options.avro {
         Some(avro) => Some(
             AvroEvents::new(&avro.registry_url, avro.allow_incompatible)
                 .map_err(AvroEventError::from)?,
@@ -152,26 +174,6 @@ pub async fn run(
                 || snapshot::progress(&client, &options.slot).await? == SnapshotProgress::Started
         }
     };
-    if take_snapshot {
-        if slot_exists {
-            tracing::warn!(slot = %options.slot, "recreating the slot to take the snapshot (again)");
-            publication::drop_slot(&client, &options.slot).await?;
-        }
-        let created = replication.create_logical_slot(&options.slot, true).await?;
-        tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
-        snapshot::record_started(&client, &options.slot, created.consistent_point).await?;
-        let rows = copy_snapshot(options, &mut sink, &database, &created, avro.as_mut()).await?;
-        sink.commit(created.consistent_point, None).await?;
-        sink.drain(created.consistent_point, Duration::from_secs(600))
-            .await;
-        if let Some(failure) = sink.failure() {
-            return Err(CdcError::Delivery(failure));
-        }
-        snapshot::record_completed(&client, &options.slot).await?;
-        tracing::info!(rows, "snapshot complete");
-    } else if publication::ensure_slot(&client, &mut replication, &options.slot, &database).await? {
-        tracing::info!(slot = %options.slot, "replication slot created");
-    }
     let mut state = StreamState {
         decoder: LogicalDecoder::new(),
         relations: RelationCache::default(),
@@ -179,14 +181,117 @@ pub async fn run(
         last_commit_end: Lsn(0),
         confirmed: Lsn(0),
         summary: CdcSummary::default(),
-        database,
+        database: database.clone(),
         change_lsn: Lsn(0),
         avro,
+        topics: topic_names,
+        catch_up_to: None,
+        caught_up: false,
     };
+    let mut replication = Some(replication);
+    if take_snapshot {
+        let existing = match slot_exists {
+            true => publication::slot_state(&client, &options.slot).await?,
+            false => None,
+        };
+        snapshot::record_started(&client, &options.slot).await?;
+        let mut snapshot_connection = replication.take().ok_or_else(|| {
+            ReplicationError::Protocol("no replication connection for the snapshot".into())
+        })?;
+        let (rows, consistent_point) = match existing {
+            Some(existing) if existing.wal_status.as_deref() != Some("lost") => {
+                // A snapshot taken again (`--snapshot always`, or one cut short) keeps the
+                // slot: the changes it holds up to the new snapshot's consistent point are
+                // streamed first, deletes included, so no row deleted meanwhile lives on
+                // downstream; then the snapshot; then the slot goes on from that point.
+                publication::check_slot_is_ours(&options.slot, &existing, &database)?;
+                let temporary = temporary_slot_name(&options.slot);
+                let created = snapshot_connection
+                    .create_temporary_logical_slot(&temporary)
+                    .await?;
+                tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "taking the snapshot again: first the slot's changes up to its consistent point");
+                snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
+                    .await?;
+                state.catch_up_to = Some(created.consistent_point);
+                let catch_up = ReplicationConnection::connect(&config).await?;
+                stream_session(catch_up, &client, options, &mut sink, &mut stop, &mut state)
+                    .await?;
+                if !state.caught_up {
+                    // Stopped (SIGTERM) before the snapshot: it is taken at the next start.
+                    return Ok(state.summary);
+                }
+                state.catch_up_to = None;
+                state.caught_up = false;
+                state.start_new_session();
+                let rows = copy_snapshot(
+                    options,
+                    &mut sink,
+                    &database,
+                    &created,
+                    state.avro.as_mut(),
+                    &stop,
+                )
+                .await;
+                (rows, created.consistent_point)
+            }
+            existing => {
+                if existing.is_some() {
+                    tracing::warn!(slot = %options.slot, "the slot was invalidated (wal_status lost): recreating it to take the snapshot again");
+                    publication::drop_slot(&client, &options.slot, &database).await?;
+                }
+                let created = snapshot_connection
+                    .create_logical_slot(&options.slot, true)
+                    .await?;
+                tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
+                snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
+                    .await?;
+                let rows = copy_snapshot(
+                    options,
+                    &mut sink,
+                    &database,
+                    &created,
+                    state.avro.as_mut(),
+                    &stop,
+                )
+                .await;
+                replication = Some(snapshot_connection);
+                (rows, created.consistent_point)
+            }
+        };
+        let rows = match rows {
+            Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
+                tracing::info!("stopped during the snapshot; it is taken again at the next start");
+                return Ok(state.summary);
+            }
+            rows => rows?,
+        };
+        sink.commit(consistent_point, None).await?;
+        let acknowledged = sink.drain(consistent_point, sink.delivery_deadline()).await;
+        if let Some(failure) = sink.failure() {
+            return Err(CdcError::Delivery(failure));
+        }
+        if !acknowledged {
+            // Recorded as complete only once Kafka holds every row: otherwise the rows
+            // still queued would be lost, as the slot already starts after them.
+            return Err(CdcError::SnapshotUnacknowledged {
+                waited: sink.delivery_deadline(),
+            });
+        }
+        if replication.is_none() {
+            // The kept slot goes on from the new snapshot's consistent point (the temporary
+            // slot went with its connection).
+            advance_slot(&client, &options.slot, consistent_point).await?;
+        }
+        snapshot::record_completed(&client, &options.slot).await?;
+        tracing::info!(rows, "snapshot complete");
+    } else if let Some(connection) = replication.as_mut() {
+        if publication::ensure_slot(&client, connection, &options.slot, &database).await? {
+            tracing::info!(slot = %options.slot, "replication slot created");
+        }
+    }
     // Sessions: a lost connection to Postgres (a restart, a network cut) is followed by a new
     // one that resumes from the slot's confirmed position, after a growing pause.
     let mut client = client;
-    let mut replication = Some(replication);
     let mut backoff = RECONNECT_BACKOFF_MIN;
     loop {
         let transactions_before = state.summary.transactions;
@@ -253,6 +358,9 @@ pub async fn run(
     Ok(state.summary)
 }
 
+/// Silence from the server after which the replication link is taken for dead (a status
+/// update asking for a reply goes out at half of it).
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -260,10 +368,7 @@ async fn reconnect(
     options: &CdcOptions,
     config: &ReplicationConfig,
 ) -> Result<(tokio_postgres::Client, ReplicationConnection), CdcError> {
-    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
-        .await
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
+    let client = connect_client(&options.postgres_url).await?;
     let replication = ReplicationConnection::connect(config).await?;
     Ok((client, replication))
 }
@@ -280,7 +385,7 @@ fn is_undelivered(error: &CdcError) -> bool {
 /// refuses connections for now.
 fn is_transient(error: &CdcError) -> bool {
     match error {
-        CdcError::Connect(_) => true,
+        CdcError::Connect(_) | CdcError::ConnectTimedOut { .. } => true,
         // A message out of place is what a session cut short looks like; a new session
         // starts clean from the slot.
         CdcError::Replication(
@@ -316,10 +421,33 @@ async fn stream_session(
         .await?;
     tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
     let mut ticker = tokio::time::interval(options.status_interval);
+    // Postgres's walreceiver does the same (wal_receiver_timeout): silence from the server
+    // is answered with a status update asking for a reply, and longer silence ends the
+    // session as a dead link; a new one resumes from the slot.
+    let mut last_heard = tokio::time::Instant::now();
     loop {
+        if sink.backlogged() {
+            // Not reading now, so the server's silence says nothing.
+            last_heard = tokio::time::Instant::now();
+            // Kafka pushes back: read no more changes until it catches up, but keep the
+            // status updates going (and notice a failed delivery).
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Some(failure) = sink.failure() {
+                        return Err(CdcError::Delivery(failure));
+                    }
+                    let position = sink.acked_lsn().max(state.confirmed);
+                    state.confirm(&mut stream, position, sink.metrics(), false).await?;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = stop.changed() => break,
+            }
+            continue;
+        }
         tokio::select! {
             message = stream.next() => {
                 // The server ends the stream when it shuts down: a new session will follow.
+                last_heard = tokio::time::Instant::now();
                 let Some(message) = message? else {
                     return Err(ReplicationError::Io(std::io::Error::new(
                         std::io::ErrorKind::ConnectionAborted,
@@ -339,10 +467,16 @@ async fn stream_session(
                         // Idle and fully acknowledged: all WAL the server has sent so far is
                         // done with, published tables or not (the heartbeat that keeps an
                         // idle slot from holding WAL back).
-                        let idle = state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
+                        if state.catch_up_to.is_some_and(|point| keepalive.wal_end >= point) && state.transaction.is_none() {
+                            // Every transaction committed before the point has been sent.
+                            state.caught_up = true;
+                        }
+                        // (Not in a catch-up: the kept slot must not be confirmed past the
+                        // new snapshot's consistent point.)
+                        let idle = state.catch_up_to.is_none() && state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
                         let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
                         if keepalive.reply_requested || position > state.confirmed {
-                            state.confirm(&mut stream, position, sink.metrics()).await?;
+                            state.confirm(&mut stream, position, sink.metrics(), false).await?;
                         }
                     }
                 }
@@ -355,10 +489,23 @@ async fn stream_session(
                 // Postgres learns from two updates in a row that confirm everything it sent
                 // that cdc is caught up (pg_stat_replication's lag times then read NULL, which
                 // walflow lag shows as zero).
+                let silent_for = last_heard.elapsed();
+                if silent_for > RECEIVE_TIMEOUT {
+                    return Err(ReplicationError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no message from Postgres for {} s: the link is taken for dead", silent_for.as_secs()),
+                    ))
+                    .into());
+                }
                 let position = sink.acked_lsn().max(state.confirmed);
-                state.confirm(&mut stream, position, sink.metrics()).await?;
+                // A catch-up asks for replies, whose WAL position tells when it is done.
+                let ask = silent_for > RECEIVE_TIMEOUT / 2 || state.catch_up_to.is_some();
+                state.confirm(&mut stream, position, sink.metrics(), ask).await?;
             }
             _ = stop.changed() => break,
+        }
+        if state.caught_up {
+            break;
         }
         if let Some(stop_at) = options.stop_at {
             if state.last_commit_end >= stop_at {
@@ -373,7 +520,9 @@ async fn stream_session(
     }
     let acked = sink.acked_lsn();
     if acked > state.confirmed {
-        state.confirm(&mut stream, acked, sink.metrics()).await?;
+        state
+            .confirm(&mut stream, acked, sink.metrics(), false)
+            .await?;
     }
     Ok(())
 }
@@ -390,6 +539,13 @@ struct StreamState {
     change_lsn: Lsn,
     /// Set for Avro events.
     avro: Option<AvroEvents>,
+    /// The topic of every table met so far, so that two never share one.
+    topics: TopicNames,
+    /// Set while a kept slot streams up to a new snapshot's consistent point: the session
+    /// ends before the first transaction that commits at or after it.
+    catch_up_to: Option<Lsn>,
+    /// The catch-up reached its point.
+    caught_up: bool,
 }
 
 impl StreamState {
@@ -409,14 +565,38 @@ impl StreamState {
         sink: &mut Sink,
     ) -> Result<(), CdcError> {
         match message {
+            LogicalMessage::Begin(begin)
+                if self
+                    .catch_up_to
+                    .is_some_and(|point| begin.final_lsn >= point) =>
+            {
+                // Committed after the new snapshot's consistent point: the snapshot does not
+                // hold it, the stream after the snapshot will.
+                self.caught_up = true;
+            }
             LogicalMessage::Begin(begin) => {
                 self.transaction = Some(Transaction {
                     xid: begin.xid,
                     commit_time: begin.commit_time,
                 });
             }
+            LogicalMessage::Relation(relation) if snapshot::is_bookkeeping(&relation) => {
+                // Known, so its changes are recognised, but never turned into events.
+                self.relations.update(relation)
+            }
             LogicalMessage::Relation(mut relation) => {
                 resolve_domains(client, &mut relation).await?;
+                keys::resolve_key_columns(client, &mut relation).await?;
+                let (new_table, topic) = self.topics.claim(
+                    &options.topic_prefix,
+                    &relation.namespace,
+                    &relation.name,
+                )?;
+                if new_table {
+                    // A table published after cdc started: its topic exists before its
+                    // first event, as for the others.
+                    sink.create_topics(&[topic]).await?;
+                }
                 if let Some(avro) = &mut self.avro {
                     // Registered (and checked) before the table's first event of this shape.
                     avro.prepare(&relation, &options.topic_prefix).await?;
@@ -464,6 +644,9 @@ impl StreamState {
                         .relations
                         .get(*oid)
                         .ok_or(CdcError::UnknownRelation(*oid))?;
+                    if snapshot::is_bookkeeping(relation) {
+                        continue;
+                    }
                     let event = match &self.avro {
                         Some(avro) => avro.row_event(
                             relation,
@@ -527,6 +710,9 @@ impl StreamState {
             .relations
             .get(relation_oid)
             .ok_or(CdcError::UnknownRelation(relation_oid))?;
+        if snapshot::is_bookkeeping(relation) {
+            return Ok(());
+        }
         let mut source = self.source();
         source.name = &options.topic_prefix;
         let event = match &self.avro {
@@ -565,6 +751,7 @@ impl StreamState {
         stream: &mut ReplicationStream,
         position: Lsn,
         metrics: &crate::metrics::CdcMetrics,
+        reply_requested: bool,
     ) -> Result<(), CdcError> {
         stream
             .send_status(StandbyStatusUpdate {
@@ -572,7 +759,7 @@ impl StreamState {
                 flushed: position,
                 applied: position,
                 client_time: PgTimestamp::from_unix_micros(now_ms() * 1000),
-                reply_requested: false,
+                reply_requested,
             })
             .await?;
         tracing::debug!(%position, "confirmed to Postgres");
@@ -591,14 +778,12 @@ async fn copy_snapshot(
     database: &str,
     created: &crate::replication::CreatedSlot,
     mut avro: Option<&mut AvroEvents>,
+    stop: &watch::Receiver<bool>,
 ) -> Result<u64, CdcError> {
     let snapshot_name = created.snapshot_name.as_deref().ok_or_else(|| {
         ReplicationError::Protocol("CREATE_REPLICATION_SLOT exported no snapshot".into())
     })?;
-    let (client, connection) = tokio_postgres::connect(&options.postgres_url, NoTls)
-        .await
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
+    let client = connect_client(&options.postgres_url).await?;
     let setup_failed = |source| SetupError::Postgres {
         context: "cannot open the exported snapshot".into(),
         source,
@@ -614,8 +799,8 @@ async fn copy_snapshot(
         .map_err(setup_failed)?;
     let relations = snapshot::published_relations(&client, &options.publication).await?;
     if let Some(avro) = avro.as_deref_mut() {
-        for relation in &relations {
-            avro.prepare(relation, &options.topic_prefix).await?;
+        for table in &relations {
+            avro.prepare(&table.relation, &options.topic_prefix).await?;
         }
     }
     let rows = snapshot::copy_tables(
@@ -628,7 +813,10 @@ async fn copy_snapshot(
             consistent_point: created.consistent_point,
         },
         now_ms,
-        options.snapshot_progress.as_ref().map(|hook| &*hook.0),
+        snapshot::SnapshotWatch {
+            progress: options.snapshot_progress.as_ref().map(|hook| &*hook.0),
+            stop,
+        },
         avro.as_deref(),
     )
     .await?;
@@ -664,6 +852,76 @@ async fn resolve_domains(
         }
     }
     Ok(())
+}
+
+/// The temporary slot of a snapshot taken again: unique per process, within Postgres's
+/// 63 characters.
+fn temporary_slot_name(slot: &str) -> String {
+    let suffix = format!("_resnapshot_{}", std::process::id());
+    let keep = slot.len().min(63 - suffix.len());
+    let mut end = keep;
+    while !slot.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &slot[..end])
+}
+
+/// Moves the kept slot to the new snapshot's consistent point, once its catch-up session
+/// has let go of it (the walsender may take a moment to exit).
+async fn advance_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    point: Lsn,
+) -> Result<(), CdcError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let advanced = client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&slot, &point.to_string()],
+            )
+            .await;
+        match advanced {
+            Ok(_) => return Ok(()),
+            Err(error)
+                if error.code() == Some(&tokio_postgres::error::SqlState::OBJECT_IN_USE)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(source) => {
+                return Err(SetupError::Postgres {
+                    context: format!(
+                        "cannot move slot {slot} to the snapshot's consistent point {point}"
+                    ),
+                    source,
+                }
+                .into())
+            }
+        }
+    }
+}
+
+/// A regular connection, bounded as the replication one is: the URL's `connect_timeout`
+/// (30 s when it sets none) over the whole handshake, and TCP keepalives.
+async fn connect_client(url: &str) -> Result<tokio_postgres::Client, CdcError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(CdcError::Connect)?;
+    let timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    config
+        .connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+        .await
+        .map_err(|_| CdcError::ConnectTimedOut { waited: timeout })?
+        .map_err(CdcError::Connect)?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 fn now_ms() -> i64 {

@@ -217,12 +217,7 @@ pub async fn ensure_slot(
             Ok(true)
         }
         Some(state) => {
-            if let Some(pid) = state.active_pid {
-                return Err(SetupError::Unfit(format!(
-                    "slot {slot} is in use by another connection (pid {pid}): is another walflow cdc running? \
-                     Stop it, or give this one its own --slot"
-                )));
-            }
+            check_slot_is_ours(slot, &state, database)?;
             if state.wal_status.as_deref() == Some("lost") {
                 return Err(SetupError::Unfit(format!(
                     "slot {slot} was invalidated by Postgres (wal_status lost): it fell further behind \
@@ -232,33 +227,40 @@ pub async fn ensure_slot(
                      as a snapshot (op r)"
                 )));
             }
-            if state.plugin.as_deref() != Some("pgoutput") {
-                return Err(SetupError::Unfit(format!(
-                    "slot {slot} uses the {} plugin, not pgoutput: choose another --slot",
-                    state.plugin.unwrap_or_else(|| "physical".into())
-                )));
-            }
-            if state.database.as_deref() != Some(database) {
-                return Err(SetupError::Unfit(format!(
-                    "slot {slot} belongs to database {}, not {database}: choose another --slot",
-                    state.database.unwrap_or_default()
-                )));
-            }
             Ok(false)
         }
     }
 }
 
-/// Drops an idle slot.
-pub async fn drop_slot(client: &Client, slot: &str) -> Result<(), SetupError> {
-    if let Some(SlotState {
-        active_pid: Some(pid),
-        ..
-    }) = slot_state(client, slot).await?
-    {
+/// A slot walflow may use, or drop and recreate: idle, pgoutput, of this database. Slot
+/// names are cluster-wide, so a standby's physical slot or another database's cdc slot can
+/// carry the same name; those are never touched.
+pub fn check_slot_is_ours(slot: &str, state: &SlotState, database: &str) -> Result<(), SetupError> {
+    if let Some(pid) = state.active_pid {
         return Err(SetupError::Unfit(format!(
-            "slot {slot} is in use (pid {pid}): stop walflow cdc first"
+            "slot {slot} is in use by another connection (pid {pid}): is another walflow cdc running? \
+             Stop it, or give this one its own --slot"
         )));
+    }
+    if state.plugin.as_deref() != Some("pgoutput") {
+        return Err(SetupError::Unfit(format!(
+            "slot {slot} uses the {} plugin, not pgoutput: it is not walflow's, so it is left alone; choose another --slot",
+            state.plugin.clone().unwrap_or_else(|| "physical".into())
+        )));
+    }
+    if state.database.as_deref() != Some(database) {
+        return Err(SetupError::Unfit(format!(
+            "slot {slot} belongs to database {}, not {database}: it is left alone; choose another --slot",
+            state.database.clone().unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Drops the slot, after checking it is an idle pgoutput slot of `database`.
+pub async fn drop_slot(client: &Client, slot: &str, database: &str) -> Result<(), SetupError> {
+    if let Some(state) = slot_state(client, slot).await? {
+        check_slot_is_ours(slot, &state, database)?;
     }
     client
         .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
@@ -273,13 +275,19 @@ pub async fn drop_slot_and_publication(
     slot: &str,
     publication: &str,
 ) -> Result<(bool, bool), SetupError> {
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
+        .await
+        .map_err(failed("cannot read the current database"))?
+        .get(0);
     let slot_dropped = match slot_state(client, slot).await? {
         Some(_) => {
-            drop_slot(client, slot).await?;
+            drop_slot(client, slot, &database).await?;
             true
         }
         None => false,
     };
+    crate::snapshot::forget(client, slot).await?;
     let publication_dropped = publication_exists(client, publication).await?;
     if publication_dropped {
         client

@@ -38,6 +38,8 @@ pub enum Compatibility {
 
 pub struct SchemaRegistry {
     base: String,
+    /// `base` as errors show it: its credentials hidden.
+    shown: String,
     client: reqwest::Client,
     ids: Mutex<HashMap<(String, String), u32>>,
 }
@@ -48,11 +50,13 @@ impl SchemaRegistry {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|error| RegistryError::Unreachable {
-                url: url.to_owned(),
+                url: walflow_redact::url(url),
                 message: error.to_string(),
             })?;
+        let base = url.trim_end_matches('/').to_owned();
         Ok(SchemaRegistry {
-            base: url.trim_end_matches('/').to_owned(),
+            shown: walflow_redact::url(&base).trim_end_matches('/').to_owned(),
+            base,
             client,
             ids: Mutex::new(HashMap::new()),
         })
@@ -69,7 +73,7 @@ impl SchemaRegistry {
             .send()
             .await
             .map_err(|error| RegistryError::Unreachable {
-                url: self.base.clone(),
+                url: self.shown.clone(),
                 message: format!("{what}: {error}"),
             })?;
         let status = response.status().as_u16();
@@ -279,4 +283,25 @@ pub fn column_changes(old: &Json, new: &Json) -> Vec<String> {
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unreachable_registry_is_named_without_its_credentials() {
+        let registry = SchemaRegistry::new("http://user:s3cret@127.0.0.1:1/apis/ccompat/v7/")
+            .expect("a client without TLS settings builds");
+        let error = registry
+            .level("walflow.public.users-value")
+            .await
+            .expect_err("nothing listens on port 1")
+            .to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(
+            error.contains("http://user:***@127.0.0.1:1/apis/ccompat/v7"),
+            "{error}"
+        );
+    }
 }

@@ -24,6 +24,8 @@ pub enum SinkError {
     Stdout(#[from] std::io::Error),
     #[error("{0}")]
     Undelivered(String),
+    #[error("Kafka refused to create topic {topic}: {reason}; create it by hand, or give walflow the right to create topics")]
+    TopicRefused { topic: String, reason: String },
 }
 
 /// What is still unacknowledged, per transaction in commit order: a count, not a handle per
@@ -31,6 +33,9 @@ pub enum SinkError {
 #[derive(Default)]
 struct AckLedger {
     open: BTreeMap<u64, OpenTransaction>,
+    /// Events handed to librdkafka and not yet acknowledged or failed, and their bytes.
+    queued_events: u64,
+    queued_bytes: u64,
     failure: Option<String>,
     /// Commit-to-acknowledgement times of the most recent transactions, in microseconds.
     latencies_us: std::collections::VecDeque<u64>,
@@ -102,6 +107,12 @@ impl ProducerContext for AckContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, transaction: usize) {
         let mut ledger = lock(&self.ledger);
+        let message = match result {
+            Ok(message) | Err((_, message)) => message,
+        };
+        let bytes = message.payload_len() + message.key_len();
+        ledger.queued_events = ledger.queued_events.saturating_sub(1);
+        ledger.queued_bytes = ledger.queued_bytes.saturating_sub(bytes as u64);
         match result {
             Ok(_) => {
                 if let Some(open) = ledger.open.get_mut(&(transaction as u64)) {
@@ -130,6 +141,10 @@ pub struct KafkaSettings {
     /// How long librdkafka keeps retrying one event before giving up on it; then cdc starts a
     /// new producer and a new replication session from the slot's confirmed position.
     pub message_timeout: Duration,
+    /// librdkafka's `message.max.bytes`: a larger event is replaced by a dead-letter record.
+    pub max_message_bytes: usize,
+    /// Where the records of events too large for Kafka go.
+    pub dead_letter_topic: String,
 }
 
 impl KafkaSettings {
@@ -137,9 +152,15 @@ impl KafkaSettings {
         KafkaSettings {
             brokers: brokers.to_owned(),
             message_timeout: Duration::from_secs(300),
+            max_message_bytes: 1_000_000,
+            dead_letter_topic: "walflow.dead_letters".to_owned(),
         }
     }
 }
+
+/// librdkafka's queue bounds (bytes in KiB, and events).
+const QUEUE_MAX_KBYTES: u64 = 16384;
+const QUEUE_MAX_EVENTS: u64 = 100_000;
 
 fn create_producer(
     settings: &KafkaSettings,
@@ -162,7 +183,9 @@ fn create_producer(
         )
         // Bounds the events waiting in librdkafka: memory stays flat whatever the backlog,
         // and reading the WAL waits when Kafka falls behind.
-        .set("queue.buffering.max.kbytes", "16384")
+        .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES.to_string())
+        .set("queue.buffering.max.messages", QUEUE_MAX_EVENTS.to_string())
+        .set("message.max.bytes", settings.max_message_bytes.to_string())
         .create_with_context(context)?;
     Ok((producer, ledger))
 }
@@ -189,17 +212,22 @@ impl Sink {
 
     /// Creates the topics that do not exist yet (broker defaults for partitions and
     /// replication), so cdc works where the brokers do not auto-create topics, and a topic
-    /// exists before its first event. A topic that cannot be created is logged and left to
-    /// the producer; the sink's delivery errors then say what is wrong.
-    pub async fn create_topics(&self, topics: &[String]) {
+    /// exists before its first event. A topic the brokers refuse to create, and that does
+    /// not exist either, is an error naming the topic and Kafka's reason: its events could
+    /// never be delivered. Kafka out of reach is only logged; the producer waits for it.
+    pub async fn create_topics(&self, topics: &[String]) -> Result<(), SinkError> {
         let Sink::Kafka(kafka) = self else {
-            return;
+            return Ok(());
         };
         if topics.is_empty() {
-            return;
+            return Ok(());
         }
-        if let Err(error) = create_missing_topics(&kafka.settings.brokers, topics).await {
-            tracing::warn!(%error, ?topics, "could not create the topics; relying on the brokers to create them on first write");
+        match create_missing_topics(&kafka.settings.brokers, topics).await {
+            Err(SinkError::Kafka(error)) => {
+                tracing::warn!(%error, ?topics, "could not create the topics; relying on the brokers to create them on first write");
+                Ok(())
+            }
+            other => other,
         }
     }
 
@@ -276,11 +304,17 @@ impl Sink {
             }
             Sink::Kafka(kafka) => {
                 // Counted before sending, so a fast acknowledgement never finds it missing.
-                lock(&kafka.ledger)
-                    .open
-                    .entry(kafka.transaction)
-                    .or_default()
-                    .outstanding += 1;
+                {
+                    let mut ledger = lock(&kafka.ledger);
+                    ledger
+                        .open
+                        .entry(kafka.transaction)
+                        .or_default()
+                        .outstanding += 1;
+                    ledger.queued_events += 1;
+                    ledger.queued_bytes +=
+                        (key.map_or(0, Vec::len) + value.map_or(0, Vec::len)) as u64;
+                }
                 loop {
                     let mut record: BaseRecord<'_, [u8], [u8], usize> =
                         BaseRecord::with_opaque_to(&event.topic, kafka.transaction as usize);
@@ -292,6 +326,39 @@ impl Sink {
                     }
                     match kafka.producer.send(record) {
                         Ok(()) => break,
+                        // One event too large for Kafka must not stop the stream: a record
+                        // of it goes to the dead-letter topic in its place, in order, and is
+                        // acknowledged like any other event.
+                        Err((
+                            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+                            _,
+                        )) if event.topic != kafka.settings.dead_letter_topic => {
+                            let size = key.map_or(0, Vec::len) + value.map_or(0, Vec::len);
+                            {
+                                let mut ledger = lock(&kafka.ledger);
+                                if let Some(open) = ledger.open.get_mut(&kafka.transaction) {
+                                    open.outstanding = open.outstanding.saturating_sub(1);
+                                }
+                                ledger.queued_events = ledger.queued_events.saturating_sub(1);
+                                ledger.queued_bytes =
+                                    ledger.queued_bytes.saturating_sub(size as u64);
+                            }
+                            let dead_letter = too_large_record(
+                                event,
+                                size,
+                                kafka.settings.max_message_bytes,
+                                &kafka.settings.dead_letter_topic,
+                            );
+                            tracing::error!(
+                                topic = %event.topic,
+                                bytes = size,
+                                limit = kafka.settings.max_message_bytes,
+                                dead_letter_topic = %kafka.settings.dead_letter_topic,
+                                "an event is larger than --kafka-max-message-bytes; a record of it goes to the dead-letter topic instead"
+                            );
+                            kafka.metrics.record_dead_letter();
+                            return Box::pin(self.send(&dead_letter)).await;
+                        }
                         // librdkafka's queue is full: wait for deliveries to drain it.
                         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                             // A failed delivery empties the queue too: no point sending more.
@@ -359,10 +426,13 @@ impl Sink {
         }
     }
 
-    /// Waits (up to `timeout`) until everything sent so far is acknowledged.
-    pub async fn drain(&mut self, target: Lsn, timeout: Duration) {
+    /// Waits until Kafka has acknowledged every transaction up to `target`, a delivery has
+    /// failed, or `timeout` has passed; true only in the first case. The wait does not block
+    /// the runtime: acknowledgements arrive on the producer's own thread.
+    pub async fn drain(&mut self, target: Lsn, timeout: Duration) -> bool {
         if let Sink::Kafka(kafka) = self {
-            let _ = kafka.producer.flush(timeout);
+            // A zero timeout only asks librdkafka to send what it holds without lingering.
+            let _ = kafka.producer.flush(Duration::ZERO);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         while self.acked_lsn() < target
@@ -371,10 +441,68 @@ impl Sink {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.acked_lsn() >= target && self.failure().is_none()
+    }
+
+    /// Kafka is behind: librdkafka's queue is three quarters full. The replication loop then
+    /// stops reading changes but goes on sending status updates, so Postgres does not take
+    /// the silence for a dead link (wal_sender_timeout) while Kafka catches up.
+    pub fn backlogged(&self) -> bool {
+        match self {
+            Sink::Kafka(kafka) => {
+                let ledger = lock(&kafka.ledger);
+                ledger.queued_bytes > QUEUE_MAX_KBYTES * 1024 * 3 / 4
+                    || ledger.queued_events > QUEUE_MAX_EVENTS * 3 / 4
+            }
+            Sink::Stdout { .. } => false,
+        }
+    }
+
+    /// The dead-letter topic (Kafka sink only), which must exist like the tables' topics.
+    pub fn dead_letter_topic(&self) -> Option<&str> {
+        match self {
+            Sink::Kafka(kafka) => Some(&kafka.settings.dead_letter_topic),
+            Sink::Stdout { .. } => None,
+        }
+    }
+
+    /// How long an event can take before Kafka acknowledges it or librdkafka gives up on it
+    /// (the message timeout, plus a margin for the callback).
+    pub fn delivery_deadline(&self) -> Duration {
+        match self {
+            Sink::Kafka(kafka) => kafka.settings.message_timeout + Duration::from_secs(30),
+            _ => Duration::from_secs(30),
+        }
     }
 }
 
-/// Deletes topics (benchmarks clean up after themselves).
+/// What the dead-letter topic holds in place of an event too large for Kafka: its topic,
+/// key and size, so the row can be found (its key is the record's key too).
+fn too_large_record(event: &ChangeEvent, size: usize, limit: usize, topic: &str) -> ChangeEvent {
+    use base64::Engine;
+    let key = event
+        .key
+        .as_deref()
+        .map(|key| match std::str::from_utf8(key) {
+            Ok(text) => serde_json::json!({"text": text}),
+            Err(_) => {
+                serde_json::json!({"base64": base64::engine::general_purpose::STANDARD.encode(key)})
+            }
+        });
+    let record = serde_json::json!({
+        "reason": format!("the event is {size} bytes, over the {limit}-byte limit (--kafka-max-message-bytes)"),
+        "topic": event.topic,
+        "key": key,
+        "bytes": size,
+    });
+    ChangeEvent {
+        topic: topic.to_owned(),
+        key: event.key.clone(),
+        value: Some(record.to_string().into_bytes()),
+    }
+}
+
+/// Creates the topics that do not exist yet; see [`Sink::create_topics`].
 async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), SinkError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
@@ -385,19 +513,38 @@ async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), S
         .iter()
         .map(|topic| NewTopic::new(topic, -1, TopicReplication::Fixed(-1)))
         .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    // Bounded, so that cdc starts (and waits for Kafka in its producer) when Kafka is away.
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(30)))
+        .request_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&new_topics, &options).await? {
         match result {
             Ok(topic) => tracing::info!(%topic, "topic created"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((topic, code)) => {
-                tracing::warn!(%topic, error = %code, "could not create the topic");
+                // Refused to this client (no CREATE right, say) but made by an operator
+                // beforehand is fine; refused and absent is not.
+                let metadata = admin
+                    .inner()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+                let exists = metadata
+                    .topics()
+                    .iter()
+                    .any(|known| known.name() == topic && known.error().is_none());
+                if !exists {
+                    return Err(SinkError::TopicRefused {
+                        topic,
+                        reason: code.to_string(),
+                    });
+                }
+                tracing::warn!(%topic, error = %code, "could not create the topic, but it exists");
             }
         }
     }
     Ok(())
 }
 
+/// Deletes topics (benchmarks clean up after themselves).
 pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), SinkError> {
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
         ClientConfig::new()
@@ -412,6 +559,26 @@ pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), SinkErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An event Kafka has not acknowledged when the wait ends is reported as such, so the
+    /// snapshot is not recorded as complete with rows still queued.
+    #[tokio::test]
+    async fn a_drain_that_ends_before_kafka_acknowledged_says_so() {
+        let mut settings = KafkaSettings::new("127.0.0.1:9");
+        settings.message_timeout = Duration::from_secs(3600);
+        let mut sink = Sink::kafka_with(settings).unwrap();
+        sink.send(&ChangeEvent {
+            topic: "walflow.public.nowhere".into(),
+            key: None,
+            value: Some(b"{}".to_vec()),
+        })
+        .await
+        .unwrap();
+        sink.commit(Lsn(100), None).await.unwrap();
+        assert!(!sink.drain(Lsn(100), Duration::from_millis(300)).await);
+        assert!(sink.acked_lsn() < Lsn(100));
+        assert!(sink.failure().is_none());
+    }
 
     #[test]
     fn only_leading_committed_and_delivered_transactions_are_acknowledged() {

@@ -15,6 +15,10 @@ use crate::retry::{is_retryable_status, parse_retry_after, RetryPolicy};
 /// The API's documented maximum per request.
 pub const MAX_RESULTS_PER_REQUEST: u32 = 5000;
 
+/// The most bytes one response may have: a full page at 8 KiB per user, about seven times
+/// what a randomuser record takes. A body past it is refused before it fills memory.
+pub const MAX_BODY_BYTES: u64 = MAX_RESULTS_PER_REQUEST as u64 * 8 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageRequest {
     pub results: u32,
@@ -45,8 +49,19 @@ pub enum FetchError {
         attempts: u32,
         last_failure: String,
     },
+    #[error(
+        "{url} sent a body of more than {limit_bytes} bytes, the limit for a page of \
+         {MAX_RESULTS_PER_REQUEST} users; check that the source is a randomuser-compatible API"
+    )]
+    TooLarge { url: String, limit_bytes: u64 },
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
+}
+
+/// Why a response's body was not read.
+enum BodyError {
+    Transport(reqwest::Error),
+    TooLarge,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,10 +79,13 @@ struct ApiInfo {
 pub struct ApiClient {
     http: reqwest::Client,
     source: String,
+    /// `source` as errors show it: an API key in its userinfo or query string hidden.
+    shown_source: String,
     policy: RetryPolicy,
     min_interval: Option<Duration>,
     next_request_at: Mutex<Instant>,
     retries: AtomicU64,
+    max_body_bytes: u64,
 }
 
 impl ApiClient {
@@ -85,12 +103,14 @@ impl ApiClient {
         Ok(ApiClient {
             http,
             source: source.to_owned(),
+            shown_source: walflow_redact::url(source),
             policy,
             min_interval: max_requests_per_second
                 .filter(|rate| *rate > 0.0)
                 .map(|rate| Duration::from_secs_f64(1.0 / rate)),
             next_request_at: Mutex::new(Instant::now()),
             retries: AtomicU64::new(0),
+            max_body_bytes: MAX_BODY_BYTES,
         })
     }
 
@@ -110,14 +130,14 @@ impl ApiClient {
         if let Some(nat) = &request.nat {
             query.push(("nat", nat.clone()));
         }
-        let url = describe(&self.source, &query);
+        let url = describe(&self.shown_source, &query);
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.pace().await;
             let (failure, retry_after) =
                 match self.http.get(&self.source).query(&query).send().await {
-                    Err(error) => (describe_transport_error(&error), None),
+                    Err(error) => (describe_transport_error(error), None),
                     Ok(response) => {
                         let status = response.status().as_u16();
                         let retry_after = response
@@ -125,8 +145,16 @@ impl ApiClient {
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|value| value.to_str().ok())
                             .and_then(parse_retry_after);
-                        match response.bytes().await {
-                            Err(error) => (describe_transport_error(&error), retry_after),
+                        match read_body(response, self.max_body_bytes).await {
+                            Err(BodyError::TooLarge) => {
+                                return Err(FetchError::TooLarge {
+                                    url,
+                                    limit_bytes: self.max_body_bytes,
+                                });
+                            }
+                            Err(BodyError::Transport(error)) => {
+                                (describe_transport_error(error), retry_after)
+                            }
                             Ok(body) if status == 200 => match parse_body(&body) {
                                 Ok(page) => return Ok(page),
                                 Err(problem) => (problem, None),
@@ -184,6 +212,25 @@ impl ApiClient {
     }
 }
 
+/// The body, read chunk by chunk so that one past `limit` bytes is dropped as soon as it
+/// is known to be (from its Content-Length, or while it streams).
+async fn read_body(mut response: reqwest::Response, limit: u64) -> Result<Vec<u8>, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 fn parse_body(body: &[u8]) -> Result<ApiPage, String> {
     let parsed: ApiBody = serde_json::from_slice(body)
         .map_err(|error| format!("malformed JSON ({error}) in a {}-byte body", body.len()))?;
@@ -199,20 +246,26 @@ fn parse_body(body: &[u8]) -> Result<ApiPage, String> {
     })
 }
 
-fn describe(source: &str, query: &[(&str, String)]) -> String {
+/// The request as errors name it: `shown_source` (already redacted) with walflow's own
+/// parameters, which carry nothing secret.
+fn describe(shown_source: &str, query: &[(&str, String)]) -> String {
     let parameters: Vec<String> = query
         .iter()
         .map(|(key, value)| format!("{key}={value}"))
         .collect();
-    format!("{source}?{}", parameters.join("&"))
+    let separator = if shown_source.contains('?') { '&' } else { '?' };
+    format!("{shown_source}{separator}{}", parameters.join("&"))
 }
 
-fn describe_transport_error(error: &reqwest::Error) -> String {
+/// The error and its causes, without the request's URL (its query string may hold an API
+/// key; the caller names the request with [`describe`]).
+fn describe_transport_error(error: reqwest::Error) -> String {
     if error.is_timeout() {
         return "timed out".to_owned();
     }
+    let error = error.without_url();
     let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
         text.push_str(": ");
         text.push_str(&cause.to_string());
@@ -233,6 +286,45 @@ fn snippet(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_described_without_the_sources_credentials() {
+        let client = ApiClient::new(
+            "https://user:s3cret@api.example.com/api/?apikey=s3cret",
+            RetryPolicy::default(),
+            Duration::from_secs(1),
+            None,
+        )
+        .unwrap();
+        let described = describe(&client.shown_source, &[("page", "3".to_owned())]);
+        assert_eq!(
+            described,
+            "https://user:***@api.example.com/api/?apikey=***&page=3"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_is_reported_without_the_sources_credentials() {
+        let client = ApiClient::new(
+            "http://user:s3cret@127.0.0.1:1/api/?apikey=s3cret",
+            RetryPolicy {
+                max_retries: 0,
+                ..RetryPolicy::default()
+            },
+            Duration::from_secs(5),
+            None,
+        )
+        .unwrap();
+        let request = PageRequest {
+            results: 10,
+            page: 1,
+            seed: Some("demo".into()),
+            nat: None,
+        };
+        let error = client.fetch(&request).await.unwrap_err().to_string();
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(error.contains("127.0.0.1:1/api/?apikey=***"), "{error}");
+    }
 
     #[test]
     fn bodies_are_parsed_or_explained() {

@@ -184,7 +184,7 @@ impl ApiRecord {
             field: "login.uuid".into(),
             problem: format!("{id_text:?} is not a UUID"),
         })?;
-        Ok(User {
+        User {
             id,
             gender: self.gender,
             title: self.name.title,
@@ -218,7 +218,56 @@ impl ApiRecord {
             picture_medium: self.picture.medium,
             picture_thumbnail: self.picture.thumbnail,
             nat: self.nat,
-        })
+        }
+        .without_nul_characters()
+    }
+}
+
+impl User {
+    /// The text fields by their path in the API's record (the uuid and the dates are
+    /// parsed, so cannot hold a NUL).
+    fn text_fields(&self) -> [(&'static str, Option<&str>); 19] {
+        [
+            ("gender", self.gender.as_deref()),
+            ("name.title", self.title.as_deref()),
+            ("name.first", Some(&self.first_name)),
+            ("name.last", Some(&self.last_name)),
+            ("location.street.name", self.street_name.as_deref()),
+            ("location.city", self.city.as_deref()),
+            ("location.state", self.state.as_deref()),
+            ("location.country", self.country.as_deref()),
+            ("location.postcode", self.postcode.as_deref()),
+            ("location.timezone.offset", self.timezone_offset.as_deref()),
+            (
+                "location.timezone.description",
+                self.timezone_name.as_deref(),
+            ),
+            ("email", Some(&self.email)),
+            ("login.username", Some(&self.username)),
+            ("phone", self.phone.as_deref()),
+            ("cell", self.cell.as_deref()),
+            ("picture.large", self.picture_large.as_deref()),
+            ("picture.medium", self.picture_medium.as_deref()),
+            ("picture.thumbnail", self.picture_thumbnail.as_deref()),
+            ("nat", self.nat.as_deref()),
+        ]
+    }
+
+    /// Postgres text cannot hold U+0000: such a user would fail the upsert of its whole
+    /// batch, and the same batch again on every re-run.
+    fn without_nul_characters(self) -> Result<User, RejectReason> {
+        let field = self
+            .text_fields()
+            .into_iter()
+            .find(|(_, text)| text.is_some_and(|text| text.contains('\0')))
+            .map(|(field, _)| field);
+        match field {
+            Some(field) => Err(RejectReason {
+                field: field.into(),
+                problem: "contains a NUL character (\\u0000), which Postgres cannot store".into(),
+            }),
+            None => Ok(self),
+        }
     }
 }
 
@@ -306,6 +355,22 @@ mod tests {
             "picture": {"large": "l.jpg", "medium": "m.jpg", "thumbnail": "t.jpg"},
             "nat": "US"
         })
+    }
+
+    #[test]
+    fn a_nul_character_in_any_text_field_is_rejected_by_that_field() {
+        let user = User::from_api_json(&sample().to_string()).unwrap();
+        for (field, _) in user.text_fields() {
+            let mut record = sample();
+            let mut value = &mut record;
+            for key in field.split('.') {
+                value = &mut value[key];
+            }
+            *value = Value::String("a\u{0}b".into());
+            let reason = User::from_api_json(&record.to_string()).unwrap_err();
+            assert_eq!(reason.field, field);
+            assert!(reason.problem.contains("NUL"), "{reason}");
+        }
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub async fn run(
 ) -> Result<IngestSummary, IngestFailure> {
     let started = Instant::now();
     let mut summary = IngestSummary {
-        source: options.source.clone(),
+        // The summary goes to Airflow's task log: an API key in the URL stays out of it.
+        source: walflow_redact::url(&options.source),
         seed: options.seed.clone(),
         requested: options.count,
         ..IngestSummary::default()
@@ -137,7 +138,8 @@ async fn ingest(
             options.churn
         )));
     }
-    let mut writer = UserWriter::connect(&options.postgres_url, &options.source).await?;
+    let mut writer =
+        UserWriter::connect(&options.postgres_url, &walflow_redact::url(&options.source)).await?;
     let client = Arc::new(ApiClient::new(
         &options.source,
         options.retry.clone(),

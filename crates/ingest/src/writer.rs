@@ -2,6 +2,7 @@
 //! statement from one array per column, and its rejects are recorded, so a batch is either
 //! entirely in the database or not at all, whatever kills the process.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use serde_json::Value;
@@ -141,7 +142,11 @@ impl UserWriter {
             outcome.unchanged = users.len() as u64 - outcome.inserted - outcome.updated;
         }
         if !rejects.is_empty() {
-            let payloads: Vec<&Value> = rejects.iter().map(|reject| &reject.payload).collect();
+            let storable: Vec<Cow<'_, Value>> = rejects
+                .iter()
+                .map(|reject| storable_in_jsonb(&reject.payload))
+                .collect();
+            let payloads: Vec<&Value> = storable.iter().map(AsRef::as_ref).collect();
             let reasons: Vec<&str> = rejects
                 .iter()
                 .map(|reject| reject.reason.as_str())
@@ -160,6 +165,40 @@ impl UserWriter {
             .await
             .map_err(WriteError::context("cannot commit the batch"))?;
         Ok(outcome)
+    }
+}
+
+/// `payload` as jsonb accepts it: jsonb cannot hold U+0000, so a NUL in a string or a key
+/// is written as the six characters `\u0000` (which JSON text would show anyway).
+fn storable_in_jsonb(payload: &Value) -> Cow<'_, Value> {
+    fn has_nul(value: &Value) -> bool {
+        match value {
+            Value::String(text) => text.contains('\0'),
+            Value::Array(items) => items.iter().any(has_nul),
+            Value::Object(fields) => fields
+                .iter()
+                .any(|(key, value)| key.contains('\0') || has_nul(value)),
+            _ => false,
+        }
+    }
+    fn escaped(value: &Value) -> Value {
+        let escape = |text: &str| text.replace('\0', "\\u0000");
+        match value {
+            Value::String(text) => Value::String(escape(text)),
+            Value::Array(items) => Value::Array(items.iter().map(escaped).collect()),
+            Value::Object(fields) => Value::Object(
+                fields
+                    .iter()
+                    .map(|(key, value)| (escape(key), escaped(value)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+    if has_nul(payload) {
+        Cow::Owned(escaped(payload))
+    } else {
+        Cow::Borrowed(payload)
     }
 }
 
@@ -329,6 +368,18 @@ fn upsert_sql() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_characters_in_reject_payloads_are_written_as_escapes() {
+        let payload = serde_json::json!({"a\u{0}": ["x\u{0}y", 1, {"k": "\u{0}"}], "b": "fine"});
+        let stored = storable_in_jsonb(&payload);
+        assert_eq!(
+            stored.to_string(),
+            r#"{"a\\u0000":["x\\u0000y",1,{"k":"\\u0000"}],"b":"fine"}"#
+        );
+        let clean = serde_json::json!({"b": "fine"});
+        assert!(matches!(storable_in_jsonb(&clean), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn every_column_is_one_typed_array_parameter() {

@@ -14,8 +14,10 @@ use rdkafka::ClientConfig;
 use tokio_postgres::{Client, NoTls};
 
 mod fake_api;
+mod fixed_http;
 mod scratch_postgres;
 pub use fake_api::FakeApi;
+pub use fixed_http::FixedHttp;
 pub use scratch_postgres::ScratchPostgres;
 
 /// The service addresses, from `eval "$(scripts/services env)"`.
@@ -62,19 +64,14 @@ pub fn unique_name(prefix: &str) -> String {
 pub async fn connect(url: &str) -> Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", redact(url)));
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot connect to {}: {error}",
+                walflow_redact::postgres(url)
+            )
+        });
     tokio::spawn(connection);
     client
-}
-
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Err(_) => "<postgres url>".to_owned(),
-    }
 }
 
 /// `url` with its database replaced by `database`.
@@ -342,4 +339,24 @@ pub fn items_pipeline(
     )
     .unwrap();
     path
+}
+
+/// Creates `topic` with `partitions` partitions (one replica), as an operator would before
+/// walflow first writes to it.
+pub async fn create_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{NewTopic, TopicReplication};
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", services().kafka_brokers)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .unwrap();
+    for result in results {
+        result.unwrap_or_else(|(topic, code)| panic!("cannot create topic {topic}: {code}"));
+    }
 }

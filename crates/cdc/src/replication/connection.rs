@@ -23,7 +23,14 @@ pub struct ReplicationConfig {
     password: Option<Vec<u8>>,
     pub database: String,
     pub application_name: String,
+    /// How long connecting, starting up and authenticating may take (the URL's
+    /// `connect_timeout`, else 30 s): a server that accepts the connection and never
+    /// answers is an error, not a hang.
+    pub connect_timeout: std::time::Duration,
 }
+
+/// Used when the URL sets no `connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl std::fmt::Debug for ReplicationConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +74,10 @@ impl ReplicationConfig {
             user,
             password: config.get_password().map(<[u8]>::to_vec),
             application_name: "walflow cdc".to_owned(),
+            connect_timeout: config
+                .get_connect_timeout()
+                .copied()
+                .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         })
     }
 }
@@ -100,14 +111,46 @@ impl ReplicationConnection {
         config: &ReplicationConfig,
     ) -> Result<ReplicationConnection, ReplicationError> {
         let address = format!("{}:{}", config.host, config.port);
+        match tokio::time::timeout(
+            config.connect_timeout,
+            Self::connect_untimed(config, &address),
+        )
+        .await
+        {
+            Ok(connected) => connected,
+            Err(_) => Err(ReplicationError::Connect {
+                address,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "no answer within {} s (connect_timeout in the URL sets the limit)",
+                        config.connect_timeout.as_secs()
+                    ),
+                ),
+            }),
+        }
+    }
+
+    async fn connect_untimed(
+        config: &ReplicationConfig,
+        address: &str,
+    ) -> Result<ReplicationConnection, ReplicationError> {
         let socket =
-            TcpStream::connect(&address)
+            TcpStream::connect(address)
                 .await
                 .map_err(|source| ReplicationError::Connect {
-                    address: address.clone(),
+                    address: address.to_owned(),
                     source,
                 })?;
         socket.set_nodelay(true)?;
+        // A link that dies without a word (a NAT or firewall dropping it) is noticed in
+        // about a minute instead of the kernel's two hours.
+        socket2::SockRef::from(&socket).set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(std::time::Duration::from_secs(30))
+                .with_interval(std::time::Duration::from_secs(10))
+                .with_retries(3),
+        )?;
         let mut connection = ReplicationConnection {
             socket,
             read_buffer: BytesMut::with_capacity(64 * 1024),
@@ -141,9 +184,30 @@ impl ReplicationConnection {
             ))
         };
         let mut scram: Option<ScramSha256> = None;
+        // Set once the server's SCRAM final message proved it knows the password.
+        let mut server_proven = false;
+        let downgrade = || {
+            ReplicationError::Authentication(
+                "Postgres started SCRAM authentication and then asked for the password in another \
+                 way: refusing, as a server that cannot finish SCRAM may not be the real one"
+                    .into(),
+            )
+        };
         loop {
             match self.read_message().await? {
-                Backend::Message(Message::AuthenticationOk) => {}
+                Backend::Message(Message::AuthenticationOk) => {
+                    if scram.is_some() && !server_proven {
+                        return Err(ReplicationError::Authentication(
+                            "Postgres accepted the login without the SCRAM final message that proves \
+                             it knows the password: refusing, the server may not be the real one"
+                                .into(),
+                        ));
+                    }
+                }
+                Backend::Message(
+                    Message::AuthenticationCleartextPassword
+                    | Message::AuthenticationMd5Password(_),
+                ) if scram.is_some() => return Err(downgrade()),
                 Backend::Message(Message::AuthenticationCleartextPassword) => {
                     let password = config.password.as_deref().ok_or_else(missing_password)?;
                     frontend::password_message(password, &mut self.write_buffer)?;
@@ -194,6 +258,7 @@ impl ReplicationConnection {
                         ReplicationError::Protocol("SASL final before SASL start".into())
                     })?;
                     exchange.finish(body.data())?;
+                    server_proven = true;
                 }
                 Backend::Message(
                     Message::ParameterStatus(_)
@@ -287,9 +352,28 @@ impl ReplicationConnection {
         } else {
             "NOEXPORT_SNAPSHOT"
         };
+        self.create_slot(slot_name, "", snapshot).await
+    }
+
+    /// A slot that lives only as long as this connection, exporting its snapshot: the
+    /// consistent point of a snapshot taken again for a slot that is kept.
+    pub async fn create_temporary_logical_slot(
+        &mut self,
+        slot_name: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
+        self.create_slot(slot_name, " TEMPORARY", "EXPORT_SNAPSHOT")
+            .await
+    }
+
+    async fn create_slot(
+        &mut self,
+        slot_name: &str,
+        temporary: &str,
+        snapshot: &str,
+    ) -> Result<CreatedSlot, ReplicationError> {
         let rows = self
             .simple_query(&format!(
-                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {snapshot}",
+                "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput {snapshot}",
                 quote_identifier(slot_name)
             ))
             .await?;
@@ -420,6 +504,42 @@ fn quote_literal(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake server that starts SCRAM and then says "ok" without the final message that
+    /// would prove it knows the password.
+    #[tokio::test]
+    async fn a_server_that_skips_the_scram_proof_is_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = vec![0u8; 4096];
+            let _ = socket.read(&mut buffer).await.unwrap();
+            // AuthenticationSASL offering SCRAM-SHA-256.
+            let mechanism = b"SCRAM-SHA-256\0\0";
+            let mut message = vec![b'R'];
+            message.extend(((4 + 4 + mechanism.len()) as i32).to_be_bytes());
+            message.extend(10i32.to_be_bytes());
+            message.extend(mechanism);
+            socket.write_all(&message).await.unwrap();
+            let _ = socket.read(&mut buffer).await.unwrap();
+            // AuthenticationOk, then ReadyForQuery.
+            let mut message = vec![b'R'];
+            message.extend(8i32.to_be_bytes());
+            message.extend(0i32.to_be_bytes());
+            message.extend([b'Z', 0, 0, 0, 5, b'I']);
+            socket.write_all(&message).await.unwrap();
+            let _ = socket.read(&mut buffer).await;
+        });
+        let config = ReplicationConfig::from_url(&format!(
+            "postgres://walflow:secret@127.0.0.1:{port}/walflow"
+        ))
+        .unwrap();
+        let result = ReplicationConnection::connect(&config).await;
+        let error = result.err().expect("the login must be refused");
+        assert!(error.to_string().contains("SCRAM final message"), "{error}");
+        server.abort();
+    }
 
     #[test]
     fn identifiers_and_literals_are_quoted_safely() {

@@ -15,23 +15,33 @@ pub(crate) enum Backend {
     Message(Message),
 }
 
+/// The longest message walflow accepts: a row of Postgres's largest values (1 GB per
+/// field) fits, a length field gone wrong does not.
+const MAX_MESSAGE_LENGTH: usize = (1 << 30) + (1 << 20);
+
 /// One whole message from the front of `buffer`, or `None` when more bytes are needed.
+/// Nothing is parsed (or reserved) before the whole message is there, so the memory a
+/// message takes grows with the bytes that actually arrive, never with what its length
+/// field claims.
 pub(crate) fn next_message(buffer: &mut BytesMut) -> Result<Option<Backend>, ReplicationError> {
     if buffer.len() < 5 {
         return Ok(None);
     }
+    let length = i32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]);
+    let total = usize::try_from(length)
+        .ok()
+        .filter(|length| (4..=MAX_MESSAGE_LENGTH).contains(length))
+        .ok_or_else(|| {
+            ReplicationError::Protocol(format!(
+                "a message of type {:?} claims a length of {length} bytes",
+                char::from(buffer[0])
+            ))
+        })?
+        + 1;
+    if buffer.len() < total {
+        return Ok(None);
+    }
     if buffer[0] == COPY_BOTH_RESPONSE_TAG {
-        let length = i32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]);
-        let total = usize::try_from(length)
-            .ok()
-            .filter(|length| *length >= 4)
-            .ok_or_else(|| {
-                ReplicationError::Protocol(format!("CopyBothResponse length {length}"))
-            })?
-            + 1;
-        if buffer.len() < total {
-            return Ok(None);
-        }
         let _ = buffer.split_to(total);
         return Ok(Some(Backend::CopyBothResponse));
     }
@@ -80,6 +90,23 @@ mod tests {
             Some(Backend::Message(Message::CopyData(_)))
         ));
         assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn a_huge_claimed_length_reserves_nothing_and_an_absurd_one_is_refused() {
+        // CopyData claiming 1 GB, with only a few bytes there yet.
+        let mut buffer = BytesMut::from(&[b'd', 0x40, 0, 0, 0, 1, 2, 3][..]);
+        assert!(next_message(&mut buffer).unwrap().is_none());
+        assert!(
+            buffer.capacity() < 1024,
+            "reserved {} bytes",
+            buffer.capacity()
+        );
+        let mut buffer = BytesMut::from(&[b'd', 0x7f, 0xff, 0xff, 0xff, 1][..]);
+        assert!(matches!(
+            next_message(&mut buffer),
+            Err(ReplicationError::Protocol(_))
+        ));
     }
 
     #[test]

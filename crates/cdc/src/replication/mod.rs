@@ -8,6 +8,6 @@ mod framing;
 
 pub use connection::{
     quote_identifier, CreatedSlot, ReplicationConfig, ReplicationConnection, ReplicationStream,
-    SystemIdentity,
+    SystemIdentity, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use error::ReplicationError;

@@ -8,7 +8,10 @@ use super::{scratch_name, Check, DoctorTargets, ServiceReport};
 
 pub(super) async fn check(targets: &DoctorTargets, url: &str) -> ServiceReport {
     let url = url.trim_end_matches('/');
-    let mut report = ServiceReport::new("schema registry", url.to_owned());
+    // The URL's userinfo is how the registry authenticates walflow: reports show it hidden.
+    let shown = walflow_redact::url(url);
+    let shown = shown.trim_end_matches('/');
+    let mut report = ServiceReport::new("schema registry", shown.to_owned());
     let client = match reqwest::Client::builder().timeout(targets.timeout).build() {
         Ok(client) => client,
         Err(error) => {
@@ -21,22 +24,23 @@ pub(super) async fn check(targets: &DoctorTargets, url: &str) -> ServiceReport {
     let get = |path: &str| {
         let client = client.clone();
         let address = format!("{url}{path}");
+        let shown = format!("{shown}{path}");
         async move {
             let response = client
                 .get(&address)
                 .send()
                 .await
-                .map_err(|error| format!("GET {address}: {}", super::error_chain(&error)))?;
+                .map_err(|error| format!("GET {shown}: {}", super::error_chain(&error)))?;
             let status = response.status();
             let body = response
                 .text()
                 .await
-                .map_err(|error| format!("GET {address}: {error}"))?;
+                .map_err(|error| format!("GET {shown}: {error}"))?;
             if !status.is_success() {
-                return Err(format!("GET {address}: HTTP {status}: {body}"));
+                return Err(format!("GET {shown}: HTTP {status}: {body}"));
             }
             serde_json::from_str::<Value>(&body)
-                .map_err(|error| format!("GET {address}: not JSON ({error}): {body}"))
+                .map_err(|error| format!("GET {shown}: not JSON ({error}): {body}"))
         }
     };
 
@@ -47,7 +51,7 @@ pub(super) async fn check(targets: &DoctorTargets, url: &str) -> ServiceReport {
         )),
         Ok(other) => {
             report.checks.push(unreachable(format!(
-                "GET {url}/subjects did not give a list of subjects: {other}"
+                "GET {shown}/subjects did not give a list of subjects: {other}"
             )));
             return report;
         }
@@ -72,7 +76,7 @@ pub(super) async fn check(targets: &DoctorTargets, url: &str) -> ServiceReport {
                      would not be refused",
                     format!(
                         "curl -X PUT -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
-                         -d '{{\"compatibility\":\"BACKWARD\"}}' {url}/config"
+                         -d '{{\"compatibility\":\"BACKWARD\"}}' {shown}/config"
                     ),
                 )
             } else {
