@@ -72,7 +72,8 @@ pub struct ProcessArgs {
     late_events_prefix: String,
 
     /// Forget the checkpoint, empty the sink tables and rebuild them from the start of the
-    /// topics (needed after changing a pipeline file)
+    /// topics (needed after changing a pipeline file). Refused when retention has deleted
+    /// the first records of a topic (docs/operations.md)
     #[arg(long)]
     rebuild: bool,
 

@@ -931,3 +931,167 @@ async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
         "the healthy pipeline wrote its checkpoint before the process ended:\n{log}"
     );
 }
+
+/// Deletes the records of `topic`'s partition 0 before `offset`, as retention does.
+async fn delete_records_before(topic: &str, offset: i64) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", services().kafka_brokers)
+        .create()
+        .unwrap();
+    let mut offsets = rdkafka::TopicPartitionList::new();
+    offsets
+        .add_partition_offset(topic, 0, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    let result = admin
+        .delete_records(&offsets, &AdminOptions::new())
+        .await
+        .unwrap();
+    for element in result.elements() {
+        assert!(
+            element.error().is_ok(),
+            "deleting records of {topic}: {element:?}"
+        );
+    }
+}
+
+fn item_event(id: i32) -> String {
+    format!(r#"{{"before":null,"after":{{"id":{id},"price":{id}.5}},"op":"c"}}"#)
+}
+
+/// An items pipeline (items_pipeline) over a topic and keyspace of its own, with three items
+/// already in the topic.
+struct ItemsScenario {
+    topics: TestTopics,
+    keyspace: TestKeyspace,
+    directory: tempfile::TempDir,
+    topic: String,
+    session: scylla::client::session::Session,
+}
+
+impl ItemsScenario {
+    async fn start() -> ItemsScenario {
+        let topics = TestTopics::new();
+        let topic = format!("{}.public.items", topics.prefix);
+        let scenario = ItemsScenario {
+            keyspace: TestKeyspace::create().await,
+            directory: tempfile::tempdir().unwrap(),
+            session: cassandra_session(&services().cassandra_nodes).await,
+            topic,
+            topics,
+        };
+        scenario.write_pipeline("price");
+        kcat_produce(&scenario.topic, (1..=3).map(item_event));
+        scenario
+    }
+
+    fn write_pipeline(&self, price: &str) -> PathBuf {
+        items_pipeline(
+            self.directory.path(),
+            &self.topic,
+            &self.keyspace.name,
+            price,
+        )
+    }
+
+    fn process(&self, flags: &[&str]) -> std::process::Output {
+        run(walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--until-caught-up", "--checkpoint-dir"])
+            .arg(self.directory.path().join("checkpoints"))
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", self.topics.prefix),
+            ])
+            .args(flags)
+            .arg(self.directory.path().join("items.sql")))
+    }
+
+    /// The ids in the sink table.
+    async fn ids(&self) -> Vec<i64> {
+        cassandra_rows_by_int(
+            &self.session,
+            &format!("SELECT JSON * FROM {}.item_prices", self.keyspace.name),
+        )
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+    }
+}
+
+/// Records the pipeline has not read yet, deleted by retention, must not be jumped over: a
+/// pipeline resuming from its checkpoint at an offset Kafka no longer has stops with an
+/// error naming the topic, partition and the offsets lost, and what to do.
+#[tokio::test]
+async fn a_pipeline_resuming_past_records_deleted_by_retention_stops_and_names_the_gap() {
+    let scenario = ItemsScenario::start().await;
+    let topic = &scenario.topic;
+    let first = scenario.process(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(scenario.ids().await, vec![1, 2, 3]);
+
+    // Items 4 and 5 (offsets 3 and 4) are deleted before the pipeline reads them.
+    kcat_produce(topic, (4..=6).map(item_event));
+    delete_records_before(topic, 5).await;
+    let resumed = scenario.process(&[]);
+    let message = stderr(&resumed);
+    assert_eq!(
+        resumed.status.code(),
+        Some(1),
+        "the pipeline went on past the deleted offsets 3 and 4; Cassandra has items {:?}:\n{message}",
+        scenario.ids().await
+    );
+    assert!(
+        message.contains(topic.as_str()) && message.contains("partition 0"),
+        "{message}"
+    );
+    assert!(message.contains("offsets 3 to 4"), "{message}");
+    assert!(
+        message.contains("--topic-prefix") && message.contains("--rebuild"),
+        "{message}"
+    );
+    assert_eq!(
+        scenario.ids().await,
+        vec![1, 2, 3],
+        "nothing was written past the gap"
+    );
+}
+
+/// A rebuild replays the topics from their start; when retention has deleted their first
+/// records it would leave the sink tables with only what is left, so it is refused before
+/// anything is emptied, with the way out.
+#[tokio::test]
+async fn a_rebuild_is_refused_when_retention_deleted_the_start_of_a_topic() {
+    let scenario = ItemsScenario::start().await;
+    let first = scenario.process(&[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    delete_records_before(&scenario.topic, 2).await;
+
+    let refused = scenario.process(&["--rebuild"]);
+    let message = stderr(&refused);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "the rebuild went ahead; Cassandra has items {:?}:\n{message}",
+        scenario.ids().await
+    );
+    assert!(
+        message.contains(scenario.topic.as_str()) && message.contains("starts at offset 2"),
+        "{message}"
+    );
+    assert!(message.contains("--topic-prefix"), "{message}");
+    assert_eq!(
+        scenario.ids().await,
+        vec![1, 2, 3],
+        "the sink tables were not emptied"
+    );
+
+    // The pipeline edited, --rebuild-if-changed is refused the same way.
+    scenario.write_pipeline("price * 2");
+    let refused = scenario.process(&["--rebuild-if-changed"]);
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(message.contains("starts at offset 2"), "{message}");
+    assert_eq!(scenario.ids().await, vec![1, 2, 3]);
+}

@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
-use crate::consumer::{commit_offsets, PipelineConsumer, PipelineConsumerContext};
+use crate::consumer::{commit_offsets, OffsetGap, PipelineConsumer, PipelineConsumerContext};
 use crate::decode::decode;
 use crate::definition::{
     DefinitionError, PipelineDefinition, SinkTable, SourceFormat, SourceTable,
@@ -375,7 +377,9 @@ impl Pipeline {
 /// librdkafka's 100,000 and 64 MB) to bound memory, and refilled 10 ms after it drains below
 /// that instead of librdkafka's 1 s: with the default pause, a queue that fills pauses the
 /// fetcher for a second at a time and one partition tops out near 50,000 events/s
-/// (docs/benchmarks.md).
+/// (docs/benchmarks.md). An offset Kafka no longer has is an error (`auto.offset.reset =
+/// error`), never a silent jump to the first one left: the events in between would be missing
+/// from the state for good ([`OffsetGap`]).
 pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -383,7 +387,7 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
+        .set("auto.offset.reset", "error")
         .set("fetch.wait.max.ms", "20")
         .set("queued.min.messages", "20000")
         .set("queued.max.messages.kbytes", "16384")
@@ -433,6 +437,32 @@ pub async fn run(
         sink.prepare(&query.sink).await?;
     }
 
+    // Kafka: every partition of every source topic (read from the checkpoint's offsets
+    // below).
+    let group = pipeline.definition.consumer_group();
+    let consumer: PipelineConsumer = consumer_config(&options.brokers, &group)
+        .create_with_context(PipelineConsumerContext::new(&name, &group, metrics.clone()))?;
+    let topics = pipeline.definition.topics();
+    let mut partitions: Vec<(String, i32)> = Vec::new();
+    for topic in &topics {
+        let mut backoff = RETRY_MIN;
+        loop {
+            let found = partitions_of(&consumer, topic).await;
+            match found {
+                Ok(list) if !list.is_empty() => {
+                    partitions.extend(list.into_iter().map(|partition| (topic.clone(), partition)));
+                    break;
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(pipeline = %name, %topic, "waiting for the topic to exist (is walflow cdc running?)");
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        return Ok(RunSummary::default());
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
     let mut rebuild = options.rebuild;
     let saved = match checkpoint::load(&checkpoint_path) {
         Ok(Some(saved))
@@ -462,6 +492,33 @@ pub async fn run(
         Err(_) => None,
         Ok(saved) => saved.filter(|_| !rebuild),
     };
+    // What Kafka still holds of each partition, before anything is emptied.
+    let mut retained = BTreeMap::new();
+    for (topic, partition) in &partitions {
+        let range = watermarks(&consumer, topic, *partition).await?;
+        retained.insert((topic.clone(), *partition), range);
+    }
+    let shortened: Vec<(String, i32, i64)> = retained
+        .iter()
+        .filter(|(_, &(low, _))| low > 0)
+        .map(|((topic, partition), &(low, _))| (topic.clone(), *partition, low))
+        .collect();
+    if rebuild && !shortened.is_empty() {
+        return Err(fail(crate::consumer::rebuild_refused(&shortened)));
+    }
+    if let Some(saved) = &saved {
+        let gaps: Vec<OffsetGap> = saved
+            .offsets
+            .iter()
+            .filter_map(|((topic, partition), &next)| {
+                let range = retained.get(&(topic.clone(), *partition))?;
+                OffsetGap::of(topic, *partition, next, *range)
+            })
+            .collect();
+        if !gaps.is_empty() {
+            return Err(fail(crate::consumer::resume_refused(&gaps)));
+        }
+    }
     if rebuild {
         checkpoint::remove(&checkpoint_path)?;
     }
@@ -471,6 +528,9 @@ pub async fn run(
             saved
         }
         None => {
+            for (topic, partition, low) in &shortened {
+                tracing::warn!(pipeline = %name, %topic, partition, first_offset = low, "first start: the partition's records before its first offset were deleted by retention, so the sink tables will hold only the changes still retained");
+            }
             if rebuild {
                 for query in &pipeline.queries {
                     let mut delta = SinkDelta::default();
@@ -483,31 +543,6 @@ pub async fn run(
         }
     };
 
-    // Kafka: every partition of every source topic, from the checkpoint's offsets.
-    let group = pipeline.definition.consumer_group();
-    let consumer: PipelineConsumer = consumer_config(&options.brokers, &group)
-        .create_with_context(PipelineConsumerContext::new(&name, &group, metrics.clone()))?;
-    let topics = pipeline.definition.topics();
-    let mut partitions: Vec<(String, i32)> = Vec::new();
-    for topic in &topics {
-        let mut backoff = RETRY_MIN;
-        loop {
-            let found = partitions_of(&consumer, topic).await;
-            match found {
-                Ok(list) if !list.is_empty() => {
-                    partitions.extend(list.into_iter().map(|partition| (topic.clone(), partition)));
-                    break;
-                }
-                Ok(_) | Err(_) => {
-                    tracing::warn!(pipeline = %name, %topic, "waiting for the topic to exist (is walflow cdc running?)");
-                    if sleep_or_stop(backoff, &mut stop).await {
-                        return Ok(RunSummary::default());
-                    }
-                    backoff = (backoff * 2).min(RETRY_MAX);
-                }
-            }
-        }
-    }
     let mut assignment = TopicPartitionList::new();
     for (topic, partition) in &partitions {
         let offset = match state.offsets.get(&(topic.clone(), *partition)) {
@@ -603,6 +638,26 @@ pub async fn run(
         let Some(read) = batches.recv().await else {
             return Err(fail("the Kafka reading task ended unexpectedly".into()));
         };
+        if read.offset_out_of_range {
+            // Retention deleted records the pipeline had not read yet (it lagged behind).
+            let mut positions = read_positions.clone();
+            for (key, next) in &read.positions {
+                advance(&mut positions, key, *next);
+            }
+            let mut gaps = Vec::new();
+            for ((topic, partition), &next) in &positions {
+                if let Ok(range) = watermarks(&consumer, topic, *partition).await {
+                    gaps.extend(OffsetGap::of(topic, *partition, next, range));
+                }
+            }
+            return Err(fail(if gaps.is_empty() {
+                "Kafka has no records at a partition's read position any more (deleted by \
+                 retention?), and the pipeline does not jump over them"
+                    .into()
+            } else {
+                crate::consumer::resume_refused(&gaps)
+            }));
+        }
         if file_watch.as_mut().is_some_and(FileWatch::changed) {
             let path = pipeline.definition.path.clone();
             match Pipeline::load(&path).await {
@@ -648,6 +703,7 @@ pub async fn run(
             commit_times_ms,
             events,
             stopping,
+            offset_out_of_range: _,
         } = read;
         let BatchOutput { deltas, late } = pipeline
             .apply_batch(&mut state, changes, Some(unix_ms()))
@@ -755,6 +811,9 @@ struct ReadBatch {
     events: usize,
     /// Asked to stop while reading: this is the last batch.
     stopping: bool,
+    /// Kafka no longer has a partition's read position: the last batch, and the pipeline
+    /// stops with the gap.
+    offset_out_of_range: bool,
 }
 
 /// Reads micro-batches, bounded by events and by time, and decodes them.
@@ -807,7 +866,7 @@ impl BatchReader {
     async fn run(mut self, batches: tokio::sync::mpsc::Sender<ReadBatch>) {
         loop {
             let batch = self.read().await;
-            let stopping = batch.stopping;
+            let stopping = batch.stopping || batch.offset_out_of_range;
             if batches.send(batch).await.is_err() || stopping {
                 return;
             }
@@ -823,6 +882,7 @@ impl BatchReader {
             commit_times_ms: Vec::new(),
             events: 0,
             stopping: *self.stop.borrow(),
+            offset_out_of_range: false,
         };
         let deadline = tokio::time::Instant::now() + self.batch_max_wait;
         // Messages borrow the consumer, not the reader, which Avro sources need mutably.
@@ -834,6 +894,10 @@ impl BatchReader {
             };
             let message = match message {
                 Err(_) => break,
+                Ok(Err(KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset))) => {
+                    batch.offset_out_of_range = true;
+                    break;
+                }
                 Ok(Err(error)) => {
                     tracing::warn!(pipeline = %self.pipeline, %error, "Kafka consumer error; retrying");
                     continue;
