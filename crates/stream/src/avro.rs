@@ -23,6 +23,8 @@ use crate::definition::SourceTable;
 /// Writer schemas by registry id, compiled.
 pub struct WriterSchemas {
     base: String,
+    /// The registry's address as messages show it: without the userinfo password.
+    shown: String,
     client: reqwest::Client,
     schemas: HashMap<u32, Reader>,
 }
@@ -31,6 +33,7 @@ impl WriterSchemas {
     pub fn new(registry_url: &str) -> Result<WriterSchemas, String> {
         Ok(WriterSchemas {
             base: registry_url.trim_end_matches('/').to_owned(),
+            shown: walflow_redact::url(registry_url.trim_end_matches('/')),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()
@@ -58,15 +61,21 @@ impl WriterSchemas {
         if self.schemas.contains_key(&id) {
             return Ok(());
         }
-        let url = format!("{}/schemas/ids/{id}", self.base);
-        let response = self.client.get(&url).send().await.map_err(|error| {
+        let request = format!("{}/schemas/ids/{id}", self.base);
+        // Every message names the redacted address; reqwest's own errors lose theirs.
+        let url = format!("{}/schemas/ids/{id}", self.shown);
+        let response = self.client.get(&request).send().await.map_err(|error| {
             SchemaFetchError::Unavailable(format!(
-                "cannot reach the schema registry at {url}: {error}"
+                "cannot reach the schema registry at {url}: {}",
+                error.without_url()
             ))
         })?;
         let status = response.status();
         let body = response.text().await.map_err(|error| {
-            SchemaFetchError::Unavailable(format!("GET {url}: HTTP {status}: {error}"))
+            SchemaFetchError::Unavailable(format!(
+                "GET {url}: HTTP {status}: {}",
+                error.without_url()
+            ))
         })?;
         if status.is_server_error() {
             return Err(SchemaFetchError::Unavailable(format!(
@@ -829,6 +838,17 @@ fn decimal_text(bytes: &[u8], scale: usize) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The registry's userinfo password never reaches the errors logged on every retry.
+    #[tokio::test]
+    async fn an_unreachable_registry_is_named_without_its_password() {
+        let mut schemas =
+            WriterSchemas::new("http://user:s3cret@127.0.0.1:1/apis/ccompat/v7").unwrap();
+        let error = schemas.fetch(7).await.unwrap_err();
+        let message = format!("{error:?}");
+        assert!(message.contains("127.0.0.1:1"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
     use apache_avro::types::Value as Avro;
     use serde_json::{json, Map};
 
