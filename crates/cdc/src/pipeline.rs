@@ -198,7 +198,7 @@ pub async fn run(
         let mut snapshot_connection = replication.take().ok_or_else(|| {
             ReplicationError::Protocol("no replication connection for the snapshot".into())
         })?;
-        let (rows, consistent_point) = match existing {
+        let (created, kept_slot) = match existing {
             Some(existing) if existing.wal_status.as_deref() != Some("lost") => {
                 // A snapshot taken again (`--snapshot always`, or one cut short) keeps the
                 // slot: the changes it holds up to the new snapshot's consistent point are
@@ -223,16 +223,7 @@ pub async fn run(
                 state.catch_up_to = None;
                 state.caught_up = false;
                 state.start_new_session();
-                let rows = copy_snapshot(
-                    options,
-                    &mut sink,
-                    &database,
-                    &created,
-                    state.avro.as_mut(),
-                    &stop,
-                )
-                .await;
-                (rows, created.consistent_point)
+                (created, true)
             }
             existing => {
                 if existing.is_some() {
@@ -245,19 +236,23 @@ pub async fn run(
                 tracing::info!(slot = %options.slot, consistent_point = %created.consistent_point, "slot created; snapshot starting");
                 snapshot::record_consistent_point(&client, &options.slot, created.consistent_point)
                     .await?;
-                let rows = copy_snapshot(
-                    options,
-                    &mut sink,
-                    &database,
-                    &created,
-                    state.avro.as_mut(),
-                    &stop,
-                )
-                .await;
-                replication = Some(snapshot_connection);
-                (rows, created.consistent_point)
+                (created, false)
             }
         };
+        let consistent_point = created.consistent_point;
+        // The connection that exported the snapshot stays idle until it is imported.
+        let rows = copy_snapshot(
+            options,
+            &mut sink,
+            &database,
+            &created,
+            state.avro.as_mut(),
+            &stop,
+        )
+        .await;
+        if !kept_slot {
+            replication = Some(snapshot_connection);
+        }
         let rows = match rows {
             Err(CdcError::Snapshot(snapshot::SnapshotError::Stopped)) => {
                 tracing::info!("stopped during the snapshot; it is taken again at the next start");
@@ -277,7 +272,7 @@ pub async fn run(
                 waited: sink.delivery_deadline(),
             });
         }
-        if replication.is_none() {
+        if kept_slot {
             // The kept slot goes on from the new snapshot's consistent point (the temporary
             // slot went with its connection).
             advance_slot(&client, &options.slot, consistent_point).await?;
