@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::cdc::{wait_until_caught_up, Cdc};
 use crate::harness::{
-    cassandra_session, items_pipeline, kcat_produce, repo_root, run, services, stderr, unique_name,
-    walflow, FakeApi, TestDatabase, TestKeyspace, TestTopics,
+    cassandra_session, create_topic, items_pipeline, kcat_produce, repo_root, run, services,
+    stderr, unique_name, walflow, FakeApi, TestDatabase, TestKeyspace, TestTopics,
 };
 
 /// The shipped pipelines of sql/pipelines/, all checked against Postgres.
@@ -878,25 +878,29 @@ pub(crate) fn run_within(
 
 /// One pipeline that cannot write its checkpoint (a directory squats the path of its
 /// temporary file) must bring `walflow process` down with an error naming it, after the
-/// other pipeline has stopped cleanly and written its own checkpoint, instead of leaving the
-/// process up with a dead pipeline inside.
+/// other pipeline has stopped cleanly, instead of leaving the process up with a dead pipeline
+/// inside. The failing pipeline's topic gets its first event only once the healthy pipeline
+/// has checkpointed its own, so the failure always meets a pipeline at work.
 #[tokio::test]
 async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
     let topics = TestTopics::new();
     let keyspace = TestKeyspace::create().await;
     let directory = tempfile::tempdir().unwrap();
-    let topic = format!("{}.public.items", topics.prefix);
-    let failing = items_pipeline(directory.path(), &topic, &keyspace.name, "price");
+    let healthy_topic = format!("{}.public.items", topics.prefix);
+    let failing_topic = format!("{}.public.items_later", topics.prefix);
+    create_topic(&failing_topic, 1).await;
+    let failing = items_pipeline(directory.path(), &failing_topic, &keyspace.name, "price");
     let healthy = directory.path().join("prices.sql");
     std::fs::write(
         &healthy,
         std::fs::read_to_string(&failing)
             .unwrap()
+            .replace(&failing_topic, &healthy_topic)
             .replace("item_prices", "item_prices_copy"),
     )
     .unwrap();
     kcat_produce(
-        &topic,
+        &healthy_topic,
         [
             r#"{"before":null,"after":{"id":1,"price":2.5},"op":"c"}"#,
             r#"{"before":null,"after":{"id":2,"price":3.5},"op":"c"}"#,
@@ -905,31 +909,67 @@ async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
     let checkpoints = directory.path().join("checkpoints");
     std::fs::create_dir_all(checkpoints.join("items.checkpoint.tmp")).unwrap();
 
-    let log = directory.path().join("process.log");
-    let status = run_within(
-        walflow("postgres://unused@127.0.0.1/unused")
-            .args(["process", "--checkpoint-interval-ms", "100"])
-            .arg("--checkpoint-dir")
-            .arg(&checkpoints)
-            .args([
-                "--dead-letter-prefix",
-                &format!("{}.dead_letter", topics.prefix),
-            ])
-            .arg(&failing)
-            .arg(&healthy),
-        &log,
-        Duration::from_secs(90),
+    let log_path = directory.path().join("process.log");
+    let mut child = walflow("postgres://unused@127.0.0.1/unused")
+        .args(["process", "--checkpoint-interval-ms", "100"])
+        .arg("--checkpoint-dir")
+        .arg(&checkpoints)
+        .args([
+            "--dead-letter-prefix",
+            &format!("{}.dead_letter", topics.prefix),
+        ])
+        .arg(&failing)
+        .arg(&healthy)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let healthy_checkpoint = checkpoints.join("prices.checkpoint");
+    let started = Instant::now();
+    while !healthy_checkpoint.exists() {
+        if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the healthy pipeline wrote no checkpoint:\n{}",
+                std::fs::read_to_string(&log_path).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kcat_produce(
+        &failing_topic,
+        [r#"{"before":null,"after":{"id":3,"price":4.5},"op":"c"}"#],
     );
-    let log = std::fs::read_to_string(&log).unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(150) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap();
     let status = status.unwrap_or_else(|| {
-        panic!("walflow process was still running 90 s after a pipeline failed:\n{log}")
+        panic!("walflow process was still running long after a pipeline failed:\n{log}")
     });
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("pipeline items"), "{log}");
     assert!(
-        checkpoints.join("prices.checkpoint").exists(),
-        "the healthy pipeline wrote its checkpoint before the process ended:\n{log}"
+        log.lines()
+            .any(|line| line.contains("stopped") && line.contains("pipeline=prices")),
+        "the healthy pipeline did not stop cleanly:\n{log}"
     );
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let copied = cassandra_rows_by_int(
+        &session,
+        &format!("SELECT JSON * FROM {}.item_prices_copy", keyspace.name),
+    )
+    .await;
+    assert_eq!(copied, vec![(1, 2.5), (2, 3.5)], "{log}");
 }
 
 /// Deletes the records of `topic`'s partition 0 before `offset`, as retention does.
