@@ -641,6 +641,7 @@ fn produce_backlog(
             xid: 1,
             lsn: walflow_pgoutput::Lsn(1),
             snapshot: false,
+            position: None,
         };
         let event = avro.events.row_event(
             &avro.relation,

@@ -1135,3 +1135,163 @@ async fn a_rebuild_is_refused_when_retention_deleted_the_start_of_a_topic() {
     assert!(message.contains("starts at offset 2"), "{message}");
     assert_eq!(scenario.ids().await, vec![1, 2, 3]);
 }
+
+/// The count of each operation in `keyspace`.changes_by_operation.
+async fn changes_by_operation(
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+) -> BTreeMap<String, i64> {
+    session
+        .query_unpaged(
+            format!("SELECT operation, changes FROM {keyspace}.changes_by_operation"),
+            (),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows::<(String, i64)>()
+        .unwrap()
+        .map(|row| row.unwrap())
+        .collect()
+}
+
+/// A change cdc sends again after a restart (it resends from the slot's confirmed position:
+/// at-least-once) is counted once by a changelog pipeline, also across the pipeline's own
+/// restart. The resend is real and exact: a copy of cdc's slot, taken before the changes,
+/// makes a second cdc send again the very events the first one sent, with their positions.
+/// The oracle is Postgres's own log of the changes (a trigger's table, not published).
+#[tokio::test]
+async fn a_changelog_pipeline_counts_once_the_changes_cdc_sends_again() {
+    let database = TestDatabase::create().await;
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             CREATE TABLE item_log (op text NOT NULL);
+             CREATE FUNCTION log_item() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 INSERT INTO item_log VALUES
+                   (CASE TG_OP WHEN 'INSERT' THEN 'c' WHEN 'UPDATE' THEN 'u' ELSE 'd' END);
+                 RETURN NULL;
+               END $$;
+             CREATE TRIGGER log_item AFTER INSERT OR UPDATE OR DELETE ON items
+               FOR EACH ROW EXECUTE FUNCTION log_item();",
+        )
+        .await
+        .unwrap();
+    let oracle = || async {
+        client
+            .query("SELECT op, count(*) FROM item_log GROUP BY op", &[])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+            .collect::<BTreeMap<String, i64>>()
+    };
+    let topics = TestTopics::new();
+    let topic = format!("{}.public.items", topics.prefix);
+    create_topic(&topic, 3).await;
+    let keyspace = TestKeyspace::create().await;
+    let directory = tempfile::tempdir().unwrap();
+    let pipeline = directory.path().join("changes_by_operation.sql");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "CREATE TABLE item_changes (id INT, _op TEXT)
+               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_json',
+                     mode = 'changelog');
+             CREATE TABLE changes_by_operation (operation TEXT PRIMARY KEY, changes BIGINT)
+               WITH (connector = 'cassandra', keyspace = '{}');
+             INSERT INTO changes_by_operation SELECT _op, count(*) FROM item_changes GROUP BY _op;",
+            keyspace.name
+        ),
+    )
+    .unwrap();
+    let process = || {
+        let output = run(walflow("postgres://unused@127.0.0.1/unused")
+            .args(["process", "--until-caught-up", "--checkpoint-dir"])
+            .arg(directory.path().join("checkpoints"))
+            .args([
+                "--dead-letter-prefix",
+                &format!("{}.dead_letter", topics.prefix),
+            ])
+            .arg(&pipeline));
+        assert!(output.status.success(), "{}", stderr(&output));
+        stderr(&output)
+    };
+    let session = cassandra_session(&services().cassandra_nodes).await;
+
+    // cdc creates its slot; the copy starts where it stands, before any change.
+    let slot = unique_name("walflow_slot");
+    let copy = format!("{slot}_copy");
+    let cdc_args = ["--snapshot", "never"];
+    let cdc = Cdc::start_with(&database, &slot, &topics, "public.items", &cdc_args);
+    cdc.wait_until_streaming(&database).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    client
+        .query_one(
+            "SELECT slot_name::text FROM pg_copy_logical_replication_slot($1, $2)",
+            &[&slot, &copy],
+        )
+        .await
+        .unwrap();
+
+    // Three transactions, one of several operations, streamed by cdc on its slot.
+    for transaction in [
+        "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 60) g",
+        "UPDATE items SET name = name || '!' WHERE id % 3 = 0",
+        "BEGIN; DELETE FROM items WHERE id % 5 = 0; INSERT INTO items VALUES (61, 'x'), (62, 'y');
+         UPDATE items SET name = 'z' WHERE id IN (61, 1); COMMIT",
+    ] {
+        client.batch_execute(transaction).await.unwrap();
+    }
+    let first = oracle().await;
+    let first_total: i64 = first.values().sum();
+    let cdc = Cdc::start_with(&database, &slot, &topics, "public.items", &cdc_args);
+    cdc.wait_until_streaming(&database).await;
+    wait_until_caught_up(&client, &slot).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    process();
+    assert_eq!(changes_by_operation(&session, &keyspace.name).await, first);
+
+    // cdc on the copy sends all of them again, then what comes after.
+    let cdc = Cdc::start_with(&database, &copy, &topics, "public.items", &cdc_args);
+    cdc.wait_until_streaming(&database).await;
+    wait_until_caught_up(&client, &copy).await;
+    client
+        .batch_execute("UPDATE items SET name = name || '?' WHERE id <= 10")
+        .await
+        .unwrap();
+    client
+        .batch_execute("DELETE FROM items WHERE id = 2")
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &copy).await;
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
+    let expected = oracle().await;
+    let total: i64 = expected.values().sum();
+    let events = crate::cdc::kcat_all(&topic)
+        .iter()
+        .filter(|message| !message["payload"].is_null())
+        .count() as i64;
+    assert_eq!(
+        events,
+        total + first_total,
+        "the topic holds the first {first_total} changes twice"
+    );
+
+    let log = process();
+    assert_eq!(
+        changes_by_operation(&session, &keyspace.name).await,
+        expected,
+        "each change counted once, as Postgres logged them:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("duplicates_dropped={first_total}")),
+        "{log}"
+    );
+}

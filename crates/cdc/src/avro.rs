@@ -157,10 +157,20 @@ pub fn schemas(relation: &Relation, topic: &str) -> TableSchemas {
                     {"name": "schema", "type": "string"},
                     {"name": "table", "type": "string"},
                     {"name": "txId", "type": ["null", "long"], "default": null},
-                    {"name": "lsn", "type": ["null", "long"], "default": null}
+                    {"name": "lsn", "type": ["null", "long"], "default": null},
+                    {"name": "sequence", "type": ["null", "string"], "default": null}
                 ]}},
             {"name": "op", "type": "string"},
-            {"name": "ts_ms", "type": ["null", "long"], "default": null}
+            {"name": "ts_ms", "type": ["null", "long"], "default": null},
+            {"name": "transaction", "type": ["null", {
+                "type": "record",
+                "name": "block",
+                "namespace": "event",
+                "fields": [
+                    {"name": "id", "type": "string"},
+                    {"name": "total_order", "type": "long"},
+                    {"name": "data_collection_order", "type": "long"}
+                ]}], "default": null}
         ]
     });
     TableSchemas { key, value }
@@ -459,9 +469,25 @@ pub fn encode_change(
     binary::long(&mut value, i64::from(source.xid));
     binary::branch(&mut value, 1);
     binary::long(&mut value, source.lsn.0 as i64);
+    match &source.position {
+        Some(position) => {
+            binary::branch(&mut value, 1);
+            binary::string(&mut value, &position.sequence(source.lsn));
+        }
+        None => binary::branch(&mut value, 0),
+    }
     binary::string(&mut value, operation.code());
     binary::branch(&mut value, 1);
     binary::long(&mut value, now_ms);
+    match &source.position {
+        Some(position) => {
+            binary::branch(&mut value, 1);
+            binary::string(&mut value, &position.transaction_id(source.xid));
+            binary::long(&mut value, position.total_order as i64);
+            binary::long(&mut value, position.data_collection_order as i64);
+        }
+        None => binary::branch(&mut value, 0),
+    }
     Ok((key, value))
 }
 
@@ -540,6 +566,11 @@ mod tests {
             xid: 42,
             lsn: Lsn(99),
             snapshot: false,
+            position: Some(crate::envelope::EventPosition {
+                commit_lsn: Lsn(120),
+                total_order: 1,
+                data_collection_order: 1,
+            }),
         };
         let ids = SchemaIds {
             key: Some(3),
@@ -596,6 +627,24 @@ mod tests {
             Avro::Uuid("7a0eed16-9430-4d68-901f-c0d4c1c3bf00".parse().unwrap())
         );
         assert_eq!(column("first_name"), Avro::String(UNAVAILABLE_VALUE.into()));
+        let Avro::Record(source_block) = field("source") else {
+            panic!("{fields:?}")
+        };
+        assert!(source_block.contains(&(
+            "sequence".into(),
+            Avro::Union(1, Box::new(Avro::String(r#"["120","99"]"#.into())))
+        )));
+        assert_eq!(
+            field("transaction"),
+            Avro::Union(
+                1,
+                Box::new(Avro::Record(vec![
+                    ("id".into(), Avro::String("42:120".into())),
+                    ("total_order".into(), Avro::Long(1)),
+                    ("data_collection_order".into(), Avro::Long(1)),
+                ]))
+            )
+        );
     }
 
     #[test]
@@ -617,6 +666,7 @@ mod tests {
             xid: 42,
             lsn: Lsn(99),
             snapshot: true,
+            position: None,
         }
     }
 

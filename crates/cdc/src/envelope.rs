@@ -58,6 +58,34 @@ pub struct Source<'a> {
     pub xid: u32,
     pub lsn: Lsn,
     pub snapshot: bool,
+    /// A streamed change's place in its transaction; `None` for snapshot rows.
+    pub position: Option<EventPosition>,
+}
+
+/// Where a streamed change sits: its transaction's commit LSN and its place among the
+/// transaction's events. `(commit_lsn, total_order)` grows along every Kafka partition (cdc
+/// sends transactions in commit order, each change in its order) and is the same when cdc
+/// sends a change again after a restart, so a consumer can drop what it has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventPosition {
+    pub commit_lsn: Lsn,
+    /// 1 for the transaction's first event, over all tables.
+    pub total_order: u64,
+    /// 1 for the transaction's first event of this table.
+    pub data_collection_order: u64,
+}
+
+impl EventPosition {
+    /// Debezium's `source.sequence`: a JSON array, as text, of two LSNs as decimal text,
+    /// here the commit LSN and the change's own LSN.
+    pub fn sequence(&self, lsn: Lsn) -> String {
+        format!("[\"{}\",\"{}\"]", self.commit_lsn.0, lsn.0)
+    }
+
+    /// Debezium's `transaction.id`: `txId:LSN`, here the commit LSN.
+    pub fn transaction_id(&self, xid: u32) -> String {
+        format!("{xid}:{}", self.commit_lsn.0)
+    }
 }
 
 /// One message for Kafka, its key and value already serialized (JSON text, or Avro in the
@@ -114,7 +142,23 @@ struct Envelope<'a> {
     source: SourceJson<'a>,
     op: &'static str,
     ts_ms: i64,
-    transaction: Option<()>,
+    transaction: Option<TransactionJson>,
+}
+
+/// Debezium's transaction block (`provide.transaction.metadata`).
+#[derive(Serialize)]
+struct TransactionJson {
+    id: String,
+    total_order: u64,
+    data_collection_order: u64,
+}
+
+fn transaction_json(source: &Source<'_>) -> Option<TransactionJson> {
+    source.position.map(|position| TransactionJson {
+        id: position.transaction_id(source.xid),
+        total_order: position.total_order,
+        data_collection_order: position.data_collection_order,
+    })
 }
 
 #[derive(Serialize)]
@@ -130,6 +174,7 @@ struct SourceJson<'a> {
     #[serde(rename = "txId")]
     tx_id: u32,
     lsn: u64,
+    sequence: Option<String>,
 }
 
 fn source_json<'a>(relation: &'a Relation, source: &'a Source<'a>) -> SourceJson<'a> {
@@ -144,6 +189,9 @@ fn source_json<'a>(relation: &'a Relation, source: &'a Source<'a>) -> SourceJson
         table: &relation.name,
         tx_id: source.xid,
         lsn: source.lsn.0,
+        sequence: source
+            .position
+            .map(|position| position.sequence(source.lsn)),
     }
 }
 
@@ -186,7 +234,7 @@ pub fn row_event(
         source: source_json(relation, source),
         op: operation.code(),
         ts_ms: now_ms,
-        transaction: None,
+        transaction: transaction_json(source),
     };
     ChangeEvent {
         topic: topic_for(topic_prefix, relation),
@@ -208,7 +256,7 @@ pub fn truncate_event(
         source: source_json(relation, source),
         op: Operation::Truncate.code(),
         ts_ms: now_ms,
-        transaction: None,
+        transaction: transaction_json(source),
     };
     ChangeEvent {
         topic: topic_for(topic_prefix, relation),
@@ -272,6 +320,11 @@ mod tests {
             xid: 9,
             lsn: Lsn(100),
             snapshot: false,
+            position: Some(EventPosition {
+                commit_lsn: Lsn(180),
+                total_order: 3,
+                data_collection_order: 2,
+            }),
         }
     }
 
@@ -305,6 +358,33 @@ mod tests {
         assert_eq!(value["source"]["table"], "users");
         assert_eq!(value["source"]["txId"], 9);
         assert_eq!(value["source"]["ts_ms"], 946_684_800_000i64);
+        assert_eq!(value["source"]["sequence"], r#"["180","100"]"#);
+        assert_eq!(
+            value["transaction"],
+            json!({"id": "9:180", "total_order": 3, "data_collection_order": 2})
+        );
+    }
+
+    #[test]
+    fn snapshot_rows_have_no_sequence_and_no_transaction() {
+        let after = encode::tuple(&[text("1"), Column::Null, Column::Null]);
+        let snapshot = Source {
+            snapshot: true,
+            position: None,
+            ..source()
+        };
+        let event = row_event(
+            &relation(),
+            Operation::Read,
+            None,
+            Some(&after),
+            &snapshot,
+            "walflow",
+            5,
+        );
+        let value = parse(&event.value);
+        assert_eq!(value["source"]["sequence"], Value::Null);
+        assert_eq!(value["transaction"], Value::Null);
     }
 
     #[test]

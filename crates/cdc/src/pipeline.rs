@@ -10,7 +10,7 @@ use walflow_pgoutput::{
 };
 
 use crate::avro_events::{AvroEventError, AvroEvents};
-use crate::envelope::{self, Operation, RelationCache, Source};
+use crate::envelope::{self, EventPosition, Operation, RelationCache, Source};
 use crate::keys;
 use crate::publication::{self, SetupError};
 use crate::replication::{
@@ -119,6 +119,25 @@ pub struct CdcSummary {
 struct Transaction {
     xid: u32,
     commit_time: PgTimestamp,
+    /// The LSN of its commit record (Begin's final LSN).
+    commit_lsn: Lsn,
+    /// Events of the transaction sent so far, in all and per table.
+    events: u64,
+    events_per_table: std::collections::HashMap<u32, u64>,
+}
+
+impl Transaction {
+    /// The position of the transaction's next event of table `relation_oid`.
+    fn next_position(&mut self, relation_oid: u32) -> EventPosition {
+        self.events += 1;
+        let of_table = self.events_per_table.entry(relation_oid).or_default();
+        *of_table += 1;
+        EventPosition {
+            commit_lsn: self.commit_lsn,
+            total_order: self.events,
+            data_collection_order: *of_table,
+        }
+    }
 }
 
 /// Runs until `stop` turns true (then drains the sink and confirms what it acknowledged) or
@@ -573,6 +592,9 @@ impl StreamState {
                 self.transaction = Some(Transaction {
                     xid: begin.xid,
                     commit_time: begin.commit_time,
+                    commit_lsn: begin.final_lsn,
+                    events: 0,
+                    events_per_table: std::collections::HashMap::new(),
                 });
             }
             LogicalMessage::Relation(relation) if snapshot::is_bookkeeping(&relation) => {
@@ -642,19 +664,27 @@ impl StreamState {
                     if snapshot::is_bookkeeping(relation) {
                         continue;
                     }
+                    let position = self
+                        .transaction
+                        .as_mut()
+                        .map(|transaction| transaction.next_position(*oid));
+                    let relation = self
+                        .relations
+                        .get(*oid)
+                        .ok_or(CdcError::UnknownRelation(*oid))?;
                     let event = match &self.avro {
                         Some(avro) => avro.row_event(
                             relation,
                             Operation::Truncate,
                             None,
                             None,
-                            &self.source(),
+                            &self.source(position),
                             &options.topic_prefix,
                             now_ms(),
                         )?,
                         None => envelope::truncate_event(
                             relation,
-                            &self.source(),
+                            &self.source(position),
                             &options.topic_prefix,
                             now_ms(),
                         ),
@@ -677,7 +707,7 @@ impl StreamState {
         Ok(())
     }
 
-    fn source(&self) -> Source<'_> {
+    fn source(&self, position: Option<EventPosition>) -> Source<'_> {
         let (xid, commit_time) = match &self.transaction {
             Some(transaction) => (transaction.xid, transaction.commit_time),
             None => (0, PgTimestamp(0)),
@@ -689,6 +719,7 @@ impl StreamState {
             xid,
             lsn: self.change_lsn,
             snapshot: false,
+            position,
         }
     }
 
@@ -708,7 +739,15 @@ impl StreamState {
         if snapshot::is_bookkeeping(relation) {
             return Ok(());
         }
-        let mut source = self.source();
+        let position = self
+            .transaction
+            .as_mut()
+            .map(|transaction| transaction.next_position(relation_oid));
+        let relation = self
+            .relations
+            .get(relation_oid)
+            .ok_or(CdcError::UnknownRelation(relation_oid))?;
+        let mut source = self.source(position);
         source.name = &options.topic_prefix;
         let event = match &self.avro {
             Some(avro) => avro.row_event(

@@ -346,6 +346,7 @@ pub async fn copy_tables(
             xid: 0,
             lsn: consistent_point,
             snapshot: true,
+            position: None,
         };
         let mut rows_of_table = 0u64;
         loop {

@@ -236,13 +236,15 @@ impl Reader {
             return Err("the writer schema is not a record (a Debezium envelope)".into());
         };
         let datum = &mut Datum::new(input);
-        let (mut op, mut before, mut after, mut commit_time_ms) = (None, None, None, None);
+        let (mut op, mut before, mut after) = (None, None, None);
+        let (mut commit_time_ms, mut sequence, mut transaction) = (None, None, None);
         for (name, node) in fields {
             match name.as_str() {
                 "before" => before = self.image(source, *node, datum, 1)?,
                 "after" => after = self.image(source, *node, datum, 1)?,
                 "op" => op = self.value(*node, datum, 1)?.as_str().map(str::to_owned),
-                "source" => commit_time_ms = self.source_ts_ms(*node, datum, 1)?,
+                "source" => (commit_time_ms, sequence) = self.source_block(*node, datum, 1)?,
+                "transaction" => transaction = Some(self.value(*node, datum, 1)?),
                 _ => self.skip(*node, datum, 1)?,
             }
         }
@@ -252,6 +254,12 @@ impl Reader {
             before,
             after,
             commit_time_ms,
+            position: crate::decode::ChangePosition::of(
+                sequence.as_ref(),
+                transaction
+                    .as_ref()
+                    .and_then(|transaction| transaction.get("total_order")),
+            ),
         })
     }
 
@@ -288,33 +296,34 @@ impl Reader {
         }
     }
 
-    /// `source.ts_ms`, the commit time, when the source block has it.
-    fn source_ts_ms(
+    /// `source.ts_ms`, the commit time, and `source.sequence`, when the source block has
+    /// them.
+    fn source_block(
         &self,
         node: NodeId,
         datum: &mut Datum,
         depth: usize,
-    ) -> Result<Option<i64>, String> {
+    ) -> Result<(Option<i64>, Option<Json>), String> {
         let depth = deeper(depth)?;
         match &self.nodes[node] {
             Node::Record(fields) => {
-                let mut ts_ms = None;
+                let (mut ts_ms, mut sequence) = (None, None);
                 for (name, field) in fields {
-                    if name == "ts_ms" {
-                        ts_ms = self.value(*field, datum, depth)?.as_i64();
-                    } else {
-                        self.skip(*field, datum, depth)?;
+                    match name.as_str() {
+                        "ts_ms" => ts_ms = self.value(*field, datum, depth)?.as_i64(),
+                        "sequence" => sequence = Some(self.value(*field, datum, depth)?),
+                        _ => self.skip(*field, datum, depth)?,
                     }
                 }
-                Ok(ts_ms)
+                Ok((ts_ms, sequence))
             }
             Node::Union(branches) => {
                 let branch = datum.branch(branches)?;
-                self.source_ts_ms(branch, datum, depth)
+                self.source_block(branch, datum, depth)
             }
             _ => {
                 self.skip(node, datum, depth)?;
-                Ok(None)
+                Ok((None, None))
             }
         }
     }
@@ -1337,11 +1346,13 @@ mod tests {
         let DecodedEvent {
             change,
             commit_time_ms,
+            position,
         } = schemas
             .decode(&source(SourceMode::Updating), &payload)
             .unwrap();
-        // The test envelope has no source block.
+        // The test envelope has no source block and no transaction block.
         assert_eq!(commit_time_ms, None);
+        assert_eq!(position, None);
         let SourceChange::Upsert {
             before,
             after,

@@ -12,8 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
-/// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`.
-const FORMAT_VERSION: u32 = 6;
+/// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`. 7: the changelog
+/// positions (a format 6 checkpoint is read as one without them).
+const FORMAT_VERSION: u32 = 7;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -31,6 +32,94 @@ pub struct Checkpoint {
     pub newest_commit_ms: i64,
     /// Per source with a WATERMARK: its partitions' event-time clocks and watermark.
     pub watermarks: BTreeMap<String, crate::operators::watermark::SourceWatermark>,
+    /// Per changelog source and partition: the newest event it counted.
+    pub changelog_positions: BTreeMap<(String, i32), SeenPosition>,
+}
+
+/// The newest event a changelog source counted on one partition, and the newest commit
+/// time it met there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeenPosition {
+    pub position: crate::decode::ChangePosition,
+    pub newest_commit_ms: i64,
+}
+
+impl Checkpoint {
+    /// Whether a changelog source counts its event at `position` on `partition`: yes when
+    /// it is past the newest position counted there. An event at or before it is one cdc
+    /// sent again after a restart (its commit time is one already met) and is dropped;
+    /// unless its transaction committed after every one met so far: then the positions
+    /// went back because the events come from another server, or from a database
+    /// restored to an earlier point, and the event counts (with a warning), never lost.
+    pub fn admit_changelog_event(
+        &mut self,
+        source: &str,
+        partition: i32,
+        position: crate::decode::ChangePosition,
+        commit_time_ms: Option<i64>,
+    ) -> bool {
+        let commit_ms = commit_time_ms.unwrap_or(0);
+        let key = (source.to_owned(), partition);
+        let Some(seen) = self.changelog_positions.get_mut(&key) else {
+            self.changelog_positions.insert(
+                key,
+                SeenPosition {
+                    position,
+                    newest_commit_ms: commit_ms,
+                },
+            );
+            return true;
+        };
+        if position > seen.position {
+            seen.position = position;
+            seen.newest_commit_ms = seen.newest_commit_ms.max(commit_ms);
+            return true;
+        }
+        if commit_ms > seen.newest_commit_ms {
+            tracing::warn!(
+                source,
+                partition,
+                ?position,
+                newest = ?seen.position,
+                "an event's position is behind the newest one counted, but it committed later \
+                 than any counted: another server, or a database restored to an earlier \
+                 point? it counts, and positions start over from it"
+            );
+            seen.position = position;
+            seen.newest_commit_ms = commit_ms;
+            return true;
+        }
+        false
+    }
+}
+
+/// Format 6: format 7 without the changelog positions.
+#[derive(Serialize, Deserialize)]
+struct CheckpointV6 {
+    format_version: u32,
+    fingerprint: u64,
+    offsets: BTreeMap<(String, i32), i64>,
+    sources: BTreeMap<String, SourceState>,
+    queries: Vec<QueryState>,
+    written_at_ms: i64,
+    newest_commit_ms: i64,
+    watermarks: BTreeMap<String, crate::operators::watermark::SourceWatermark>,
+}
+
+impl From<CheckpointV6> for Checkpoint {
+    fn from(old: CheckpointV6) -> Checkpoint {
+        Checkpoint {
+            format_version: old.format_version,
+            fingerprint: old.fingerprint,
+            offsets: old.offsets,
+            sources: old.sources,
+            queries: old.queries,
+            written_at_ms: old.written_at_ms,
+            newest_commit_ms: old.newest_commit_ms,
+            watermarks: old.watermarks,
+            changelog_positions: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,13 +207,19 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
     };
     let (format_version, _) =
         postcard::take_from_bytes::<u32>(&bytes).map_err(|error| corrupt(error.to_string()))?;
-    if format_version != FORMAT_VERSION {
-        return Err(corrupt(format!(
-            "format {format_version}, this walflow reads format {FORMAT_VERSION}"
-        )));
-    }
-    let checkpoint: Checkpoint =
-        postcard::from_bytes(&bytes).map_err(|error| corrupt(error.to_string()))?;
+    let checkpoint: Checkpoint = match format_version {
+        FORMAT_VERSION => {
+            postcard::from_bytes(&bytes).map_err(|error| corrupt(error.to_string()))?
+        }
+        6 => postcard::from_bytes::<CheckpointV6>(&bytes)
+            .map_err(|error| corrupt(error.to_string()))?
+            .into(),
+        _ => {
+            return Err(corrupt(format!(
+                "format {format_version}, this walflow reads formats 6 and {FORMAT_VERSION}"
+            )))
+        }
+    };
     Ok(Some(checkpoint))
 }
 
@@ -211,6 +306,68 @@ mod tests {
         std::fs::write(&path, b"\xff\xff").unwrap();
         let error = load(&path).unwrap_err().to_string();
         assert!(error.contains("--rebuild"), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    fn at(commit_lsn: u64, total_order: u64) -> crate::decode::ChangePosition {
+        crate::decode::ChangePosition {
+            commit_lsn,
+            total_order,
+        }
+    }
+
+    #[test]
+    fn a_changelog_event_sent_again_is_dropped_and_one_past_the_newest_counts() {
+        let mut checkpoint = Checkpoint::default();
+        // Two transactions on partition 0, the second sent again after a restart.
+        for (position, ms) in [(at(100, 1), 10), (at(100, 3), 10), (at(200, 1), 20)] {
+            assert!(checkpoint.admit_changelog_event("users", 0, position, Some(ms)));
+        }
+        assert!(!checkpoint.admit_changelog_event("users", 0, at(200, 1), Some(20)));
+        assert!(!checkpoint.admit_changelog_event("users", 0, at(100, 3), Some(10)));
+        assert!(checkpoint.admit_changelog_event("users", 0, at(200, 2), Some(20)));
+        assert!(checkpoint.admit_changelog_event("users", 0, at(300, 1), Some(30)));
+        // Partitions and sources keep their own positions.
+        assert!(checkpoint.admit_changelog_event("users", 1, at(100, 2), Some(10)));
+        assert!(checkpoint.admit_changelog_event("orders", 0, at(100, 1), Some(10)));
+    }
+
+    #[test]
+    fn a_position_behind_with_a_later_commit_time_counts_as_a_new_server() {
+        let mut checkpoint = Checkpoint::default();
+        assert!(checkpoint.admit_changelog_event("users", 0, at(900, 1), Some(50)));
+        // A database restored to an earlier LSN (or a new server) commits later in time.
+        assert!(checkpoint.admit_changelog_event("users", 0, at(400, 1), Some(60)));
+        // From there on its positions are the ones compared.
+        assert!(!checkpoint.admit_changelog_event("users", 0, at(400, 1), Some(60)));
+        assert!(checkpoint.admit_changelog_event("users", 0, at(400, 2), Some(60)));
+        // An event without a commit time at or behind the newest position is a resend.
+        assert!(!checkpoint.admit_changelog_event("users", 0, at(300, 1), None));
+    }
+
+    #[test]
+    fn a_format_6_checkpoint_loads_without_changelog_positions() {
+        let directory =
+            std::env::temp_dir().join(format!("walflow-ckpt-v6-{}", std::process::id()));
+        let path = path_for(&directory, "users");
+        let mut offsets = BTreeMap::new();
+        offsets.insert(("t".to_owned(), 0), 7);
+        let old = CheckpointV6 {
+            format_version: 6,
+            fingerprint: fingerprint("SELECT 1"),
+            offsets: offsets.clone(),
+            sources: BTreeMap::new(),
+            queries: vec![QueryState::default()],
+            written_at_ms: 1,
+            newest_commit_ms: 2,
+            watermarks: BTreeMap::new(),
+        };
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(&path, postcard::to_stdvec(&old).unwrap()).unwrap();
+        let loaded = load(&path).unwrap().unwrap();
+        assert_eq!(loaded.offsets, offsets);
+        assert_eq!(loaded.newest_commit_ms, 2);
+        assert!(loaded.changelog_positions.is_empty());
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

@@ -27,12 +27,71 @@ struct Envelope<'a> {
     op: Cow<'a, str>,
     #[serde(default)]
     source: Option<SourceBlock>,
+    #[serde(default)]
+    transaction: Option<TransactionBlock>,
 }
 
 #[derive(Debug, Deserialize)]
 struct SourceBlock {
     #[serde(default)]
     ts_ms: Option<i64>,
+    #[serde(default)]
+    sequence: Option<Json>,
+}
+
+#[derive(Debug, Deserialize)]
+struct TransactionBlock {
+    #[serde(default)]
+    total_order: Option<Json>,
+}
+
+/// Where a change sits in what cdc sent: the first LSN of Debezium's `source.sequence`
+/// (walflow: the commit LSN of the change's transaction; Debezium: the last commit's) and
+/// `transaction.total_order`, the change's place in its transaction. Ordered as a pair, it
+/// grows along a Kafka partition and is the same when cdc sends a change again after a
+/// restart: changelog sources drop what is not past the newest position they have seen.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct ChangePosition {
+    pub commit_lsn: u64,
+    pub total_order: u64,
+}
+
+impl ChangePosition {
+    /// The position of an event whose `source.sequence` is `sequence` and whose
+    /// `transaction.total_order` is `total_order`; `None` unless both say. Numbers may come
+    /// as JSON numbers or as decimal text, the sequence as an array or as its JSON text.
+    pub fn of(sequence: Option<&Json>, total_order: Option<&Json>) -> Option<ChangePosition> {
+        fn number(value: &Json) -> Option<u64> {
+            match value {
+                Json::Number(number) => number.as_u64(),
+                Json::String(text) => text.parse().ok(),
+                _ => None,
+            }
+        }
+        let parsed;
+        let sequence = match sequence? {
+            Json::String(text) => {
+                parsed = serde_json::from_str::<Json>(text).ok()?;
+                &parsed
+            }
+            other => other,
+        };
+        Some(ChangePosition {
+            commit_lsn: number(sequence.as_array()?.first()?)?,
+            total_order: number(total_order?)?,
+        })
+    }
 }
 
 /// A value the change event did not carry: a TOASTed column an update left untouched
@@ -47,6 +106,7 @@ pub fn is_unavailable(value: &Value) -> bool {
 pub struct DecodedEvent {
     pub change: SourceChange,
     pub commit_time_ms: Option<i64>,
+    pub position: Option<ChangePosition>,
 }
 
 /// One image of a change event as its format gives it: JSON text still to read, or (Avro)
@@ -62,6 +122,7 @@ pub struct EventParts<'a> {
     pub before: Option<Image<'a>>,
     pub after: Option<Image<'a>>,
     pub commit_time_ms: Option<i64>,
+    pub position: Option<ChangePosition>,
 }
 
 /// `Ok(None)` for a tombstone (a null value after a delete: nothing to do).
@@ -78,6 +139,16 @@ pub fn decode(
         source,
         EventParts {
             commit_time_ms: envelope.source.as_ref().and_then(|source| source.ts_ms),
+            position: ChangePosition::of(
+                envelope
+                    .source
+                    .as_ref()
+                    .and_then(|source| source.sequence.as_ref()),
+                envelope
+                    .transaction
+                    .as_ref()
+                    .and_then(|transaction| transaction.total_order.as_ref()),
+            ),
             op: envelope.op,
             before: image(envelope.before).map(Image::Json),
             after: image(envelope.after).map(Image::Json),
@@ -89,10 +160,12 @@ pub fn decode(
 /// A change event's parts as the source's change (or, for a changelog source, its row).
 pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<DecodedEvent, String> {
     let commit_time_ms = event.commit_time_ms;
+    let position = event.position;
     if source.mode == SourceMode::Changelog {
         return changelog_row(source, event).map(|row| DecodedEvent {
             change: SourceChange::Append(row),
             commit_time_ms,
+            position,
         });
     }
     let op = event.op;
@@ -126,6 +199,7 @@ pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<Decod
     Ok(DecodedEvent {
         change,
         commit_time_ms,
+        position,
     })
 }
 

@@ -140,6 +140,8 @@ pub fn run(
                     source: event.source,
                     partition: 0,
                     change: decoded.change,
+                    position: decoded.position,
+                    commit_time_ms: decoded.commit_time_ms,
                 }),
                 Ok(None) => {}
                 Err(reason) => output.dead_letters.push((event.line, reason)),
@@ -323,6 +325,8 @@ mod tests {
                     .unwrap()
                     .unwrap()
                     .change,
+                position: None,
+                commit_time_ms: None,
             })
             .collect();
         pipeline.apply_batch(&mut state, changes, None).unwrap();
@@ -350,6 +354,8 @@ mod tests {
             .unwrap()
             .unwrap()
             .change,
+            position: None,
+            commit_time_ms: None,
         }
         };
         // Partition 1 lags (5 s): the watermark stays before minute 0's end.

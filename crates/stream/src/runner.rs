@@ -193,6 +193,8 @@ pub struct RunSummary {
     pub dead_letters: u64,
     pub rows_written: u64,
     pub late_events: u64,
+    /// Changelog events dropped as already seen.
+    pub duplicates: u64,
 }
 
 /// A pipeline ready to run: its file, its compiled queries and its state.
@@ -238,6 +240,7 @@ impl Pipeline {
             .map(|_| SourceOutput::default())
             .collect();
         let mut arrivals: Vec<Vec<i64>> = vec![Vec::new(); self.definition.sources.len()];
+        let mut duplicates = 0u64;
         let watermarks_before: std::collections::HashMap<String, i64> = state
             .watermarks
             .iter()
@@ -255,9 +258,26 @@ impl Pipeline {
             source: source_index,
             partition,
             change,
+            position,
+            commit_time_ms,
         } in changes
         {
             let source = &self.definition.sources[source_index];
+            // A keyed source absorbs a change sent twice (it upserts the same row); a
+            // changelog source would count it twice.
+            if source.mode == crate::definition::SourceMode::Changelog {
+                if let Some(position) = position {
+                    if !state.admit_changelog_event(
+                        &source.name,
+                        partition,
+                        position,
+                        commit_time_ms,
+                    ) {
+                        duplicates += 1;
+                        continue;
+                    }
+                }
+            }
             if let (Some(spec), SourceChange::Append(row)) = (&source.watermark, &change) {
                 if let Some(crate::value::Value::Timestamp(event_us)) = row.get(spec.column) {
                     let watermark = state.watermarks.entry(source.name.clone()).or_default();
@@ -347,7 +367,11 @@ impl Pipeline {
             }
             deltas.push(delta);
         }
-        Ok(BatchOutput { deltas, late })
+        Ok(BatchOutput {
+            deltas,
+            late,
+            duplicates,
+        })
     }
 
     pub fn fresh_checkpoint(&self) -> Checkpoint {
@@ -705,9 +729,17 @@ pub async fn run(
             stopping,
             offset_out_of_range: _,
         } = read;
-        let BatchOutput { deltas, late } = pipeline
+        let BatchOutput {
+            deltas,
+            late,
+            duplicates,
+        } = pipeline
             .apply_batch(&mut state, changes, Some(unix_ms()))
             .map_err(fail)?;
+        if duplicates > 0 {
+            summary.duplicates += duplicates;
+            tracing::info!(pipeline = %name, duplicates, "dropped changelog events already counted (cdc sent them again)");
+        }
         let late: Vec<DeadLetter> = late
             .into_iter()
             .map(|(sink, event)| late_letter(&pipeline.definition, &sink, &event))
@@ -796,7 +828,7 @@ pub async fn run(
             break;
         }
     }
-    tracing::info!(pipeline = %name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, "stopped");
+    tracing::info!(pipeline = %name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, duplicates_dropped = summary.duplicates, "stopped");
     Ok(summary)
 }
 
@@ -930,6 +962,8 @@ impl BatchReader {
                             source: source_index,
                             partition: message.partition(),
                             change: event.change,
+                            position: event.position,
+                            commit_time_ms: event.commit_time_ms,
                         });
                     }
                     Ok(None) => {}
@@ -974,9 +1008,14 @@ struct BatchWrite {
 pub struct BatchChange {
     /// Index of the source in the pipeline file.
     pub source: usize,
-    /// Its Kafka partition (watermarks are kept per partition).
+    /// Its Kafka partition (watermarks and changelog positions are kept per partition).
     pub partition: i32,
     pub change: SourceChange,
+    /// Where cdc's event sits in what it sent, when the event says (changelog sources drop
+    /// what they have seen).
+    pub position: Option<crate::decode::ChangePosition>,
+    /// The commit time the event carries (Unix ms).
+    pub commit_time_ms: Option<i64>,
 }
 
 /// What a batch does: the writes each sink needs, in query order, and the events that came
@@ -985,6 +1024,8 @@ pub struct BatchChange {
 pub struct BatchOutput {
     pub deltas: Vec<SinkDelta>,
     pub late: Vec<(String, crate::operators::window::LateEvent)>,
+    /// Changelog events dropped as already seen (cdc sent them again after a restart).
+    pub duplicates: u64,
 }
 
 /// What a write task needs; it owns its share so it can run beside the next batch.
