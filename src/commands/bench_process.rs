@@ -900,6 +900,7 @@ async fn steady(
             topic_prefix: database.clone(),
             tombstones: true,
             status_interval: Duration::from_millis(100),
+            receive_timeout: walflow_cdc::pipeline::RECEIVE_TIMEOUT,
             snapshot: SnapshotMode::Never,
             stop_at: None,
             snapshot_progress: None,

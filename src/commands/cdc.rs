@@ -85,6 +85,13 @@ pub struct CdcArgs {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     status_interval_ms: u64,
 
+    /// Silence from Postgres, in seconds, after which the replication link is taken for dead
+    /// (a half-open connection behind a NAT or firewall) and a new session resumes from the
+    /// slot; a status update asking for a reply goes out at half of it. As a standby's
+    /// wal_receiver_timeout
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(2..=86_400))]
+    replication_timeout: u64,
+
     /// How long Kafka may refuse an event before cdc starts a new producer and resends from
     /// the slot's confirmed position (it keeps doing so, with growing pauses, while Kafka is
     /// down), in seconds
@@ -166,6 +173,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         topic_prefix: args.topic_prefix.clone(),
         tombstones: !args.no_tombstones,
         status_interval: Duration::from_millis(args.status_interval_ms.max(10)),
+        receive_timeout: Duration::from_secs(args.replication_timeout),
         snapshot: match args.snapshot {
             SnapshotArg::Initial => SnapshotMode::Initial,
             SnapshotArg::Never => SnapshotMode::Never,

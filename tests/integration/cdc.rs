@@ -8,7 +8,8 @@ use serde_json::Value;
 use walflow_pgoutput::Lsn;
 
 use crate::harness::{
-    run, services, stderr, unique_name, walflow, ScratchPostgres, TestDatabase, TestTopics,
+    run, services, stderr, unique_name, walflow, ScratchPostgres, SilentLink, TestDatabase,
+    TestTopics,
 };
 
 pub(crate) struct Cdc {
@@ -32,7 +33,18 @@ impl Cdc {
         tables: &str,
         extra_args: &[&str],
     ) -> Cdc {
-        let mut child = walflow(&database.url)
+        Cdc::start_at(&database.url, slot, topics, tables, extra_args)
+    }
+
+    /// Starts cdc on the database at `url` (a relay in front of the test's database).
+    pub(crate) fn start_at(
+        url: &str,
+        slot: &str,
+        topics: &TestTopics,
+        tables: &str,
+        extra_args: &[&str],
+    ) -> Cdc {
+        let mut child = walflow(url)
             .args([
                 "cdc",
                 "--slot",
@@ -1569,6 +1581,83 @@ async fn a_postgres_that_never_answers_is_an_error_after_the_connect_timeout() {
         .unwrap();
     assert_eq!(status.code(), Some(1), "{message}");
     assert!(message.contains("did not answer within 2 s"), "{message}");
+}
+
+/// A link that dies silently mid-stream (a NAT or firewall drops it: no FIN, no RST, and the
+/// kernel would go on retransmitting for about 15 minutes) is taken for dead after
+/// `--replication-timeout` of silence, and a new session resumes from the slot, waiting
+/// while Postgres's side of the old one still holds it (until its wal_sender_timeout): the
+/// rows written meanwhile all arrive.
+#[tokio::test]
+async fn a_link_that_dies_silently_mid_stream_is_replaced_and_loses_nothing() {
+    let database = TestDatabase::create().await;
+    let client = database.client().await;
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // Postgres ends the walsender of the dead link after 4 s without a reply, not 60.
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{}\" SET wal_sender_timeout = '4s'",
+            database.name
+        ))
+        .await
+        .unwrap();
+    let link = SilentLink::start("127.0.0.1:5432");
+    let url = database
+        .url
+        .replacen("@127.0.0.1:5432/", &format!("@127.0.0.1:{}/", link.port), 1);
+    assert_ne!(
+        url, database.url,
+        "the test database is not on 127.0.0.1:5432"
+    );
+    let topics = TestTopics::new();
+    let topic = format!("{}.public.items", topics.prefix);
+    let slot = unique_name("walflow_slot");
+    let cdc = Cdc::start_at(
+        &url,
+        &slot,
+        &topics,
+        "public.items",
+        &["--replication-timeout", "3"],
+    );
+    cdc.wait_until_streaming(&database).await;
+    client
+        .batch_execute("INSERT INTO items SELECT generate_series(1, 10)")
+        .await
+        .unwrap();
+    wait_until_caught_up(&client, &slot).await;
+
+    let opened = link.connections_opened();
+    link.cut_open_connections();
+    client
+        .batch_execute("INSERT INTO items SELECT generate_series(11, 20)")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cdc.log_so_far().contains("taken for dead") {
+        assert!(
+            Instant::now() < deadline,
+            "cdc did not notice the dead link within 60 s:\n{}",
+            cdc.log_so_far()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until_caught_up(&client, &slot).await;
+    assert!(
+        link.connections_opened() > opened,
+        "cdc did not connect again"
+    );
+    let mut ids: Vec<i64> = kcat_all(&topic)
+        .iter()
+        .map(|message| parsed(&message["payload"])["after"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids, (1..=20).collect::<Vec<i64>>());
+    let (code, log) = cdc.stop();
+    assert_eq!(code, Some(0), "{log}");
 }
 
 /// The snapshot copies exactly what the stream publishes: the publication's row filter and

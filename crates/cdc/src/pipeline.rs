@@ -46,6 +46,10 @@ pub struct CdcOptions {
     pub topic_prefix: String,
     pub tombstones: bool,
     pub status_interval: Duration,
+    /// Silence from Postgres after which the replication link is taken for dead and a new
+    /// session resumes from the slot (as a standby's `wal_receiver_timeout`); a status update
+    /// asking for a reply goes out at half of it.
+    pub receive_timeout: Duration,
     pub snapshot: SnapshotMode,
     /// Stop once every transaction up to this position is acknowledged (benchmarks drain a
     /// backlog this way); `None` runs until stopped.
@@ -307,6 +311,7 @@ pub async fn run(
     // one that resumes from the slot's confirmed position, after a growing pause.
     let mut client = client;
     let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut resuming = false;
     loop {
         let transactions_before = state.summary.transactions;
         let session = match replication.take() {
@@ -329,6 +334,7 @@ pub async fn run(
                 Err(error) => Err(error),
             },
         };
+        let resumed = std::mem::replace(&mut resuming, true);
         if state.summary.transactions > transactions_before {
             // The last session got somewhere: the next failure starts with a short pause.
             backoff = RECONNECT_BACKOFF_MIN;
@@ -341,6 +347,18 @@ pub async fn run(
                 // from the slot send it again, after a growing pause, for as long as it takes.
                 tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Kafka did not take the events; will resend from the slot");
                 sink.reset()?;
+                state.start_new_session();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+            }
+            Err(error) if resumed && is_slot_in_use(&error) => {
+                // The link was lost without Postgres noticing: its side of the old session
+                // holds the slot until its wal_sender_timeout ends it.
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "the slot is still held by the lost session until Postgres's wal_sender_timeout ends it; will retry");
+                sink.abandon_open_transaction();
                 state.start_new_session();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -372,9 +390,8 @@ pub async fn run(
     Ok(state.summary)
 }
 
-/// Silence from the server after which the replication link is taken for dead (a status
-/// update asking for a reply goes out at half of it).
-const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default of [`CdcOptions::receive_timeout`], Postgres's `wal_receiver_timeout`.
+pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -393,6 +410,11 @@ fn is_undelivered(error: &CdcError) -> bool {
         error,
         CdcError::Delivery(_) | CdcError::Sink(SinkError::Undelivered(_))
     )
+}
+
+/// Another session holds the slot (SQLSTATE 55006, object in use).
+fn is_slot_in_use(error: &CdcError) -> bool {
+    matches!(error, CdcError::Replication(replication) if replication.code() == Some("55006"))
 }
 
 /// Errors after which a new connection may well succeed: the server went away, restarts, or
@@ -504,7 +526,7 @@ async fn stream_session(
                 // that cdc is caught up (pg_stat_replication's lag times then read NULL, which
                 // walflow lag shows as zero).
                 let silent_for = last_heard.elapsed();
-                if silent_for > RECEIVE_TIMEOUT {
+                if silent_for > options.receive_timeout {
                     return Err(ReplicationError::Io(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no message from Postgres for {} s: the link is taken for dead", silent_for.as_secs()),
@@ -513,7 +535,7 @@ async fn stream_session(
                 }
                 let position = sink.acked_lsn().max(state.confirmed);
                 // A catch-up asks for replies, whose WAL position tells when it is done.
-                let ask = silent_for > RECEIVE_TIMEOUT / 2 || state.catch_up_to.is_some();
+                let ask = silent_for > options.receive_timeout / 2 || state.catch_up_to.is_some();
                 state.confirm(&mut stream, position, sink.metrics(), ask).await?;
             }
             _ = stop.changed() => break,

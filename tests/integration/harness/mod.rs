@@ -16,9 +16,11 @@ use tokio_postgres::{Client, NoTls};
 mod fake_api;
 mod fixed_http;
 mod scratch_postgres;
+mod silent_link;
 pub use fake_api::FakeApi;
 pub use fixed_http::FixedHttp;
 pub use scratch_postgres::ScratchPostgres;
+pub use silent_link::SilentLink;
 
 /// The service addresses, from `eval "$(scripts/services env)"`.
 #[derive(Debug, Clone)]
