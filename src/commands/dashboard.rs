@@ -229,7 +229,9 @@ async fn serve(listen: SocketAddr, readings: Arc<Mutex<Readings>>) -> anyhow::Re
             }),
         );
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
+        if let Err(error) =
+            walflow_serve::serve(listener, app, walflow_serve::Limits::default()).await
+        {
             tracing::warn!(%error, "the dashboard's server stopped");
         }
     });

@@ -47,7 +47,9 @@ pub async fn serve(listen: SocketAddr, render: Render) -> anyhow::Result<SocketA
         }),
     );
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
+        if let Err(error) =
+            walflow_serve::serve(listener, app, walflow_serve::Limits::default()).await
+        {
             tracing::warn!(%error, "the metrics endpoint stopped");
         }
     });

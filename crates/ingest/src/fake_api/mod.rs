@@ -68,7 +68,9 @@ pub async fn bind(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let address = listener.local_addr()?;
-    Ok((address, async move { axum::serve(listener, app).await }))
+    Ok((address, async move {
+        walflow_serve::serve(listener, app, walflow_serve::Limits::default()).await
+    }))
 }
 
 async fn users(
