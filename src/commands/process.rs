@@ -83,6 +83,18 @@ pub struct ProcessArgs {
     #[arg(long, conflicts_with = "rebuild")]
     rebuild_if_changed: bool,
 
+    /// The replication of the sink keyspaces process creates, as CQL's replication map (an
+    /// existing keyspace is left as it is). The default keeps one copy: on a cluster, give
+    /// for example "{'class': 'NetworkTopologyStrategy', 'dc1': 3}", or create the keyspace
+    /// yourself
+    #[arg(
+        long,
+        default_value = walflow_stream::sink::DEFAULT_KEYSPACE_REPLICATION,
+        value_name = "MAP",
+        value_parser = parse_replication
+    )]
+    cassandra_replication: String,
+
     /// Serve Prometheus metrics on this address (for example 127.0.0.1:9188) at /metrics
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -130,6 +142,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         options.checkpoint_dir = args.checkpoint_dir.clone();
         options.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
         options.batch_max_events = args.batch_max_events.max(1);
+        options.cassandra_replication = args.cassandra_replication.clone();
         options.batch_max_wait = Duration::from_millis(args.batch_max_wait_ms.max(1));
         options.dead_letter_topic = Some(format!(
             "{}.{}",
@@ -388,5 +401,18 @@ fn render_metrics(
         ] {
             registry.register_with_unit(name, help, Unit::Seconds, histogram.clone());
         }
+    }
+}
+
+/// A CQL replication map: `{...}` naming its class (Cassandra checks the rest).
+fn parse_replication(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') && trimmed.ends_with('}') && trimmed.contains("'class'") {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(format!(
+            "'{text}' is not a CQL replication map; for example \
+             \"{{'class': 'NetworkTopologyStrategy', 'dc1': 3}}\""
+        ))
     }
 }

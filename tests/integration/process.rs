@@ -1295,3 +1295,115 @@ async fn a_changelog_pipeline_counts_once_the_changes_cdc_sends_again() {
         "{log}"
     );
 }
+
+/// Runs `command`, killing it after `limit`: a test whose failure would be a hang fails.
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {} s:\n{}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The keyspaces process creates take `--cassandra-replication`, and sink names in mixed
+/// case are the lower-case names Cassandra keeps: the shape check finds the existing table
+/// and refuses a pipeline whose columns do not fit it, instead of writing values of the
+/// wrong type into it.
+#[tokio::test]
+async fn created_keyspaces_take_the_given_replication_and_mixed_case_sinks_are_shape_checked() {
+    let topics = TestTopics::new();
+    let topic = format!("{}.public.items", topics.prefix);
+    kcat_produce(&topic, (1..=3).map(item_event));
+    let keyspace = TestKeyspace::reserved();
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let (datacenter,): (String,) = session
+        .query_unpaged("SELECT data_center FROM system.local", ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let process = |pipeline: &Path| {
+        output_within(
+            walflow("postgres://unused@127.0.0.1/unused")
+                .args(["process", "--until-caught-up", "--checkpoint-dir"])
+                .arg(directory.path().join("checkpoints"))
+                .args([
+                    "--dead-letter-prefix",
+                    &format!("{}.dead_letter", topics.prefix),
+                    "--cassandra-replication",
+                    &format!("{{'class': 'NetworkTopologyStrategy', '{datacenter}': 1}}"),
+                ])
+                .arg(pipeline),
+            Duration::from_secs(120),
+        )
+    };
+    let pipeline = items_pipeline(
+        directory.path(),
+        &topic,
+        &keyspace.name.to_uppercase(),
+        "price",
+    );
+    let output = process(&pipeline);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let (replication,): (BTreeMap<String, String>,) = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (keyspace.name.as_str(),),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .single_row()
+        .unwrap();
+    assert!(
+        replication["class"].ends_with("NetworkTopologyStrategy"),
+        "{replication:?}"
+    );
+    assert_eq!(replication[&datacenter], "1", "{replication:?}");
+    let rows = cassandra_rows_by_int(
+        &session,
+        &format!("SELECT JSON * FROM {}.item_prices", keyspace.name),
+    )
+    .await;
+    assert_eq!(rows, vec![(1, 1.5), (2, 2.5), (3, 3.5)]);
+
+    // Another pipeline declares the same table, in mixed case, with price as text.
+    let clashing = directory.path().join("item_labels.sql");
+    std::fs::write(
+        &clashing,
+        format!(
+            "CREATE TABLE items (id INT PRIMARY KEY, price DOUBLE)
+               WITH (connector = 'kafka', topic = '{topic}', format = 'debezium_json');
+             CREATE TABLE labels (id INT PRIMARY KEY, price TEXT)
+               WITH (connector = 'cassandra', keyspace = '{}', table = 'Item_Prices');
+             INSERT INTO labels SELECT id, 'label' FROM items;",
+            keyspace.name.to_uppercase()
+        ),
+    )
+    .unwrap();
+    let refused = process(&clashing);
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("item_prices") && message.contains("column price is double there"),
+        "{message}"
+    );
+}

@@ -583,12 +583,14 @@ impl PipelineDefinition {
                         ));
                     }
                 }
+                // Cassandra folds unquoted names to lower case; the shape check looks the
+                // table up in system_schema by the name as Cassandra keeps it.
                 self.sinks.push(SinkTable {
                     name,
                     columns,
                     primary_key,
-                    keyspace,
-                    table,
+                    keyspace: keyspace.to_ascii_lowercase(),
+                    table: table.to_ascii_lowercase(),
                     emit,
                     late_events,
                     allowed_lateness_us,
@@ -889,6 +891,19 @@ INSERT INTO by_country SELECT country, count(*) FROM users GROUP BY country;
                 line: 12,
                 column: 1
             }
+        );
+    }
+
+    #[test]
+    fn sink_names_in_mixed_case_are_the_lower_case_names_cassandra_keeps() {
+        let mixed = FILE
+            .replace("keyspace = 'walflow'", "keyspace = 'WalFlow'")
+            .replace("table = 'users_by_country'", "table = 'Users_By_Country'");
+        assert_ne!(mixed, FILE);
+        let sink = &parse(&mixed).unwrap().sinks[0];
+        assert_eq!(
+            (sink.keyspace.as_str(), sink.table.as_str()),
+            ("walflow", "users_by_country")
         );
     }
 

@@ -53,6 +53,8 @@ pub struct ProcessOptions {
     /// Stop once every partition is read up to where it ended at start (benchmarks, tests).
     pub stop_when_caught_up: bool,
     pub cassandra_concurrency: usize,
+    /// The CQL replication map of sink keyspaces created by process.
+    pub cassandra_replication: String,
 }
 
 impl ProcessOptions {
@@ -71,6 +73,7 @@ impl ProcessOptions {
             rebuild_if_changed: false,
             stop_when_caught_up: false,
             cassandra_concurrency: 64,
+            cassandra_replication: crate::sink::DEFAULT_KEYSPACE_REPLICATION.to_owned(),
         }
     }
 }
@@ -445,7 +448,12 @@ pub async fn run(
     // Cassandra first: its tables must exist before anything is read.
     let mut backoff = RETRY_MIN;
     let mut sink = loop {
-        match CassandraSink::connect(&options.cassandra_nodes, options.cassandra_concurrency).await
+        match CassandraSink::connect(
+            &options.cassandra_nodes,
+            options.cassandra_concurrency,
+            &options.cassandra_replication,
+        )
+        .await
         {
             Ok(sink) => break sink,
             Err(error) => {

@@ -151,14 +151,24 @@ struct PreparedSink {
     truncate: String,
 }
 
+/// The replication of the keyspaces process creates unless told otherwise: one copy, which
+/// suits one node (the demo, the tests), never a cluster.
+pub const DEFAULT_KEYSPACE_REPLICATION: &str =
+    "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+
 pub struct CassandraSink {
     session: Arc<Session>,
     prepared: HashMap<String, Arc<PreparedSink>>,
     concurrency: usize,
+    keyspace_replication: String,
 }
 
 impl CassandraSink {
-    pub async fn connect(nodes: &[String], concurrency: usize) -> Result<CassandraSink, SinkError> {
+    pub async fn connect(
+        nodes: &[String],
+        concurrency: usize,
+        keyspace_replication: &str,
+    ) -> Result<CassandraSink, SinkError> {
         let session = SessionBuilder::new()
             .known_nodes(nodes)
             .connection_timeout(std::time::Duration::from_secs(5))
@@ -174,6 +184,7 @@ impl CassandraSink {
             session: Arc::new(session),
             prepared: HashMap::new(),
             concurrency: concurrency.max(1),
+            keyspace_replication: keyspace_replication.to_owned(),
         })
     }
 
@@ -187,9 +198,8 @@ impl CassandraSink {
         self.session
             .query_unpaged(
                 format!(
-                    "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = \
-                     {{'class': 'SimpleStrategy', 'replication_factor': 1}}",
-                    sink.keyspace
+                    "CREATE KEYSPACE IF NOT EXISTS {} WITH replication = {}",
+                    sink.keyspace, self.keyspace_replication
                 ),
                 (),
             )

@@ -226,6 +226,16 @@ impl TestKeyspace {
     }
 }
 
+impl TestKeyspace {
+    /// A name of its own that walflow is to create, dropped on drop all the same.
+    pub fn reserved() -> TestKeyspace {
+        TestKeyspace {
+            name: unique_name("walflow_test"),
+            nodes: services().cassandra_nodes,
+        }
+    }
+}
+
 pub async fn cassandra_session(nodes: &str) -> scylla::client::session::Session {
     scylla::client::session_builder::SessionBuilder::new()
         .known_nodes(nodes.split(','))
