@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         cli.global.log_level.as_deref(),
         cli.command.default_log_filter(),
     ) {
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", exit::error_text(&error));
         return Failure::Usage(error).exit_code();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -170,7 +170,11 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         tasks.spawn(async move {
             let result = runner::run(&pipeline, &options, metrics, stop).await;
             reporter.abort();
-            result.map_err(|error| anyhow::Error::new(error).context(format!("pipeline {name}")))
+            result.map_err(|error| match error {
+                // Already names its pipeline.
+                runner::ProcessError::Pipeline { .. } => anyhow::Error::new(error),
+                other => anyhow::Error::new(other).context(format!("pipeline {name}")),
+            })
         });
     }
     if let Some(listen) = args.metrics_listen {
