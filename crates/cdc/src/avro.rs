@@ -95,6 +95,19 @@ pub fn field_name(name: &str) -> String {
     adjusted
 }
 
+/// Two columns of `relation` whose Avro names are the same (`a-b` and `a_b`, or two
+/// non-ASCII names of one length): the first such pair and the name they share.
+pub fn colliding_field_names(relation: &Relation) -> Option<(String, String, String)> {
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for column in relation.columns.iter() {
+        let adjusted = field_name(&column.name);
+        if let Some(first) = seen.insert(adjusted.clone(), &column.name) {
+            return Some((first.to_owned(), column.name.to_string(), adjusted));
+        }
+    }
+    None
+}
+
 /// The Avro namespace of a topic: its dot-separated parts, each adjusted like a field name.
 fn namespace(topic: &str) -> String {
     topic
@@ -644,6 +657,25 @@ mod tests {
                     ("data_collection_order".into(), Avro::Long(1)),
                 ]))
             )
+        );
+    }
+
+    #[test]
+    fn columns_whose_avro_names_collide_are_named() {
+        let mut relation = relation();
+        assert_eq!(colliding_field_names(&relation), None);
+        let mut columns = relation.columns.clone();
+        let mut clash = columns[10].clone();
+        clash.name = ByteString::from("first-name");
+        columns.push(clash);
+        relation.columns = columns;
+        assert_eq!(
+            colliding_field_names(&relation),
+            Some((
+                "first name".to_owned(),
+                "first-name".to_owned(),
+                "first_name".to_owned()
+            ))
         );
     }
 

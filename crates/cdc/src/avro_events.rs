@@ -70,6 +70,16 @@ impl AvroEvents {
             return Ok(());
         }
         let table = format!("{}.{}", relation.namespace, relation.name);
+        if let Some((first, second, adjusted)) = avro::colliding_field_names(relation) {
+            return Err(AvroEventError::Schema {
+                table,
+                message: format!(
+                    "columns \"{first}\" and \"{second}\" both become the Avro field {adjusted} \
+                     (Avro names hold only letters, digits and _); rename one of them, or \
+                     stream this table with --format json"
+                ),
+            });
+        }
         // Checked here, before the registry sees it.
         schemas.parse().map_err(|error| AvroEventError::Schema {
             table: table.clone(),

@@ -84,7 +84,10 @@ impl SchemaRegistry {
 
     /// The compatibility level that applies to `subject` (its own, else the global one).
     pub async fn level(&self, subject: &str) -> Result<String, RegistryError> {
-        for path in [format!("/config/{subject}"), "/config".to_owned()] {
+        for path in [
+            format!("/config/{}", path_segment(subject)),
+            "/config".to_owned(),
+        ] {
             let (status, body) = self
                 .call(
                     format!("GET {path}"),
@@ -110,7 +113,7 @@ impl SchemaRegistry {
         schema: &Json,
     ) -> Result<Compatibility, RegistryError> {
         // Some registries answer "compatible" for a subject that does not exist: ask first.
-        let latest = format!("/subjects/{subject}/versions/latest");
+        let latest = format!("/subjects/{}/versions/latest", path_segment(subject));
         let (status, _) = self
             .call(
                 format!("GET {latest}"),
@@ -120,7 +123,10 @@ impl SchemaRegistry {
         if status == 404 {
             return Ok(Compatibility::NewSubject);
         }
-        let path = format!("/compatibility/subjects/{subject}/versions/latest?verbose=true");
+        let path = format!(
+            "/compatibility/subjects/{}/versions/latest?verbose=true",
+            path_segment(subject)
+        );
         let (status, body) = self
             .call(
                 format!("POST {path}"),
@@ -166,7 +172,7 @@ impl SchemaRegistry {
         {
             return Ok(*id);
         }
-        let path = format!("/subjects/{subject}/versions");
+        let path = format!("/subjects/{}/versions", path_segment(subject));
         let (status, body) = self
             .call(
                 format!("POST {path}"),
@@ -194,7 +200,7 @@ impl SchemaRegistry {
 
     /// Sets a subject's compatibility level (NONE lets a breaking change through).
     pub async fn set_level(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
-        let path = format!("/config/{subject}");
+        let path = format!("/config/{}", path_segment(subject));
         let (status, body) = self
             .call(
                 format!("PUT {path}"),
@@ -285,9 +291,34 @@ pub fn column_changes(old: &Json, new: &Json) -> Vec<String> {
     changes
 }
 
+/// A subject as one segment of a registry path: every byte but letters, digits and `-._~`
+/// percent-encoded, so no subject can reach another path or add a query (subjects end in
+/// `-key` or `-value`, never `.` or `..`).
+fn path_segment(subject: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(subject, SEGMENT).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subject_stays_one_path_segment() {
+        assert_eq!(
+            path_segment("walflow.public.users-value"),
+            "walflow.public.users-value"
+        );
+        assert_eq!(
+            path_segment("a/../b?c#d%e f-key"),
+            "a%2F..%2Fb%3Fc%23d%25e%20f-key"
+        );
+        assert_eq!(path_segment("é-key"), "%C3%A9-key");
+    }
 
     #[tokio::test]
     async fn an_unreachable_registry_is_named_without_its_credentials() {
