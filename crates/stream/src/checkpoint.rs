@@ -32,8 +32,8 @@ pub struct Checkpoint {
     pub newest_commit_ms: i64,
     /// Per source with a WATERMARK: its partitions' event-time clocks and watermark.
     pub watermarks: BTreeMap<String, crate::operators::watermark::SourceWatermark>,
-    /// Per changelog source and partition: the newest event it counted.
-    pub changelog_positions: BTreeMap<(String, i32), SeenPosition>,
+    /// Per changelog source, per partition: the newest event it counted.
+    pub changelog_positions: BTreeMap<String, BTreeMap<i32, SeenPosition>>,
 }
 
 /// The newest event a changelog source counted on one partition, and the newest commit
@@ -59,15 +59,18 @@ impl Checkpoint {
         commit_time_ms: Option<i64>,
     ) -> bool {
         let commit_ms = commit_time_ms.unwrap_or(0);
-        let key = (source.to_owned(), partition);
-        let Some(seen) = self.changelog_positions.get_mut(&key) else {
-            self.changelog_positions.insert(
-                key,
-                SeenPosition {
-                    position,
-                    newest_commit_ms: commit_ms,
-                },
-            );
+        let first = SeenPosition {
+            position,
+            newest_commit_ms: commit_ms,
+        };
+        // Looked up by &str: no allocation per event once the source is known.
+        let Some(partitions) = self.changelog_positions.get_mut(source) else {
+            self.changelog_positions
+                .insert(source.to_owned(), BTreeMap::from([(partition, first)]));
+            return true;
+        };
+        let Some(seen) = partitions.get_mut(&partition) else {
+            partitions.insert(partition, first);
             return true;
         };
         if position > seen.position {
