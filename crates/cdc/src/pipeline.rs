@@ -354,21 +354,15 @@ pub async fn run(
                 }
                 backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
-            Err(error) if resumed && is_slot_in_use(&error) => {
-                // The link was lost without Postgres noticing: its side of the old session
-                // holds the slot until its wal_sender_timeout ends it.
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "the slot is still held by the lost session until Postgres's wal_sender_timeout ends it; will retry");
-                sink.abandon_open_transaction();
-                state.start_new_session();
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break,
+            Err(error) if is_transient(&error) || (resumed && is_slot_in_use(&error)) => {
+                if is_slot_in_use(&error) {
+                    // The link was lost without Postgres noticing: its side of the old
+                    // session holds the slot until its wal_sender_timeout ends it.
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "the slot is still held by the lost session until Postgres's wal_sender_timeout ends it; will retry");
+                } else {
+                    sink.metrics().record_session_lost();
+                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "lost Postgres; will resume from the slot");
                 }
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
-            }
-            Err(error) if is_transient(&error) => {
-                sink.metrics().record_session_lost();
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "lost Postgres; will resume from the slot");
                 sink.abandon_open_transaction();
                 state.start_new_session();
                 tokio::select! {
