@@ -117,6 +117,21 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         let pipeline = Pipeline::load(file)
             .await
             .map_err(|error| Failure::Usage(error.into()))?;
+        // A pipeline is named after its file: two files of one name would share a
+        // checkpoint, a consumer group and a dead-letter topic.
+        if let Some(earlier) = pipelines
+            .iter()
+            .position(|other: &Pipeline| other.definition.name == pipeline.definition.name)
+        {
+            return Err(Failure::Usage(anyhow::anyhow!(
+                "{} and {} are both pipeline {}: pipelines are named after their files and \
+                 keep their checkpoints, consumer groups and dead letters by that name; \
+                 rename one of the files",
+                files[earlier].display(),
+                file.display(),
+                pipeline.definition.name
+            )));
+        }
         pipelines.push(pipeline);
     }
     let signal = super::stop_on_signal("stopping: finishing the batch and writing checkpoints");

@@ -1000,6 +1000,20 @@ fn item_event(id: i32) -> String {
     format!(r#"{{"before":null,"after":{{"id":{id},"price":{id}.5}},"op":"c"}}"#)
 }
 
+/// `walflow process --until-caught-up` over topics of a test's own (it needs no Postgres),
+/// checkpointing in `directory`, its dead letters under the topics' prefix.
+fn process_until_caught_up(directory: &Path, topics: &TestTopics) -> Command {
+    let mut command = walflow("postgres://unused@127.0.0.1/unused");
+    command
+        .args(["process", "--until-caught-up", "--checkpoint-dir"])
+        .arg(directory.join("checkpoints"))
+        .args([
+            "--dead-letter-prefix",
+            &format!("{}.dead_letter", topics.prefix),
+        ]);
+    command
+}
+
 /// An items pipeline (items_pipeline) over a topic and keyspace of its own, with three items
 /// already in the topic.
 struct ItemsScenario {
@@ -1036,13 +1050,7 @@ impl ItemsScenario {
     }
 
     fn process(&self, flags: &[&str]) -> std::process::Output {
-        run(walflow("postgres://unused@127.0.0.1/unused")
-            .args(["process", "--until-caught-up", "--checkpoint-dir"])
-            .arg(self.directory.path().join("checkpoints"))
-            .args([
-                "--dead-letter-prefix",
-                &format!("{}.dead_letter", self.topics.prefix),
-            ])
+        run(process_until_caught_up(self.directory.path(), &self.topics)
             .args(flags)
             .arg(self.directory.path().join("items.sql")))
     }
@@ -1209,14 +1217,7 @@ async fn a_changelog_pipeline_counts_once_the_changes_cdc_sends_again() {
     )
     .unwrap();
     let process = || {
-        let output = run(walflow("postgres://unused@127.0.0.1/unused")
-            .args(["process", "--until-caught-up", "--checkpoint-dir"])
-            .arg(directory.path().join("checkpoints"))
-            .args([
-                "--dead-letter-prefix",
-                &format!("{}.dead_letter", topics.prefix),
-            ])
-            .arg(&pipeline));
+        let output = run(process_until_caught_up(directory.path(), &topics).arg(&pipeline));
         assert!(output.status.success(), "{}", stderr(&output));
         stderr(&output)
     };
@@ -1341,12 +1342,8 @@ async fn created_keyspaces_take_the_given_replication_and_mixed_case_sinks_are_s
     let directory = tempfile::tempdir().unwrap();
     let process = |pipeline: &Path| {
         output_within(
-            walflow("postgres://unused@127.0.0.1/unused")
-                .args(["process", "--until-caught-up", "--checkpoint-dir"])
-                .arg(directory.path().join("checkpoints"))
+            process_until_caught_up(directory.path(), &topics)
                 .args([
-                    "--dead-letter-prefix",
-                    &format!("{}.dead_letter", topics.prefix),
                     "--cassandra-replication",
                     &format!("{{'class': 'NetworkTopologyStrategy', '{datacenter}': 1}}"),
                 ])
@@ -1404,6 +1401,75 @@ async fn created_keyspaces_take_the_given_replication_and_mixed_case_sinks_are_s
     assert_eq!(refused.status.code(), Some(1), "{message}");
     assert!(
         message.contains("item_prices") && message.contains("column price is double there"),
+        "{message}"
+    );
+}
+
+/// One pipeline, one process: a second process on the same checkpoint directory is refused
+/// (it would overwrite the first one's checkpoint), the lock goes with a process killed by
+/// kill -9, and two files of one name in one invocation are refused before anything runs.
+#[tokio::test]
+async fn a_second_process_on_a_running_pipeline_is_refused_and_kill_9_frees_it() {
+    let scenario = ItemsScenario::start().await;
+    // Without --until-caught-up, the first one runs until stopped.
+    let mut running = walflow("postgres://unused@127.0.0.1/unused")
+        .args(["process", "--checkpoint-dir"])
+        .arg(scenario.directory.path().join("checkpoints"))
+        .args([
+            "--dead-letter-prefix",
+            &format!("{}.dead_letter", scenario.topics.prefix),
+        ])
+        .arg(scenario.directory.path().join("items.sql"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Until its table exists and holds the three items.
+    let count = format!(
+        "SELECT count(*) FROM {}.item_prices",
+        scenario.keyspace.name
+    );
+    loop {
+        let written = match scenario.session.query_unpaged(count.as_str(), ()).await {
+            Ok(result) => result
+                .into_rows_result()
+                .ok()
+                .and_then(|rows| rows.single_row::<(i64,)>().ok())
+                .map_or(0, |(count,)| count),
+            Err(_) => 0,
+        };
+        if written == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first process wrote nothing");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let refused = scenario.process(&[]);
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("pipeline items is already run by another walflow process")
+            && message.contains("items.lock"),
+        "{message}"
+    );
+
+    running.kill().unwrap();
+    running.wait().unwrap();
+    kcat_produce(&scenario.topic, [item_event(4)]);
+    let resumed = scenario.process(&[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(scenario.ids().await, vec![1, 2, 3, 4]);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let twin = elsewhere.path().join("items.sql");
+    std::fs::copy(scenario.directory.path().join("items.sql"), &twin).unwrap();
+    let twice = scenario.process(&[twin.to_str().unwrap()]);
+    let message = stderr(&twice);
+    assert_eq!(twice.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("are both pipeline items") && message.contains("rename one"),
         "{message}"
     );
 }

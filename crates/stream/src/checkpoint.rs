@@ -135,6 +135,52 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {} is damaged or from another walflow version ({message}); remove it and run with --rebuild", path.display())]
     Corrupt { path: PathBuf, message: String },
+    #[error(
+        "pipeline {pipeline} is already run by another walflow process on {} (it holds {}); \
+         two processes on one pipeline would overwrite each other's checkpoint and sink \
+         rows: stop the other one, or give this one its own --checkpoint-dir",
+        directory.display(),
+        lock.display()
+    )]
+    Locked {
+        pipeline: String,
+        directory: PathBuf,
+        lock: PathBuf,
+    },
+}
+
+/// A pipeline's hold on its checkpoint: at most one process runs a pipeline of one
+/// checkpoint directory at a time. Released when dropped, or when the process dies.
+#[derive(Debug)]
+pub struct CheckpointLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock of `pipeline` in `directory` (`<pipeline>.lock`, created when missing),
+/// or says which process-wide lock is held by another process.
+pub fn lock(directory: &Path, pipeline: &str) -> Result<CheckpointLock, CheckpointError> {
+    let path = directory.join(format!("{pipeline}.lock"));
+    let io = |action: &'static str, source| CheckpointError::Io {
+        action,
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(directory).map_err(|source| io("create the directory of", source))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| io("open the lock of", source))?;
+    match file.try_lock() {
+        Ok(()) => Ok(CheckpointLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CheckpointError::Locked {
+            pipeline: pipeline.to_owned(),
+            directory: directory.to_owned(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io("lock", source)),
+    }
 }
 
 pub fn path_for(directory: &Path, pipeline: &str) -> PathBuf {
@@ -371,6 +417,23 @@ mod tests {
         assert_eq!(loaded.offsets, offsets);
         assert_eq!(loaded.newest_commit_ms, 2);
         assert!(loaded.changelog_positions.is_empty());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_pipeline_is_locked_by_one_holder_at_a_time() {
+        let directory =
+            std::env::temp_dir().join(format!("walflow-ckpt-lock-{}", std::process::id()));
+        let held = lock(&directory, "users").unwrap();
+        let error = lock(&directory, "users").unwrap_err().to_string();
+        assert!(
+            error.contains("pipeline users is already run") && error.contains("users.lock"),
+            "{error}"
+        );
+        // Another pipeline of the directory is free.
+        let _other = lock(&directory, "orders").unwrap();
+        drop(held);
+        let _again = lock(&directory, "users").unwrap();
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

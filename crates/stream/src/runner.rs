@@ -444,6 +444,8 @@ pub async fn run(
         message,
     };
     let checkpoint_path = checkpoint::path_for(&options.checkpoint_dir, &name);
+    // Held until the pipeline stops: a second process on it would overwrite its checkpoint.
+    let _lock = checkpoint::lock(&options.checkpoint_dir, &name)?;
 
     // Cassandra first: its tables must exist before anything is read.
     let mut backoff = RETRY_MIN;
