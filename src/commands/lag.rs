@@ -253,28 +253,28 @@ pub async fn measure(
         .as_millis() as i64;
     for (pipeline, _) in groups {
         let path = walflow_stream::checkpoint::path_for(&sources.checkpoint_dir, pipeline);
-        let (age_ms, newest_commit_ms, watermark_ms) = match walflow_stream::checkpoint::load(&path)
-        {
-            Ok(Some(checkpoint)) => (
-                Some((now_ms - checkpoint.written_at_ms).max(0) as u64),
-                (checkpoint.newest_commit_ms > 0).then_some(checkpoint.newest_commit_ms),
-                checkpoint
-                    .watermarks
-                    .values()
-                    .filter(|watermark| watermark.is_set())
-                    .map(|watermark| watermark.current() / 1000)
-                    .min(),
-            ),
-            Ok(None) => (None, None, None),
-            Err(error) => {
-                // Reported as the hop's error, not as a missing checkpoint.
-                report.errors.push(HopError {
-                    hop: "processing",
-                    message: error.to_string(),
-                });
-                continue;
-            }
-        };
+        let (age_ms, newest_commit_ms, watermark_ms) =
+            match walflow_stream::checkpoint::load_head(&path) {
+                Ok(Some(checkpoint)) => (
+                    Some((now_ms - checkpoint.written_at_ms).max(0) as u64),
+                    (checkpoint.newest_commit_ms > 0).then_some(checkpoint.newest_commit_ms),
+                    checkpoint
+                        .watermarks
+                        .values()
+                        .filter(|watermark| watermark.is_set())
+                        .map(|watermark| watermark.current() / 1000)
+                        .min(),
+                ),
+                Ok(None) => (None, None, None),
+                Err(error) => {
+                    // Reported as the hop's error, not as a missing checkpoint.
+                    report.errors.push(HopError {
+                        hop: "processing",
+                        message: error.to_string(),
+                    });
+                    continue;
+                }
+            };
         report.checkpoints.push(CheckpointAge {
             pipeline: pipeline.clone(),
             age_ms,

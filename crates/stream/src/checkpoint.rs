@@ -13,27 +13,41 @@ use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
 /// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`. 7: the changelog
-/// positions (a format 6 checkpoint is read as one without them).
+/// positions, and the head (what `walflow lag` reads) before the state (a format 6
+/// checkpoint is read as one without positions).
 const FORMAT_VERSION: u32 = 7;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    // The head: the fields of [`CheckpointHead`], first and in its order.
     pub format_version: u32,
     /// Fingerprint of the pipeline file the state belongs to.
     pub fingerprint: u64,
-    /// Next offset to read, per topic and partition.
-    pub offsets: BTreeMap<(String, i32), i64>,
-    pub sources: BTreeMap<String, SourceState>,
-    /// One per query, in file order.
-    pub queries: Vec<QueryState>,
     pub written_at_ms: i64,
     /// Postgres commit time (Unix ms) of the newest change whose results are in Cassandra as
     /// of this checkpoint; 0 when no event said (`walflow lag`'s end-to-end measure).
     pub newest_commit_ms: i64,
     /// Per source with a WATERMARK: its partitions' event-time clocks and watermark.
     pub watermarks: BTreeMap<String, crate::operators::watermark::SourceWatermark>,
+    // The state.
+    /// Next offset to read, per topic and partition.
+    pub offsets: BTreeMap<(String, i32), i64>,
+    pub sources: BTreeMap<String, SourceState>,
+    /// One per query, in file order.
+    pub queries: Vec<QueryState>,
     /// Per changelog source, per partition: the newest event it counted.
     pub changelog_positions: BTreeMap<String, BTreeMap<i32, SeenPosition>>,
+}
+
+/// What `walflow lag` and the dashboard read of a checkpoint, decoded without the state
+/// (kept rows, aggregates) behind it.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct CheckpointHead {
+    pub format_version: u32,
+    pub fingerprint: u64,
+    pub written_at_ms: i64,
+    pub newest_commit_ms: i64,
+    pub watermarks: BTreeMap<String, crate::operators::watermark::SourceWatermark>,
 }
 
 /// The newest event a changelog source counted on one partition, and the newest commit
@@ -272,6 +286,40 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
     Ok(Some(checkpoint))
 }
 
+/// The head of the checkpoint at `path` (`None` when there is none), decoding none of the
+/// state behind it; a format 6 checkpoint, whose head comes last, is read whole.
+pub fn load_head(path: &Path) -> Result<Option<CheckpointHead>, CheckpointError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CheckpointError::Io {
+                action: "read",
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    let corrupt = |message: String| CheckpointError::Corrupt {
+        path: path.to_owned(),
+        message,
+    };
+    let (format_version, _) =
+        postcard::take_from_bytes::<u32>(&bytes).map_err(|error| corrupt(error.to_string()))?;
+    if format_version != FORMAT_VERSION {
+        return Ok(load(path)?.map(|checkpoint| CheckpointHead {
+            format_version: checkpoint.format_version,
+            fingerprint: checkpoint.fingerprint,
+            written_at_ms: checkpoint.written_at_ms,
+            newest_commit_ms: checkpoint.newest_commit_ms,
+            watermarks: checkpoint.watermarks,
+        }));
+    }
+    let (head, _state) = postcard::take_from_bytes::<CheckpointHead>(&bytes)
+        .map_err(|error| corrupt(error.to_string()))?;
+    Ok(Some(head))
+}
+
 /// Replaces the checkpoint atomically; returns its size in bytes.
 pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<usize, CheckpointError> {
     let io = |action: &'static str| {
@@ -417,6 +465,53 @@ mod tests {
         assert_eq!(loaded.offsets, offsets);
         assert_eq!(loaded.newest_commit_ms, 2);
         assert!(loaded.changelog_positions.is_empty());
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn the_head_is_read_without_the_state_in_formats_7_and_6() {
+        let directory =
+            std::env::temp_dir().join(format!("walflow-ckpt-head-{}", std::process::id()));
+        let path = path_for(&directory, "users");
+        assert_eq!(load_head(&path).unwrap(), None);
+        let mut checkpoint = Checkpoint {
+            fingerprint: 11,
+            written_at_ms: 22,
+            newest_commit_ms: 33,
+            ..Checkpoint::default()
+        };
+        checkpoint.offsets.insert(("t".into(), 0), 42);
+        checkpoint.queries.push(QueryState::default());
+        save(&path, &checkpoint).unwrap();
+        let head = load_head(&path).unwrap().unwrap();
+        assert_eq!(
+            (
+                head.format_version,
+                head.fingerprint,
+                head.written_at_ms,
+                head.newest_commit_ms
+            ),
+            (FORMAT_VERSION, 11, 22, 33)
+        );
+        // The head alone, the state cut off: still read.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        assert_eq!(load_head(&path).unwrap().unwrap().written_at_ms, 22);
+        assert!(load(&path).is_err());
+
+        let old = CheckpointV6 {
+            format_version: 6,
+            fingerprint: 11,
+            offsets: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            queries: Vec::new(),
+            written_at_ms: 44,
+            newest_commit_ms: 55,
+            watermarks: BTreeMap::new(),
+        };
+        std::fs::write(&path, postcard::to_stdvec(&old).unwrap()).unwrap();
+        let head = load_head(&path).unwrap().unwrap();
+        assert_eq!((head.written_at_ms, head.newest_commit_ms), (44, 55));
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
