@@ -158,7 +158,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
                      --schema-registry-url (scripts/services env prints the local one)"
                 ))
             })?;
-            Some(walflow_cdc::pipeline::AvroOptions {
+            Some(pipeline::AvroOptions {
                 registry_url: url.expose().to_owned(),
                 allow_incompatible: args.allow_incompatible_schemas,
             })
@@ -213,7 +213,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
 
 /// A log line every 10 seconds: what was sent, what Kafka acknowledged, how far behind
 /// Postgres's commits the acknowledgements are.
-async fn report_progress(metrics: std::sync::Arc<walflow_cdc::metrics::CdcMetrics>) {
+async fn report_progress(metrics: Arc<walflow_cdc::metrics::CdcMetrics>) {
     let mut ticker = tokio::time::interval(Duration::from_secs(10));
     ticker.tick().await;
     let mut previous = metrics.snapshot();
@@ -272,7 +272,7 @@ fn snapshot_progress_bars() -> Option<SnapshotProgressHook> {
             bar.finish();
         }
     };
-    Some(SnapshotProgressHook(std::sync::Arc::new(hook)))
+    Some(SnapshotProgressHook(Arc::new(hook)))
 }
 
 async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure> {

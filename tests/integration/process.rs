@@ -495,7 +495,7 @@ async fn unchanged_toast_values_are_kept_in_cassandra_not_overwritten_by_the_mar
     )
     .unwrap();
     let marker = "__debezium_unavailable_value";
-    let process = |checkpoints: &std::path::Path| {
+    let process = |checkpoints: &Path| {
         let output = run(walflow("postgres://unused@127.0.0.1/unused")
             .args(["process", "--until-caught-up", "--checkpoint-dir"])
             .arg(checkpoints)

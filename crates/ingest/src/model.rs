@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for StringOrNumber {
         struct Visitor;
         impl serde::de::Visitor<'_> for Visitor {
             type Value = StringOrNumber;
-            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 formatter.write_str("a string or a number")
             }
             fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<StringOrNumber, E> {

@@ -268,7 +268,7 @@ impl Reader {
         &self,
         source: &SourceTable,
         node: NodeId,
-        datum: &mut Datum,
+        datum: &mut Datum<'_>,
         depth: usize,
     ) -> Result<Option<Image<'static>>, String> {
         let depth = deeper(depth)?;
@@ -301,7 +301,7 @@ impl Reader {
     fn source_block(
         &self,
         node: NodeId,
-        datum: &mut Datum,
+        datum: &mut Datum<'_>,
         depth: usize,
     ) -> Result<(Option<i64>, Option<Json>), String> {
         let depth = deeper(depth)?;
@@ -328,7 +328,7 @@ impl Reader {
         }
     }
 
-    fn value(&self, node: NodeId, datum: &mut Datum, depth: usize) -> Result<Json, String> {
+    fn value(&self, node: NodeId, datum: &mut Datum<'_>, depth: usize) -> Result<Json, String> {
         let depth = deeper(depth)?;
         Ok(match &self.nodes[node] {
             Node::Null => Json::Null,
@@ -441,7 +441,7 @@ impl Reader {
     }
 
     /// Moves past a value without building it.
-    fn skip(&self, node: NodeId, datum: &mut Datum, depth: usize) -> Result<(), String> {
+    fn skip(&self, node: NodeId, datum: &mut Datum<'_>, depth: usize) -> Result<(), String> {
         let depth = deeper(depth)?;
         match &self.nodes[node] {
             Node::Null => {}

@@ -336,7 +336,7 @@ struct ImageVisitor<'s> {
 impl<'de> serde::de::Visitor<'de> for ImageVisitor<'_> {
     type Value = ();
 
-    fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str("an object of column values")
     }
 
@@ -437,7 +437,7 @@ mod tests {
             primary_key: vec![0],
             topic: "t".into(),
             format: SourceFormat::DebeziumJson,
-            mode: crate::definition::SourceMode::Updating,
+            mode: SourceMode::Updating,
             watermark: None,
             position: Position::default(),
         }

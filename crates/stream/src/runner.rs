@@ -87,7 +87,7 @@ pub enum ProcessError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("Kafka: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    Kafka(#[from] KafkaError),
     #[error("pipeline {pipeline}: {message}")]
     Pipeline { pipeline: String, message: String },
 }
@@ -1033,7 +1033,7 @@ pub struct BatchChange {
 #[derive(Debug, Default)]
 pub struct BatchOutput {
     pub deltas: Vec<SinkDelta>,
-    pub late: Vec<(String, crate::operators::window::LateEvent)>,
+    pub late: Vec<(String, LateEvent)>,
     /// Changelog events dropped as already seen (cdc sent them again after a restart).
     pub duplicates: u64,
 }
@@ -1330,10 +1330,7 @@ async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> 
     }
 }
 
-async fn partitions_of(
-    consumer: &PipelineConsumer,
-    topic: &str,
-) -> Result<Vec<i32>, rdkafka::error::KafkaError> {
+async fn partitions_of(consumer: &PipelineConsumer, topic: &str) -> Result<Vec<i32>, KafkaError> {
     let metadata = tokio::task::block_in_place(|| {
         consumer.fetch_metadata(Some(topic), Duration::from_secs(5))
     })?;
@@ -1349,7 +1346,7 @@ async fn watermarks(
     consumer: &PipelineConsumer,
     topic: &str,
     partition: i32,
-) -> Result<(i64, i64), rdkafka::error::KafkaError> {
+) -> Result<(i64, i64), KafkaError> {
     tokio::task::block_in_place(|| {
         consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))
     })

@@ -143,17 +143,14 @@ pub struct Changes {
 impl Changes {
     /// Builds the record batch of `schema` from rows (every column of a type
     /// [`ColumnType::from_arrow`] knows).
-    pub fn from_rows(
-        schema: SchemaRef,
-        rows: &[(Row, i8)],
-    ) -> Result<Changes, datafusion::error::DataFusionError> {
+    pub fn from_rows(schema: SchemaRef, rows: &[(Row, i8)]) -> Result<Changes, DataFusionError> {
         let columns = schema
             .fields()
             .iter()
             .enumerate()
             .map(|(index, field)| {
                 let column_type = ColumnType::from_arrow(field.data_type()).ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal(format!(
+                    DataFusionError::Internal(format!(
                         "column {} has type {}, which walflow does not keep",
                         field.name(),
                         field.data_type()
@@ -167,7 +164,7 @@ impl Changes {
                     Ok(array)
                 }
             })
-            .collect::<Result<Vec<_>, datafusion::error::DataFusionError>>()?;
+            .collect::<Result<Vec<_>, DataFusionError>>()?;
         let options = datafusion::arrow::record_batch::RecordBatchOptions::new()
             .with_row_count(Some(rows.len()));
         let batch = RecordBatch::try_new_with_options(schema, columns, &options)?;
@@ -187,7 +184,7 @@ impl Changes {
     }
 
     /// The rows back, with their weights.
-    pub fn to_rows(&self) -> Result<Vec<(Row, i8)>, datafusion::error::DataFusionError> {
+    pub fn to_rows(&self) -> Result<Vec<(Row, i8)>, DataFusionError> {
         let columns = self.batch.columns();
         (0..self.len())
             .map(|row| {
@@ -195,7 +192,7 @@ impl Changes {
                     .iter()
                     .map(|array| {
                         crate::value::value_at(array.as_ref(), row).ok_or_else(|| {
-                            datafusion::error::DataFusionError::Internal(format!(
+                            DataFusionError::Internal(format!(
                                 "a result column has type {}, which walflow does not keep",
                                 array.data_type()
                             ))
