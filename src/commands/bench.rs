@@ -328,7 +328,7 @@ async fn bench_cdc_in_database(
     database: &str,
 ) -> anyhow::Result<CdcBenchReport> {
     use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
-    use walflow_cdc::sink::{self, Sink};
+    use walflow_cdc::sink::{self, EventSink, KafkaSink};
 
     let mut url = url::Url::parse(config.postgres_url.expose())
         .context("the Postgres URL must be a URL for bench")?;
@@ -391,7 +391,7 @@ async fn bench_cdc_in_database(
         stop_at: Some(end.parse().map_err(|error| anyhow::anyhow!("{error}"))?),
         snapshot_progress: None,
     };
-    let sink = Sink::kafka(&config.kafka_brokers)?;
+    let sink = KafkaSink::new(&config.kafka_brokers)?;
     let json_metrics = sink.metrics().clone();
     let (_stop_sender, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
@@ -412,7 +412,7 @@ async fn bench_cdc_in_database(
                 topic_prefix: format!("{topic_prefix}_avro"),
                 ..options.clone()
             };
-            let sink = Sink::kafka(&config.kafka_brokers)?;
+            let sink = KafkaSink::new(&config.kafka_brokers)?;
             let metrics = sink.metrics().clone();
             let (_stop_sender, stop) = tokio::sync::watch::channel(false);
             let started = Instant::now();
@@ -537,7 +537,7 @@ async fn bench_cdc_latency(
     database: &str,
 ) -> anyhow::Result<LatencyReport> {
     use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
-    use walflow_cdc::sink::{self, Sink};
+    use walflow_cdc::sink::{self, KafkaSink};
 
     let mut url = url::Url::parse(config.postgres_url.expose())
         .context("the Postgres URL must be a URL for bench")?;
@@ -564,7 +564,7 @@ async fn bench_cdc_latency(
         snapshot_progress: None,
     };
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let sink = Sink::kafka(&config.kafka_brokers)?;
+    let sink = KafkaSink::new(&config.kafka_brokers)?;
     let cdc = tokio::spawn(async move { pipeline::run(&options, sink, stop).await });
     // Give cdc time to create its slot: rows committed before it are not streamed.
     let slot = format!("{database}_walflow");

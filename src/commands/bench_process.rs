@@ -643,15 +643,15 @@ fn produce_backlog(
             snapshot: false,
             position: None,
         };
-        let event = avro.events.row_event(
-            &avro.relation,
+        let event = avro.events.row_event(&walflow_cdc::envelope::Change {
+            relation: &avro.relation,
             operation,
-            before.as_ref(),
-            after.as_ref(),
-            &source,
-            &avro.prefix,
-            1_795_000_000_000,
-        )?;
+            before: before.as_ref(),
+            after: after.as_ref(),
+            source,
+            topic_prefix: &avro.prefix,
+            ts_ms: 1_795_000_000_000,
+        })?;
         let tombstone = if operation == walflow_cdc::envelope::Operation::Delete {
             walflow_cdc::envelope::tombstone(&event)
         } else {
@@ -881,7 +881,7 @@ async fn steady(
     config: &Config,
 ) -> anyhow::Result<std::process::ExitCode> {
     use walflow_cdc::pipeline::{self as cdc, CdcOptions, SnapshotMode};
-    use walflow_cdc::sink::Sink;
+    use walflow_cdc::sink::KafkaSink;
 
     let admin = connect(config.postgres_url.expose()).await?;
     let database = create_scratch_database(&admin, "walflow_bench_process").await?;
@@ -906,7 +906,7 @@ async fn steady(
             snapshot_progress: None,
         };
         let (stop_sender, stop) = tokio::sync::watch::channel(false);
-        let sink = Sink::kafka(&config.kafka_brokers)?;
+        let sink = KafkaSink::new(&config.kafka_brokers)?;
         let cdc_task = tokio::spawn(async move { cdc::run(&options, sink, stop.clone()).await });
         let slot = format!("{database}_walflow");
         for _ in 0..200 {

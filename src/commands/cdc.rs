@@ -9,7 +9,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use tokio_postgres::NoTls;
 use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode, SnapshotProgressHook};
 use walflow_cdc::publication;
-use walflow_cdc::sink::{KafkaSettings, Sink};
+use walflow_cdc::sink::{EventSink, KafkaSettings, KafkaSink, StdoutSink};
 
 use crate::config::{Config, GlobalArgs};
 use crate::exit::Failure;
@@ -182,16 +182,25 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         stop_at: None,
         snapshot_progress: snapshot_progress_bars(),
     };
-    let sink = match args.sink {
+    match args.sink {
         SinkKind::Kafka => {
             let mut settings = KafkaSettings::new(&config.kafka_brokers);
             settings.message_timeout = Duration::from_secs(args.kafka_message_timeout.max(1));
             settings.max_message_bytes = args.kafka_max_message_bytes as usize;
             settings.dead_letter_topic = dead_letter_topic(&args);
-            Sink::kafka_with(settings).context("cannot create the Kafka producer")?
+            let sink = KafkaSink::with(settings).context("cannot create the Kafka producer")?;
+            stream_to(sink, &options, &args).await
         }
-        SinkKind::Stdout => Sink::stdout(),
-    };
+        SinkKind::Stdout => stream_to(StdoutSink::new(), &options, &args).await,
+    }
+}
+
+/// Runs cdc into `sink`, with the metrics endpoint and progress lines.
+async fn stream_to(
+    sink: impl EventSink,
+    options: &CdcOptions,
+    args: &CdcArgs,
+) -> Result<ExitCode, Failure> {
     let stop = super::stop_on_signal("stopping: draining what was sent");
     let metrics = sink.metrics().clone();
     if let Some(listen) = args.metrics_listen {
@@ -205,7 +214,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
         .map_err(Failure::Runtime)?;
     }
     let reporter = tokio::spawn(report_progress(metrics));
-    let result = pipeline::run(&options, sink, stop).await;
+    let result = pipeline::run(options, sink, stop).await;
     reporter.abort();
     result.map_err(|error| Failure::Runtime(error.into()))?;
     Ok(ExitCode::SUCCESS)

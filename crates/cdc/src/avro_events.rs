@@ -6,10 +6,10 @@
 
 use std::collections::HashMap;
 
-use walflow_pgoutput::{Relation, TupleData};
+use walflow_pgoutput::Relation;
 
 use crate::avro::{self, SchemaIds, TableSchemas};
-use crate::envelope::{topic_for, ChangeEvent, Operation, Source};
+use crate::envelope::{topic_for, Change, ChangeEvent};
 use crate::registry::{column_changes, Compatibility, RegistryError, SchemaRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -154,18 +154,9 @@ impl AvroEvents {
         Ok(self.registry.register(subject, schema).await?)
     }
 
-    /// A row change as an Avro event (the table must have been prepared).
-    #[allow(clippy::too_many_arguments)]
-    pub fn row_event(
-        &self,
-        relation: &Relation,
-        operation: Operation,
-        before: Option<&TupleData>,
-        after: Option<&TupleData>,
-        source: &Source<'_>,
-        topic_prefix: &str,
-        now_ms: i64,
-    ) -> Result<ChangeEvent, AvroEventError> {
+    /// A change as an Avro event (its table must have been prepared).
+    pub fn row_event(&self, change: &Change<'_>) -> Result<ChangeEvent, AvroEventError> {
+        let relation = change.relation;
         let table = self
             .tables
             .get(&relation.oid)
@@ -174,14 +165,20 @@ impl AvroEvents {
                 message: "no registered schema (a change before its Relation message)".into(),
             })?;
         let (key, value) = avro::encode_change(
-            table.ids, relation, operation, before, after, source, now_ms,
+            table.ids,
+            relation,
+            change.operation,
+            change.before,
+            change.after,
+            &change.source,
+            change.ts_ms,
         )
         .map_err(|error| AvroEventError::Schema {
             table: format!("{}.{}", relation.namespace, relation.name),
             message: error.to_string(),
         })?;
         Ok(ChangeEvent {
-            topic: topic_for(topic_prefix, relation),
+            topic: topic_for(change.topic_prefix, relation),
             key,
             value: Some(value),
         })

@@ -206,16 +206,23 @@ pub fn old_tuple(old: &OldTuple) -> &TupleData {
     }
 }
 
-/// The event of one row change, in the Debezium envelope.
-pub fn row_event(
-    relation: &Relation,
-    operation: Operation,
-    before: Option<&TupleData>,
-    after: Option<&TupleData>,
-    source: &Source<'_>,
-    topic_prefix: &str,
-    now_ms: i64,
-) -> ChangeEvent {
+/// One change to turn into an event, whatever the encoding: the table, what happened, the
+/// row before and after (as the operation has them), and where it came from.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub relation: &'a Relation,
+    pub operation: Operation,
+    pub before: Option<&'a TupleData>,
+    pub after: Option<&'a TupleData>,
+    pub source: Source<'a>,
+    pub topic_prefix: &'a str,
+    /// When cdc handled the change (the envelope's `ts_ms`), Unix milliseconds.
+    pub ts_ms: i64,
+}
+
+/// The event of one change, in the Debezium envelope. A truncate has no row: no key, no
+/// before or after.
+pub fn row_event(change: &Change<'_>) -> ChangeEvent {
     fn row<'a>(relation: &'a Relation, tuple: &'a TupleData, keys_only: bool) -> RowJson<'a> {
         RowJson {
             columns: &relation.columns,
@@ -223,44 +230,24 @@ pub fn row_event(
             keys_only,
         }
     }
+    let relation = change.relation;
     let has_key = relation.columns.iter().any(|column| column.is_key);
-    let key = after
-        .or(before)
+    let key = change
+        .after
+        .or(change.before)
         .filter(|_| has_key)
         .map(|tuple| to_json(&row(relation, tuple, true)).into_bytes());
     let envelope = Envelope {
-        before: before.map(|tuple| row(relation, tuple, false)),
-        after: after.map(|tuple| row(relation, tuple, false)),
-        source: source_json(relation, source),
-        op: operation.code(),
-        ts_ms: now_ms,
-        transaction: transaction_json(source),
+        before: change.before.map(|tuple| row(relation, tuple, false)),
+        after: change.after.map(|tuple| row(relation, tuple, false)),
+        source: source_json(relation, &change.source),
+        op: change.operation.code(),
+        ts_ms: change.ts_ms,
+        transaction: transaction_json(&change.source),
     };
     ChangeEvent {
-        topic: topic_for(topic_prefix, relation),
+        topic: topic_for(change.topic_prefix, relation),
         key,
-        value: Some(to_json(&envelope).into_bytes()),
-    }
-}
-
-/// A truncate, which has no row: no key, no before or after.
-pub fn truncate_event(
-    relation: &Relation,
-    source: &Source<'_>,
-    topic_prefix: &str,
-    now_ms: i64,
-) -> ChangeEvent {
-    let envelope = Envelope {
-        before: None,
-        after: None,
-        source: source_json(relation, source),
-        op: Operation::Truncate.code(),
-        ts_ms: now_ms,
-        transaction: transaction_json(source),
-    };
-    ChangeEvent {
-        topic: topic_for(topic_prefix, relation),
-        key: None,
         value: Some(to_json(&envelope).into_bytes()),
     }
 }
@@ -332,15 +319,15 @@ mod tests {
     fn updates_carry_before_after_source_and_the_key() {
         let before = encode::tuple(&[text("1"), text("old@example.com"), Column::Null]);
         let after = encode::tuple(&[text("1"), text("new@example.com"), Column::UnchangedToast]);
-        let event = row_event(
-            &relation(),
-            Operation::Update,
-            Some(&before),
-            Some(&after),
-            &source(),
-            "walflow",
-            5,
-        );
+        let event = row_event(&Change {
+            relation: &relation(),
+            operation: Operation::Update,
+            before: Some(&before),
+            after: Some(&after),
+            source: source(),
+            topic_prefix: "walflow",
+            ts_ms: 5,
+        });
         assert_eq!(event.topic, "walflow.public.users");
         assert_eq!(parse(&event.key), json!({"id": 1}));
         let value = parse(&event.value);
@@ -373,15 +360,15 @@ mod tests {
             position: None,
             ..source()
         };
-        let event = row_event(
-            &relation(),
-            Operation::Read,
-            None,
-            Some(&after),
-            &snapshot,
-            "walflow",
-            5,
-        );
+        let event = row_event(&Change {
+            relation: &relation(),
+            operation: Operation::Read,
+            before: None,
+            after: Some(&after),
+            source: snapshot.clone(),
+            topic_prefix: "walflow",
+            ts_ms: 5,
+        });
         let value = parse(&event.value);
         assert_eq!(value["source"]["sequence"], Value::Null);
         assert_eq!(value["transaction"], Value::Null);
@@ -390,15 +377,15 @@ mod tests {
     #[test]
     fn deletes_are_followed_by_a_tombstone_for_their_key() {
         let before = encode::tuple(&[text("7"), Column::Null, Column::Null]);
-        let event = row_event(
-            &relation(),
-            Operation::Delete,
-            Some(&before),
-            None,
-            &source(),
-            "walflow",
-            5,
-        );
+        let event = row_event(&Change {
+            relation: &relation(),
+            operation: Operation::Delete,
+            before: Some(&before),
+            after: None,
+            source: source(),
+            topic_prefix: "walflow",
+            ts_ms: 5,
+        });
         assert_eq!(parse(&event.value)["after"], Value::Null);
         let tombstone = tombstone(&event).unwrap();
         assert_eq!(parse(&tombstone.key), json!({"id": 7}));

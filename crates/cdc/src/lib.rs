@@ -3,6 +3,7 @@
 
 pub mod avro;
 pub mod avro_events;
+pub mod encoder;
 pub mod envelope;
 pub mod keys;
 pub mod metrics;

@@ -1,23 +1,26 @@
 //! `walflow cdc`'s loop: read the slot, turn each committed change into an event, hand it to
 //! the sink, and confirm to Postgres only what the sink has acknowledged.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 use walflow_pgoutput::{
-    LogicalDecoder, LogicalMessage, Lsn, PgTimestamp, ReplicationMessage, StandbyStatusUpdate,
+    LogicalDecoder, LogicalMessage, Lsn, PgTimestamp, Relation, ReplicationMessage,
+    StandbyStatusUpdate, TupleData,
 };
 
 use crate::avro_events::{AvroEventError, AvroEvents};
-use crate::envelope::{self, EventPosition, Operation, RelationCache, Source};
+use crate::encoder::EventEncoder;
+use crate::envelope::{self, Change, EventPosition, Operation, RelationCache, Source};
 use crate::keys;
 use crate::publication::{self, SetupError};
 use crate::replication::{
-    ReplicationConfig, ReplicationConnection, ReplicationError, ReplicationStream,
+    ChangeStream, ReplicationConfig, ReplicationConnection, ReplicationError,
     DEFAULT_CONNECT_TIMEOUT,
 };
-use crate::sink::{Sink, SinkError};
+use crate::sink::{EventSink, SinkError};
 use crate::snapshot::{self, SnapshotProgress};
 use crate::topics::{self, TopicError, TopicNames};
 
@@ -146,9 +149,9 @@ impl Transaction {
 
 /// Runs until `stop` turns true (then drains the sink and confirms what it acknowledged) or
 /// an error ends it (then nothing unacknowledged is confirmed: a restart resumes there).
-pub async fn run(
+pub async fn run<S: EventSink>(
     options: &CdcOptions,
-    mut sink: Sink,
+    mut sink: S,
     mut stop: watch::Receiver<bool>,
 ) -> Result<CdcSummary, CdcError> {
     let client = connect_client(&options.postgres_url).await?;
@@ -172,12 +175,12 @@ pub async fn run(
     }
     sink.create_topics(&topics).await?;
 
-    let avro = match &options.avro {
-        Some(avro) => Some(
+    let encoder = match &options.avro {
+        Some(avro) => EventEncoder::Avro(
             AvroEvents::new(&avro.registry_url, avro.allow_incompatible)
                 .map_err(AvroEventError::from)?,
         ),
-        None => None,
+        None => EventEncoder::Json,
     };
     let config = ReplicationConfig::from_url(&options.postgres_url)?;
     let mut replication = ReplicationConnection::connect(&config).await?;
@@ -197,20 +200,7 @@ pub async fn run(
                 || snapshot::progress(&client, &options.slot).await? == SnapshotProgress::Started
         }
     };
-    let mut state = StreamState {
-        decoder: LogicalDecoder::new(),
-        relations: RelationCache::default(),
-        transaction: None,
-        last_commit_end: Lsn(0),
-        confirmed: Lsn(0),
-        summary: CdcSummary::default(),
-        database: database.clone(),
-        change_lsn: Lsn(0),
-        avro,
-        topics: topic_names,
-        catch_up_to: None,
-        caught_up: false,
-    };
+    let mut state = StreamState::new(database.clone(), encoder, topic_names);
     let mut replication = Some(replication);
     if take_snapshot {
         let existing = match slot_exists {
@@ -269,7 +259,7 @@ pub async fn run(
             &mut sink,
             &database,
             &created,
-            state.avro.as_mut(),
+            &mut state.encoder,
             &stop,
         )
         .await;
@@ -437,7 +427,7 @@ async fn stream_session(
     replication: ReplicationConnection,
     client: &tokio_postgres::Client,
     options: &CdcOptions,
-    sink: &mut Sink,
+    sink: &mut impl EventSink,
     stop: &mut watch::Receiver<bool>,
     state: &mut StreamState,
 ) -> Result<(), CdcError> {
@@ -450,6 +440,20 @@ async fn stream_session(
         )
         .await?;
     tracing::info!(slot = %options.slot, publication = %options.publication, "streaming changes");
+    stream_changes(&mut stream, client, options, sink, stop, state).await
+}
+
+/// The loop of one session, over any [`ChangeStream`] and [`EventSink`]: read, decode and
+/// send changes; confirm to the server only what the sink acknowledged; stop reading while
+/// the sink is backlogged; take long silence for a dead link.
+async fn stream_changes(
+    stream: &mut impl ChangeStream,
+    catalog: &impl RelationCatalog,
+    options: &CdcOptions,
+    sink: &mut impl EventSink,
+    stop: &mut watch::Receiver<bool>,
+    state: &mut StreamState,
+) -> Result<(), CdcError> {
     let mut ticker = tokio::time::interval(options.status_interval);
     // Postgres's walreceiver does the same (wal_receiver_timeout): silence from the server
     // is answered with a status update asking for a reply, and longer silence ends the
@@ -467,7 +471,7 @@ async fn stream_session(
                         return Err(CdcError::Delivery(failure));
                     }
                     let position = sink.acked_lsn().max(state.confirmed);
-                    state.confirm(&mut stream, position, sink.metrics(), false).await?;
+                    state.confirm(stream, position, sink.metrics(), false).await?;
                 }
                 _ = tokio::time::sleep(Duration::from_millis(5)) => {}
                 _ = stop.changed() => break,
@@ -490,7 +494,7 @@ async fn stream_session(
                         sink.metrics().record_server_wal_end(data.wal_end.0);
                         state.change_lsn = data.wal_start;
                         let message = state.decoder.decode(data.data).map_err(ReplicationError::from)?;
-                        state.handle(message, client, options, sink).await?;
+                        state.handle(message, catalog, options, sink).await?;
                     }
                     ReplicationMessage::PrimaryKeepalive(keepalive) => {
                         sink.metrics().record_server_wal_end(keepalive.wal_end.0);
@@ -506,7 +510,7 @@ async fn stream_session(
                         let idle = state.catch_up_to.is_none() && state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
                         let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
                         if keepalive.reply_requested || position > state.confirmed {
-                            state.confirm(&mut stream, position, sink.metrics(), false).await?;
+                            state.confirm(stream, position, sink.metrics(), false).await?;
                         }
                     }
                 }
@@ -530,7 +534,7 @@ async fn stream_session(
                 let position = sink.acked_lsn().max(state.confirmed);
                 // A catch-up asks for replies, whose WAL position tells when it is done.
                 let ask = silent_for > options.receive_timeout / 2 || state.catch_up_to.is_some();
-                state.confirm(&mut stream, position, sink.metrics(), ask).await?;
+                state.confirm(stream, position, sink.metrics(), ask).await?;
             }
             _ = stop.changed() => break,
         }
@@ -550,9 +554,7 @@ async fn stream_session(
     }
     let acked = sink.acked_lsn();
     if acked > state.confirmed {
-        state
-            .confirm(&mut stream, acked, sink.metrics(), false)
-            .await?;
+        state.confirm(stream, acked, sink.metrics(), false).await?;
     }
     Ok(())
 }
@@ -567,8 +569,8 @@ struct StreamState {
     database: String,
     /// The WAL position of the change being handled: each event's `source.lsn`.
     change_lsn: Lsn,
-    /// Set for Avro events.
-    avro: Option<AvroEvents>,
+    /// JSON or Avro, chosen at start.
+    encoder: EventEncoder,
     /// The topic of every table met so far, so that two never share one.
     topics: TopicNames,
     /// Set while a kept slot streams up to a new snapshot's consistent point: the session
@@ -579,6 +581,23 @@ struct StreamState {
 }
 
 impl StreamState {
+    fn new(database: String, encoder: EventEncoder, topics: TopicNames) -> StreamState {
+        StreamState {
+            decoder: LogicalDecoder::new(),
+            relations: RelationCache::default(),
+            transaction: None,
+            last_commit_end: Lsn(0),
+            confirmed: Lsn(0),
+            summary: CdcSummary::default(),
+            database,
+            change_lsn: Lsn(0),
+            encoder,
+            topics,
+            catch_up_to: None,
+            caught_up: false,
+        }
+    }
+
     /// A new session resends Relation messages and starts outside any transaction; a
     /// transaction cut off by the lost connection will come again whole.
     fn start_new_session(&mut self) {
@@ -590,9 +609,9 @@ impl StreamState {
     async fn handle(
         &mut self,
         message: LogicalMessage,
-        client: &tokio_postgres::Client,
+        catalog: &impl RelationCatalog,
         options: &CdcOptions,
-        sink: &mut Sink,
+        sink: &mut impl EventSink,
     ) -> Result<(), CdcError> {
         match message {
             LogicalMessage::Begin(begin)
@@ -618,8 +637,7 @@ impl StreamState {
                 self.relations.update(relation)
             }
             LogicalMessage::Relation(mut relation) => {
-                resolve_domains(client, &mut relation).await?;
-                keys::resolve_key_columns(client, &mut relation).await?;
+                catalog.complete(&mut relation).await?;
                 let (new_table, topic) = self.topics.claim(
                     &options.topic_prefix,
                     &relation.namespace,
@@ -630,10 +648,10 @@ impl StreamState {
                     // first event, as for the others.
                     sink.create_topics(&[topic]).await?;
                 }
-                if let Some(avro) = &mut self.avro {
-                    // Registered (and checked) before the table's first event of this shape.
-                    avro.prepare(&relation, &options.topic_prefix).await?;
-                }
+                // Registered (and checked) before the table's first event of this shape.
+                self.encoder
+                    .prepare(&relation, &options.topic_prefix)
+                    .await?;
                 self.relations.update(relation)
             }
             LogicalMessage::Insert(insert) => {
@@ -688,23 +706,15 @@ impl StreamState {
                         .relations
                         .get(*oid)
                         .ok_or(CdcError::UnknownRelation(*oid))?;
-                    let event = match &self.avro {
-                        Some(avro) => avro.row_event(
-                            relation,
-                            Operation::Truncate,
-                            None,
-                            None,
-                            &self.source(position),
-                            &options.topic_prefix,
-                            now_ms(),
-                        )?,
-                        None => envelope::truncate_event(
-                            relation,
-                            &self.source(position),
-                            &options.topic_prefix,
-                            now_ms(),
-                        ),
-                    };
+                    let event = self.encoder.encode(&Change {
+                        relation,
+                        operation: Operation::Truncate,
+                        before: None,
+                        after: None,
+                        source: self.source(position, &options.topic_prefix),
+                        topic_prefix: &options.topic_prefix,
+                        ts_ms: now_ms(),
+                    })?;
                     sink.send(&event).await?;
                     self.summary.events += 1;
                 }
@@ -723,13 +733,14 @@ impl StreamState {
         Ok(())
     }
 
-    fn source(&self, position: Option<EventPosition>) -> Source<'_> {
+    /// The `source` block of the change being handled; `name` is the topic prefix.
+    fn source<'a>(&'a self, position: Option<EventPosition>, name: &'a str) -> Source<'a> {
         let (xid, commit_time) = match &self.transaction {
             Some(transaction) => (transaction.xid, transaction.commit_time),
             None => (0, PgTimestamp(0)),
         };
         Source {
-            name: "",
+            name,
             database: &self.database,
             commit_time,
             xid,
@@ -743,10 +754,10 @@ impl StreamState {
         &mut self,
         relation_oid: u32,
         operation: Operation,
-        before: Option<&walflow_pgoutput::TupleData>,
-        after: Option<&walflow_pgoutput::TupleData>,
+        before: Option<&TupleData>,
+        after: Option<&TupleData>,
         options: &CdcOptions,
-        sink: &mut Sink,
+        sink: &mut impl EventSink,
     ) -> Result<(), CdcError> {
         let relation = self
             .relations
@@ -763,28 +774,15 @@ impl StreamState {
             .relations
             .get(relation_oid)
             .ok_or(CdcError::UnknownRelation(relation_oid))?;
-        let mut source = self.source(position);
-        source.name = &options.topic_prefix;
-        let event = match &self.avro {
-            Some(avro) => avro.row_event(
-                relation,
-                operation,
-                before,
-                after,
-                &source,
-                &options.topic_prefix,
-                now_ms(),
-            )?,
-            None => envelope::row_event(
-                relation,
-                operation,
-                before,
-                after,
-                &source,
-                &options.topic_prefix,
-                now_ms(),
-            ),
-        };
+        let event = self.encoder.encode(&Change {
+            relation,
+            operation,
+            before,
+            after,
+            source: self.source(position, &options.topic_prefix),
+            topic_prefix: &options.topic_prefix,
+            ts_ms: now_ms(),
+        })?;
         sink.send(&event).await?;
         self.summary.events += 1;
         if operation == Operation::Delete && options.tombstones {
@@ -798,7 +796,7 @@ impl StreamState {
 
     async fn confirm(
         &mut self,
-        stream: &mut ReplicationStream,
+        stream: &mut impl ChangeStream,
         position: Lsn,
         metrics: &crate::metrics::CdcMetrics,
         reply_requested: bool,
@@ -824,10 +822,10 @@ impl StreamState {
 /// exported it must stay idle until it is imported).
 async fn copy_snapshot(
     options: &CdcOptions,
-    sink: &mut Sink,
+    sink: &mut impl EventSink,
     database: &str,
     created: &crate::replication::CreatedSlot,
-    mut avro: Option<&mut AvroEvents>,
+    encoder: &mut EventEncoder,
     stop: &watch::Receiver<bool>,
 ) -> Result<u64, CdcError> {
     let snapshot_name = created.snapshot_name.as_deref().ok_or_else(|| {
@@ -848,10 +846,10 @@ async fn copy_snapshot(
         .await
         .map_err(setup_failed)?;
     let relations = snapshot::published_relations(&client, &options.publication).await?;
-    if let Some(avro) = avro.as_deref_mut() {
-        for table in &relations {
-            avro.prepare(&table.relation, &options.topic_prefix).await?;
-        }
+    for table in &relations {
+        encoder
+            .prepare(&table.relation, &options.topic_prefix)
+            .await?;
     }
     let rows = snapshot::copy_tables(
         &client,
@@ -867,18 +865,36 @@ async fn copy_snapshot(
             progress: options.snapshot_progress.as_ref().map(|hook| &*hook.0),
             stop,
         },
-        avro.as_deref(),
+        encoder,
     )
     .await?;
     client.batch_execute("COMMIT").await.map_err(setup_failed)?;
     Ok(rows)
 }
 
+/// What a Relation message leaves to the catalog: the base types of domain columns and the
+/// key of a table whose replica identity is FULL or NOTHING. Postgres answers it; tests of
+/// the loop take pgoutput's flags as they are.
+pub trait RelationCatalog: Sync {
+    fn complete(
+        &self,
+        relation: &mut Relation,
+    ) -> impl Future<Output = Result<(), CdcError>> + Send;
+}
+
+impl RelationCatalog for tokio_postgres::Client {
+    async fn complete(&self, relation: &mut Relation) -> Result<(), CdcError> {
+        resolve_domains(self, relation).await?;
+        keys::resolve_key_columns(self, relation).await?;
+        Ok(())
+    }
+}
+
 /// pgoutput names a domain column's own type; its values are those of the base type, which
 /// is what decides their JSON form. User-defined types only (OIDs from 16384) are looked up.
 async fn resolve_domains(
     client: &tokio_postgres::Client,
-    relation: &mut walflow_pgoutput::Relation,
+    relation: &mut Relation,
 ) -> Result<(), CdcError> {
     const FIRST_USER_OID: u32 = 16384;
     for column in relation
@@ -980,3 +996,7 @@ fn now_ms() -> i64 {
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

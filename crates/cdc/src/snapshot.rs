@@ -11,10 +11,11 @@ use walflow_pgoutput::{
     encode, Column, Lsn, PgTimestamp, Relation, RelationColumn, ReplicaIdentity,
 };
 
-use crate::envelope::{self, Operation, Source};
+use crate::encoder::EventEncoder;
+use crate::envelope::{Change, Operation, Source};
 use crate::publication::SetupError;
 use crate::replication::quote_identifier;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{EventSink, SinkError};
 
 /// walflow's own bookkeeping table; its changes are never turned into events (neither by
 /// the snapshot nor by the stream, under a `FOR ALL TABLES` publication).
@@ -292,11 +293,11 @@ pub struct SnapshotWatch<'a> {
 pub async fn copy_tables(
     client: &Client,
     tables: &[PublishedTable],
-    sink: &mut Sink,
+    sink: &mut impl EventSink,
     origin: SnapshotOrigin<'_>,
     now_ms: impl Fn() -> i64,
     watch: SnapshotWatch<'_>,
-    avro: Option<&crate::avro_events::AvroEvents>,
+    encoder: &EventEncoder,
 ) -> Result<u64, SnapshotError> {
     let SnapshotWatch { progress, stop } = watch;
     let SnapshotOrigin {
@@ -366,26 +367,15 @@ pub async fn copy_tables(
                     })
                     .collect();
                 let tuple = encode::tuple(&values);
-                let event = match avro {
-                    Some(avro) => avro.row_event(
-                        relation,
-                        Operation::Read,
-                        None,
-                        Some(&tuple),
-                        &source,
-                        topic_prefix,
-                        now_ms(),
-                    )?,
-                    None => envelope::row_event(
-                        relation,
-                        Operation::Read,
-                        None,
-                        Some(&tuple),
-                        &source,
-                        topic_prefix,
-                        now_ms(),
-                    ),
-                };
+                let event = encoder.encode(&Change {
+                    relation,
+                    operation: Operation::Read,
+                    before: None,
+                    after: Some(&tuple),
+                    source: source.clone(),
+                    topic_prefix,
+                    ts_ms: now_ms(),
+                })?;
                 sink.send(&event).await?;
                 fetched += 1;
             }
