@@ -509,6 +509,9 @@ async fn stream_changes(
                         // new snapshot's consistent point.)
                         let idle = state.catch_up_to.is_none() && state.transaction.is_none() && sink.acked_lsn() >= state.last_commit_end;
                         let position = if idle { keepalive.wal_end.max(sink.acked_lsn()) } else { sink.acked_lsn() };
+                        // Never backwards: an idle keepalive may have confirmed past the
+                        // acknowledged position already.
+                        let position = position.max(state.confirmed);
                         if keepalive.reply_requested || position > state.confirmed {
                             state.confirm(stream, position, sink.metrics(), false).await?;
                         }

@@ -249,6 +249,47 @@ async fn a_failed_delivery_ends_the_session_and_confirms_only_what_came_before()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_keepalive_moves_the_position_only_when_everything_sent_is_acknowledged() {
+    let mut harness = Harness::new();
+    let ended = harness
+        .run(|server, kafka, stop| async move {
+            transaction(&server, 100, 1..2);
+            until("the event is sent", || kafka.pending().len() == 1).await;
+            kafka.acknowledge(0);
+            until("the transaction is confirmed", || {
+                server.confirmed() == Lsn(108)
+            })
+            .await;
+            // Idle and fully acknowledged: WAL of other tables up to the server's end is done.
+            server.keepalive(Lsn(500), false);
+            until("the idle position is confirmed", || {
+                server.confirmed() == Lsn(500)
+            })
+            .await;
+            // A transaction waits for Kafka: a keepalive asking for a reply is answered at
+            // once, with the acknowledged position, not the server's.
+            transaction(&server, 600, 2..3);
+            until("the event is sent", || kafka.pending().len() == 1).await;
+            let updates_before = server.statuses().len();
+            server.keepalive(Lsn(900), true);
+            until("the keepalive is answered", || {
+                server.statuses().len() > updates_before
+            })
+            .await;
+            some_ticks().await;
+            assert_eq!(server.confirmed(), Lsn(500));
+            kafka.acknowledge(0);
+            until("the transaction is confirmed", || {
+                server.confirmed() == Lsn(608)
+            })
+            .await;
+            stop.send(true).unwrap();
+        })
+        .await;
+    ended.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_backlogged_sink_stops_the_reading_but_not_the_status_updates() {
     let mut harness = Harness::new();
     harness.kafka.backlog_at(Some(1));
