@@ -7,10 +7,83 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::error::DataFusionError;
+use datafusion::physical_expr::PhysicalExpr;
 use serde::{Deserialize, Serialize};
 
 use crate::plan::{AggregateCall, AggregateKind};
-use crate::value::{ColumnType, Value};
+use crate::value::{value_at, ColumnType, Value};
+
+/// Each aggregate call's argument and `FILTER`, evaluated over one batch: what grouped and
+/// session aggregates feed their accumulators from.
+pub(super) struct CallInputs {
+    arguments: Vec<Option<ArrayRef>>,
+    filters: Vec<Option<ArrayRef>>,
+}
+
+impl CallInputs {
+    pub(super) fn evaluate(
+        calls: &[AggregateCall],
+        rows: usize,
+        evaluate: impl Fn(&std::sync::Arc<dyn PhysicalExpr>) -> Result<ArrayRef, DataFusionError>,
+    ) -> Result<CallInputs, DataFusionError> {
+        let mut inputs = CallInputs {
+            arguments: Vec::new(),
+            filters: Vec::new(),
+        };
+        if rows > 0 {
+            for call in calls {
+                inputs
+                    .arguments
+                    .push(call.argument.as_ref().map(&evaluate).transpose()?);
+                inputs
+                    .filters
+                    .push(call.filter.as_ref().map(&evaluate).transpose()?);
+            }
+        }
+        Ok(inputs)
+    }
+
+    /// Adds (weight 1) or takes back (-1) `row` in each call's accumulator whose `FILTER`
+    /// lets it through.
+    pub(super) fn accumulate(
+        &self,
+        accumulators: &mut [Accumulator],
+        row: usize,
+        weight: i8,
+    ) -> Result<(), DataFusionError> {
+        for (index, accumulator) in accumulators.iter_mut().enumerate() {
+            if let Some(filter) = &self.filters[index] {
+                let passes = filter
+                    .as_any()
+                    .downcast_ref::<BooleanArray>()
+                    .is_some_and(|mask| mask.is_valid(row) && mask.value(row));
+                if !passes {
+                    continue;
+                }
+            }
+            match &self.arguments[index] {
+                Some(array) => {
+                    let value = cell(array.as_ref(), row)?;
+                    accumulator.update(Some(&value), weight);
+                }
+                None => accumulator.update(None, weight),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The value at `row` of a grouping key or aggregate argument.
+pub(super) fn cell(array: &dyn Array, row: usize) -> Result<Value, DataFusionError> {
+    value_at(array, row).ok_or_else(|| {
+        DataFusionError::Internal(format!(
+            "a grouping or aggregate argument has type {}, which walflow does not keep",
+            array.data_type()
+        ))
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Accumulator {

@@ -12,15 +12,15 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::array::ArrayRef;
 use datafusion::error::DataFusionError;
 use serde::{Deserialize, Serialize};
 
-use super::accumulator::Accumulator;
+use super::accumulator::{cell, Accumulator, CallInputs};
 use super::Changes;
 use crate::definition::EmitMode;
 use crate::plan::{AggregatePlan, WindowedAggregate};
-use crate::value::{value_at, Row, Value};
+use crate::value::{Row, Value};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AggregateState {
@@ -118,14 +118,7 @@ impl AggregateState {
                 .map(evaluate)
                 .collect::<Result<_, _>>()?
         };
-        let mut argument_arrays: Vec<Option<ArrayRef>> = Vec::new();
-        let mut filter_arrays: Vec<Option<ArrayRef>> = Vec::new();
-        if rows > 0 {
-            for call in &plan.calls {
-                argument_arrays.push(call.argument.as_ref().map(evaluate).transpose()?);
-                filter_arrays.push(call.filter.as_ref().map(evaluate).transpose()?);
-            }
-        }
+        let inputs = CallInputs::evaluate(&plan.calls, rows, evaluate)?;
 
         // The output row of each touched group before this batch, in first-touch order.
         let mut touched: Vec<(Row, Option<Row>)> = Vec::new();
@@ -160,24 +153,7 @@ impl AggregateState {
             let weight = input.weights[row];
             let group = self.groups.entry(key).or_insert_with(|| new_group(plan));
             group.rows += i64::from(weight);
-            for (index, accumulator) in group.accumulators.iter_mut().enumerate() {
-                if let Some(filter) = &filter_arrays[index] {
-                    let passes = filter
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .is_some_and(|mask| mask.is_valid(row) && mask.value(row));
-                    if !passes {
-                        continue;
-                    }
-                }
-                match &argument_arrays[index] {
-                    Some(array) => {
-                        let value = cell(array.as_ref(), row)?;
-                        accumulator.update(Some(&value), weight);
-                    }
-                    None => accumulator.update(None, weight),
-                }
-            }
+            inputs.accumulate(&mut group.accumulators, row, weight)?;
         }
 
         let mut retractions = Vec::new();
@@ -226,13 +202,4 @@ fn output_row(plan: &AggregatePlan, key: &Row, group: &GroupState) -> Row {
         row.push(accumulator.result(call.kind, call.output_type));
     }
     row
-}
-
-fn cell(array: &dyn Array, row: usize) -> Result<Value, DataFusionError> {
-    value_at(array, row).ok_or_else(|| {
-        DataFusionError::Internal(format!(
-            "a grouping or aggregate argument has type {}, which walflow does not keep",
-            array.data_type()
-        ))
-    })
 }

@@ -10,16 +10,16 @@
 
 use rustc_hash::FxHashMap as HashMap;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::array::ArrayRef;
 use datafusion::error::DataFusionError;
 use serde::{Deserialize, Serialize};
 
-use super::accumulator::Accumulator;
+use super::accumulator::{cell, Accumulator, CallInputs};
 use super::window::LateEvent;
 use super::Changes;
 use crate::definition::EmitMode;
 use crate::plan::{AggregatePlan, SessionWindow};
-use crate::value::{value_at, Row, Value};
+use crate::value::{Row, Value};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
@@ -58,17 +58,12 @@ impl SessionState {
             expr.evaluate(&input.batch)?.into_array(rows)
         };
         let mut group_arrays: Vec<ArrayRef> = Vec::new();
-        let mut argument_arrays: Vec<Option<ArrayRef>> = Vec::new();
-        let mut filter_arrays: Vec<Option<ArrayRef>> = Vec::new();
         if rows > 0 {
             for expr in &plan.group_exprs {
                 group_arrays.push(evaluate(expr)?);
             }
-            for call in &plan.calls {
-                argument_arrays.push(call.argument.as_ref().map(evaluate).transpose()?);
-                filter_arrays.push(call.filter.as_ref().map(evaluate).transpose()?);
-            }
         }
+        let inputs = CallInputs::evaluate(&plan.calls, rows, evaluate)?;
         let gap = session.gap_us;
         let mut output: Vec<(Row, i8)> = Vec::new();
         for row in 0..rows {
@@ -153,24 +148,7 @@ impl SessionState {
                 }
             }
             merged.rows += i64::from(input.weights[row]);
-            for (index, accumulator) in merged.accumulators.iter_mut().enumerate() {
-                if let Some(filter) = &filter_arrays[index] {
-                    let passes = filter
-                        .as_any()
-                        .downcast_ref::<BooleanArray>()
-                        .is_some_and(|mask| mask.is_valid(row) && mask.value(row));
-                    if !passes {
-                        continue;
-                    }
-                }
-                match &argument_arrays[index] {
-                    Some(array) => {
-                        let value = cell(array.as_ref(), row)?;
-                        accumulator.update(Some(&value), input.weights[row]);
-                    }
-                    None => accumulator.update(None, input.weights[row]),
-                }
-            }
+            inputs.accumulate(&mut merged.accumulators, row, input.weights[row])?;
             sessions.push(merged);
         }
 
@@ -222,13 +200,4 @@ fn output_row(plan: &AggregatePlan, session: &SessionWindow, key: &Row, kept: &S
         row.push(accumulator.result(call.kind, call.output_type));
     }
     row
-}
-
-fn cell(array: &dyn Array, row: usize) -> Result<Value, DataFusionError> {
-    value_at(array, row).ok_or_else(|| {
-        DataFusionError::Internal(format!(
-            "a grouping or aggregate argument has type {}, which walflow does not keep",
-            array.data_type()
-        ))
-    })
 }
