@@ -250,7 +250,10 @@ fn without_comments(text: &str) -> String {
     lines.join("\n")
 }
 
-pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+/// The bytes of the checkpoint at `path` and its format version, which leads the file and
+/// is read alone first, so a checkpoint of another layout is named as such rather than
+/// misread; `None` when there is no checkpoint.
+fn read_versioned(path: &Path) -> Result<Option<(Vec<u8>, u32)>, CheckpointError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -262,52 +265,48 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
             })
         }
     };
-    // The format version leads the file: read it alone first, so a checkpoint of another
-    // layout is named as such rather than misread.
-    let corrupt = |message: String| CheckpointError::Corrupt {
+    let (format_version, _) = postcard::take_from_bytes::<u32>(&bytes)
+        .map_err(|error| corrupt(path, error.to_string()))?;
+    Ok(Some((bytes, format_version)))
+}
+
+fn corrupt(path: &Path, message: String) -> CheckpointError {
+    CheckpointError::Corrupt {
         path: path.to_owned(),
         message,
+    }
+}
+
+pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+    let Some((bytes, format_version)) = read_versioned(path)? else {
+        return Ok(None);
     };
-    let (format_version, _) =
-        postcard::take_from_bytes::<u32>(&bytes).map_err(|error| corrupt(error.to_string()))?;
-    let checkpoint: Checkpoint = match format_version {
-        FORMAT_VERSION => {
-            postcard::from_bytes(&bytes).map_err(|error| corrupt(error.to_string()))?
-        }
-        6 => postcard::from_bytes::<CheckpointV6>(&bytes)
-            .map_err(|error| corrupt(error.to_string()))?
-            .into(),
-        _ => {
-            return Err(corrupt(format!(
-                "format {format_version}, this walflow reads formats 6 and {FORMAT_VERSION}"
-            )))
-        }
-    };
-    Ok(Some(checkpoint))
+    decode(path, &bytes, format_version).map(Some)
+}
+
+fn decode(path: &Path, bytes: &[u8], format_version: u32) -> Result<Checkpoint, CheckpointError> {
+    let corrupt = |error: postcard::Error| corrupt(path, error.to_string());
+    match format_version {
+        FORMAT_VERSION => postcard::from_bytes(bytes).map_err(corrupt),
+        6 => Ok(postcard::from_bytes::<CheckpointV6>(bytes)
+            .map_err(corrupt)?
+            .into()),
+        _ => Err(self::corrupt(
+            path,
+            format!("format {format_version}, this walflow reads formats 6 and {FORMAT_VERSION}"),
+        )),
+    }
 }
 
 /// The head of the checkpoint at `path` (`None` when there is none), decoding none of the
 /// state behind it; a format 6 checkpoint, whose head comes last, is read whole.
 pub fn load_head(path: &Path) -> Result<Option<CheckpointHead>, CheckpointError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(CheckpointError::Io {
-                action: "read",
-                path: path.to_owned(),
-                source,
-            })
-        }
+    let Some((bytes, format_version)) = read_versioned(path)? else {
+        return Ok(None);
     };
-    let corrupt = |message: String| CheckpointError::Corrupt {
-        path: path.to_owned(),
-        message,
-    };
-    let (format_version, _) =
-        postcard::take_from_bytes::<u32>(&bytes).map_err(|error| corrupt(error.to_string()))?;
     if format_version != FORMAT_VERSION {
-        return Ok(load(path)?.map(|checkpoint| CheckpointHead {
+        let checkpoint = decode(path, &bytes, format_version)?;
+        return Ok(Some(CheckpointHead {
             format_version: checkpoint.format_version,
             fingerprint: checkpoint.fingerprint,
             written_at_ms: checkpoint.written_at_ms,
@@ -316,7 +315,7 @@ pub fn load_head(path: &Path) -> Result<Option<CheckpointHead>, CheckpointError>
         }));
     }
     let (head, _state) = postcard::take_from_bytes::<CheckpointHead>(&bytes)
-        .map_err(|error| corrupt(error.to_string()))?;
+        .map_err(|error| corrupt(path, error.to_string()))?;
     Ok(Some(head))
 }
 
