@@ -10,6 +10,7 @@ use walflow_pgoutput::{
     LogicalDecoder, LogicalMessage, Lsn, PgTimestamp, Relation, ReplicationMessage,
     StandbyStatusUpdate, TupleData,
 };
+use walflow_retry::RetryPolicy;
 
 use crate::avro_events::{AvroEventError, AvroEvents};
 use crate::encoder::EventEncoder;
@@ -300,7 +301,7 @@ pub async fn run<S: EventSink>(
     // Sessions: a lost connection to Postgres (a restart, a network cut) is followed by a new
     // one that resumes from the slot's confirmed position, after a growing pause.
     let mut client = client;
-    let mut backoff = RECONNECT_BACKOFF_MIN;
+    let mut backoff = RECONNECT.backoff();
     let mut resuming = false;
     loop {
         let transactions_before = state.summary.transactions;
@@ -327,7 +328,7 @@ pub async fn run<S: EventSink>(
         let resumed = std::mem::replace(&mut resuming, true);
         if state.summary.transactions > transactions_before {
             // The last session got somewhere: the next failure starts with a short pause.
-            backoff = RECONNECT_BACKOFF_MIN;
+            backoff.reset();
         }
         match session {
             Ok(()) => break,
@@ -335,31 +336,31 @@ pub async fn run<S: EventSink>(
                 // Kafka stayed unreachable past the message timeout: nothing after the
                 // acknowledged position was confirmed, so a new producer and a new session
                 // from the slot send it again, after a growing pause, for as long as it takes.
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Kafka did not take the events; will resend from the slot");
+                let wait = backoff.next_delay();
+                tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "Kafka did not take the events; will resend from the slot");
                 sink.reset()?;
                 state.start_new_session();
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => break,
                 }
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
             Err(error) if is_transient(&error) || (resumed && is_slot_in_use(&error)) => {
+                let wait = backoff.next_delay();
                 if is_slot_in_use(&error) {
                     // The link was lost without Postgres noticing: its side of the old
                     // session holds the slot until its wal_sender_timeout ends it.
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "the slot is still held by the lost session until Postgres's wal_sender_timeout ends it; will retry");
+                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "the slot is still held by the lost session until Postgres's wal_sender_timeout ends it; will retry");
                 } else {
                     sink.metrics().record_session_lost();
-                    tracing::warn!(%error, retry_in_ms = backoff.as_millis() as u64, "lost Postgres; will resume from the slot");
+                    tracing::warn!(%error, retry_in_ms = wait.as_millis() as u64, "lost Postgres; will resume from the slot");
                 }
                 sink.abandon_open_transaction();
                 state.start_new_session();
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => break,
                 }
-                backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
             }
             Err(error) => return Err(error),
         }
@@ -376,8 +377,9 @@ pub async fn run<S: EventSink>(
 
 /// The default of [`CdcOptions::receive_timeout`], Postgres's `wal_receiver_timeout`.
 pub const RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
-const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
-const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// New sessions after a lost one, and resends after Kafka refused, for as long as it takes.
+const RECONNECT: RetryPolicy =
+    RetryPolicy::forever(Duration::from_millis(500), Duration::from_secs(30));
 
 async fn reconnect(
     options: &CdcOptions,

@@ -152,7 +152,7 @@ async fn ingest(
         UserWriter::connect(&options.postgres_url, &walflow_redact::url(&options.source)).await?;
     let client = Arc::new(ApiClient::new(
         &options.source,
-        options.retry.clone(),
+        options.retry,
         options.request_timeout,
         options.max_requests_per_second,
     )?);

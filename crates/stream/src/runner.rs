@@ -17,6 +17,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
+use walflow_retry::RetryPolicy;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError};
 use crate::consumer::{commit_offsets, OffsetGap, PipelineConsumer, PipelineConsumerContext};
@@ -429,8 +430,10 @@ fn unix_ms() -> u64 {
         .unwrap_or_default()
 }
 
-const RETRY_MIN: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Waiting for Cassandra, a topic, the schema registry, or a write to succeed, for as long
+/// as it takes (or until stopped).
+const RETRY: RetryPolicy =
+    RetryPolicy::forever(Duration::from_millis(200), Duration::from_secs(10));
 
 pub async fn run(
     pipeline: &Pipeline,
@@ -448,7 +451,7 @@ pub async fn run(
     let _lock = checkpoint::lock(&options.checkpoint_dir, &name)?;
 
     // Cassandra first: its tables must exist before anything is read.
-    let mut backoff = RETRY_MIN;
+    let mut backoff = RETRY.backoff();
     let mut sink = loop {
         match CassandraSink::connect(
             &options.cassandra_nodes,
@@ -459,11 +462,11 @@ pub async fn run(
         {
             Ok(sink) => break sink,
             Err(error) => {
-                tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "waiting for Cassandra");
-                if sleep_or_stop(backoff, &mut stop).await {
+                let wait = backoff.next_delay();
+                tracing::warn!(pipeline = %name, %error, retry_in_ms = wait.as_millis() as u64, "waiting for Cassandra");
+                if sleep_or_stop(wait, &mut stop).await {
                     return Ok(RunSummary::default());
                 }
-                backoff = (backoff * 2).min(RETRY_MAX);
             }
         }
     };
@@ -479,7 +482,7 @@ pub async fn run(
     let topics = pipeline.definition.topics();
     let mut partitions: Vec<(String, i32)> = Vec::new();
     for topic in &topics {
-        let mut backoff = RETRY_MIN;
+        let mut backoff = RETRY.backoff();
         loop {
             let found = partitions_of(&consumer, topic).await;
             match found {
@@ -489,10 +492,9 @@ pub async fn run(
                 }
                 Ok(_) | Err(_) => {
                     tracing::warn!(pipeline = %name, %topic, "waiting for the topic to exist (is walflow cdc running?)");
-                    if sleep_or_stop(backoff, &mut stop).await {
+                    if sleep_or_stop(backoff.next_delay(), &mut stop).await {
                         return Ok(RunSummary::default());
                     }
-                    backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
         }
@@ -883,7 +885,7 @@ impl BatchReader {
             return Err("an Avro source without a schema registry".into());
         };
         let id = crate::avro::WriterSchemas::schema_id(payload)?;
-        let mut backoff = RETRY_MIN;
+        let mut backoff = RETRY.backoff();
         loop {
             let error = match schemas.fetch(id).await {
                 Ok(()) => break,
@@ -894,13 +896,13 @@ impl BatchReader {
                 }
                 Err(crate::avro::SchemaFetchError::Unavailable(error)) => error,
             };
-            tracing::warn!(pipeline = %self.pipeline, %error, retry_in_ms = backoff.as_millis() as u64, "cannot fetch an Avro writer schema; retrying");
-            if sleep_or_stop(backoff, &mut self.stop).await {
+            let wait = backoff.next_delay();
+            tracing::warn!(pipeline = %self.pipeline, %error, retry_in_ms = wait.as_millis() as u64, "cannot fetch an Avro writer schema; retrying");
+            if sleep_or_stop(wait, &mut self.stop).await {
                 return Err(format!(
                     "stopped while fetching writer schema {id}: {error}"
                 ));
             }
-            backoff = (backoff * 2).min(RETRY_MAX);
         }
         schemas.decode(source, payload).map(Some)
     }
@@ -1056,7 +1058,7 @@ impl BatchWriter {
     /// so the next run processes it again).
     async fn write(mut self, batch: BatchWrite) -> Option<BatchWrite> {
         let name = &self.pipeline;
-        let mut backoff = RETRY_MIN;
+        let mut backoff = RETRY.backoff();
         let writing = Instant::now();
         loop {
             let mut result: Result<u64, String> = Ok(0);
@@ -1117,11 +1119,11 @@ impl BatchWriter {
                     self.metrics
                         .cassandra_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(pipeline = %name, %error, retry_in_ms = backoff.as_millis() as u64, "writing the batch failed; holding position and retrying");
-                    if sleep_or_stop(backoff, &mut self.stop).await {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(pipeline = %name, %error, retry_in_ms = wait.as_millis() as u64, "writing the batch failed; holding position and retrying");
+                    if sleep_or_stop(wait, &mut self.stop).await {
                         return None;
                     }
-                    backoff = (backoff * 2).min(RETRY_MAX);
                 }
             }
         }
