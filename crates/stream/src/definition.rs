@@ -823,27 +823,13 @@ fn column_type(sql_type: &str) -> Option<ColumnType> {
 pub fn hint_names<'a>(name: &str, known: impl Iterator<Item = &'a String>) -> String {
     let mut best: Option<(usize, &String)> = None;
     for candidate in known {
-        let distance = edit_distance(&name.to_lowercase(), &candidate.to_lowercase());
+        let distance = strsim::levenshtein(&name.to_lowercase(), &candidate.to_lowercase());
         if distance <= 2.max(name.len() / 3) && best.is_none_or(|(d, _)| distance < d) {
             best = Some((distance, candidate));
         }
     }
     best.map(|(_, candidate)| format!("; did you mean {candidate}?"))
         .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current.push(substitution.min(previous[j + 1] + 1).min(current[j] + 1));
-        }
-        previous = current;
-    }
-    previous[b.len()]
 }
 
 #[cfg(test)]
