@@ -427,7 +427,11 @@ async fn bench_cdc_in_database(
             }
             let bytes_per_event =
                 metrics.snapshot().bytes as f64 / metrics.snapshot().events.max(1) as f64;
-            let topic = format!("{topic_prefix}_avro.public.bench_rows");
+            let topic = walflow_wire::topic::topic_name(
+                &format!("{topic_prefix}_avro"),
+                "public",
+                "bench_rows",
+            );
             if let Err(error) = sink::delete_topics(&config.kafka_brokers, &[&topic]).await {
                 tracing::warn!(%topic, %error, "could not delete the benchmark topic");
             }
@@ -497,7 +501,7 @@ async fn bench_cdc_in_database(
         );
     }
 
-    let topic = format!("{topic_prefix}.public.bench_rows");
+    let topic = walflow_wire::topic::topic_name(&topic_prefix, "public", "bench_rows");
     if let Err(error) = sink::delete_topics(&config.kafka_brokers, &[&topic]).await {
         tracing::warn!(%topic, %error, "could not delete the benchmark topic");
     }
@@ -596,7 +600,11 @@ async fn bench_cdc_latency(
     let summary = cdc.await??;
     if let Err(error) = sink::delete_topics(
         &config.kafka_brokers,
-        &[&format!("{database}.public.bench_rows")],
+        &[&walflow_wire::topic::topic_name(
+            database,
+            "public",
+            "bench_rows",
+        )],
     )
     .await
     {

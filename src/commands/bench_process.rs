@@ -122,13 +122,13 @@ pub async fn bench_process(
         );
     }
     let run_id = format!("walflow_bench_{}", std::process::id());
-    let topic = format!("{run_id}.public.users");
+    let topic = walflow_wire::topic::topic_name(&run_id, "public", "users");
     let keyspace = run_id.clone();
     let checkpoints = std::env::temp_dir().join(format!("{run_id}_checkpoints"));
 
     // The Avro backlog, when a registry is configured: the same events, in their own topic.
     let avro_prefix = format!("{run_id}_avro");
-    let avro_topic = format!("{avro_prefix}.public.users");
+    let avro_topic = walflow_wire::topic::topic_name(&avro_prefix, "public", "users");
     let avro = match &config.schema_registry_url {
         Some(registry) => {
             let mut events = walflow_cdc::avro_events::AvroEvents::new(registry.expose(), false)?;
@@ -162,7 +162,7 @@ pub async fn bench_process(
     let produced = backlog.events;
 
     // The join's other side: a handful of countries with their regions.
-    let countries_topic = format!("{run_id}.public.countries");
+    let countries_topic = walflow_wire::topic::topic_name(&run_id, "public", "countries");
     let countries = produce_countries(&config.kafka_brokers, &countries_topic)?;
 
     let mut figures = Vec::new();
@@ -982,7 +982,7 @@ async fn steady(
     .await;
     cleanup(
         config,
-        &[format!("{database}.public.users").as_str()],
+        &[walflow_wire::topic::topic_name(&database, "public", "users").as_str()],
         &[keyspace.as_str()],
     )
     .await;

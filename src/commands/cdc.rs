@@ -407,5 +407,5 @@ fn render_metrics(
 fn dead_letter_topic(args: &CdcArgs) -> String {
     args.dead_letter_topic
         .clone()
-        .unwrap_or_else(|| format!("{}.dead_letters", args.topic_prefix))
+        .unwrap_or_else(|| walflow_wire::topic::cdc_dead_letters(&args.topic_prefix))
 }

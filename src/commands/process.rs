@@ -64,11 +64,11 @@ pub struct ProcessArgs {
     batch_max_wait_ms: u64,
 
     /// Dead-letter topics are <PREFIX>.<pipeline>
-    #[arg(long, default_value = "walflow.dead_letter", value_name = "PREFIX")]
+    #[arg(long, default_value = walflow_wire::topic::PROCESS_DEAD_LETTER_PREFIX, value_name = "PREFIX")]
     dead_letter_prefix: String,
 
     /// Events too late for their window (windowed queries) go to <PREFIX>.<pipeline>
-    #[arg(long, default_value = "walflow.late", value_name = "PREFIX")]
+    #[arg(long, default_value = walflow_wire::topic::PROCESS_LATE_PREFIX, value_name = "PREFIX")]
     late_events_prefix: String,
 
     /// Forget the checkpoint, empty the sink tables and rebuild them from the start of the
@@ -159,13 +159,13 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         options.batch_max_events = args.batch_max_events.max(1);
         options.cassandra_replication = args.cassandra_replication.clone();
         options.batch_max_wait = Duration::from_millis(args.batch_max_wait_ms.max(1));
-        options.dead_letter_topic = Some(format!(
-            "{}.{}",
-            args.dead_letter_prefix, pipeline.definition.name
+        options.dead_letter_topic = Some(walflow_wire::topic::pipeline_topic(
+            &args.dead_letter_prefix,
+            &pipeline.definition.name,
         ));
-        options.late_topic = Some(format!(
-            "{}.{}",
-            args.late_events_prefix, pipeline.definition.name
+        options.late_topic = Some(walflow_wire::topic::pipeline_topic(
+            &args.late_events_prefix,
+            &pipeline.definition.name,
         ));
         options.schema_registry_url = config
             .schema_registry_url

@@ -4,8 +4,9 @@
 
 use bytestring::ByteString;
 use walflow_cdc::avro::schemas;
-use walflow_cdc::registry::{column_changes, Compatibility, SchemaRegistry};
 use walflow_pgoutput::{Relation, RelationColumn, ReplicaIdentity};
+use walflow_wire::avro::schema::column_changes;
+use walflow_wire::registry::{Compatibility, SchemaRegistry};
 
 use crate::harness::{services, unique_name};
 

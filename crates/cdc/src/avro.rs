@@ -1,13 +1,6 @@
-//! Change events in Avro: the Debezium envelope's schemas derived from a table's Relation
-//! message, and each change encoded against them in the Confluent wire format (a zero byte,
-//! the schema's registry id as four big-endian bytes, then the Avro datum), which Kafka
-//! Connect's converters, Flink's avro-confluent, ksqlDB and confluent-kafka clients read.
-//!
-//! Schemas, per topic `<prefix>.<schema>.<table>` (also the Avro namespace):
-//! - key: record `Key` of the primary-key columns;
-//! - value: record `Envelope` with `before` and `after` (optional records `Value` of every
-//!   column, each column optional), `source` (record
-//!   `io.debezium.connector.postgresql.Source`), `op` and `ts_ms`.
+//! Change events in Avro: a table's Relation message mapped onto the envelope's schemas
+//! (walflow-wire's `avro::schema`), and each change encoded against them in the Confluent wire
+//! format, straight from pgoutput's text without building Avro values.
 //!
 //! Types (docs/events.md): boolean; int2/int4 int; int8/oid long; float4 float; float8
 //! double (NaN and infinities as such); numeric string (every digit, NaN); bytea bytes;
@@ -17,82 +10,32 @@
 //! `-infinity` its smallest. An untouched TOASTed value is the string (or bytes)
 //! `__debezium_unavailable_value`, so its column's type is a union that allows it.
 
-use apache_avro::Schema;
-use serde_json::{json, Value as Json};
 use walflow_pgoutput::{Column, Relation, RelationColumn, TupleData};
+use walflow_wire::avro::schema::{field_name, SchemaColumn};
+use walflow_wire::avro::write::{self, SourceBlock, TransactionBlock};
+use walflow_wire::avro::{ColumnType, TableSchemas};
+use walflow_wire::confluent;
+use walflow_wire::envelope::UNAVAILABLE_VALUE;
 
 use crate::envelope::{Operation, Source};
 use crate::pg_time;
-use crate::types::{bytea_hex, oid, UNAVAILABLE_VALUE};
+use crate::types::{bytea_hex, oid};
 
-/// How a column is typed in Avro.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Boolean,
-    Int,
-    Long,
-    Float,
-    Double,
-    Bytes,
-    Date,
-    Timestamp,
-    TimestampTz,
-    Uuid,
-    String,
-}
-
-impl Kind {
-    fn of(column: &RelationColumn) -> Kind {
-        match column.type_oid {
-            oid::BOOL => Kind::Boolean,
-            oid::INT2 | oid::INT4 => Kind::Int,
-            oid::INT8 | oid::OID => Kind::Long,
-            oid::FLOAT4 => Kind::Float,
-            oid::FLOAT8 => Kind::Double,
-            oid::BYTEA => Kind::Bytes,
-            oid::DATE => Kind::Date,
-            oid::TIMESTAMP => Kind::Timestamp,
-            oid::TIMESTAMPTZ => Kind::TimestampTz,
-            oid::UUID => Kind::Uuid,
-            _ => Kind::String,
-        }
+/// The Avro type of a Postgres column.
+fn column_type(column: &RelationColumn) -> ColumnType {
+    match column.type_oid {
+        oid::BOOL => ColumnType::Boolean,
+        oid::INT2 | oid::INT4 => ColumnType::Int,
+        oid::INT8 | oid::OID => ColumnType::Long,
+        oid::FLOAT4 => ColumnType::Float,
+        oid::FLOAT8 => ColumnType::Double,
+        oid::BYTEA => ColumnType::Bytes,
+        oid::DATE => ColumnType::Date,
+        oid::TIMESTAMP => ColumnType::Timestamp,
+        oid::TIMESTAMPTZ => ColumnType::TimestampTz,
+        oid::UUID => ColumnType::Uuid,
+        _ => ColumnType::String,
     }
-
-    /// The Avro type, without null.
-    fn schema(self) -> Json {
-        match self {
-            Kind::Boolean => json!("boolean"),
-            Kind::Int => json!("int"),
-            Kind::Long => json!("long"),
-            Kind::Float => json!("float"),
-            Kind::Double => json!("double"),
-            Kind::Bytes => json!("bytes"),
-            Kind::Date => json!({"type": "int", "logicalType": "date"}),
-            Kind::Timestamp => json!({"type": "long", "logicalType": "local-timestamp-micros"}),
-            Kind::TimestampTz => json!({"type": "long", "logicalType": "timestamp-micros"}),
-            Kind::Uuid => json!({"type": "string", "logicalType": "uuid"}),
-            Kind::String => json!("string"),
-        }
-    }
-}
-
-/// An Avro name for a column: letters, digits and `_`, not starting with a digit (other
-/// characters become `_`, as Debezium's field-name adjustment does).
-pub fn field_name(name: &str) -> String {
-    let mut adjusted: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if adjusted.chars().next().is_none_or(|c| c.is_ascii_digit()) {
-        adjusted.insert(0, '_');
-    }
-    adjusted
 }
 
 /// Two columns of `relation` whose Avro names are the same (`a-b` and `a_b`, or two
@@ -108,101 +51,16 @@ pub fn colliding_field_names(relation: &Relation) -> Option<(String, String, Str
     None
 }
 
-/// The Avro namespace of a topic: its dot-separated parts, each adjusted like a field name.
-fn namespace(topic: &str) -> String {
-    topic
-        .split('.')
-        .map(field_name)
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-/// The key and value schemas of a table's events, as Avro JSON.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableSchemas {
-    pub key: Option<Json>,
-    pub value: Json,
-}
-
+/// The key and value schemas of a table's events.
 pub fn schemas(relation: &Relation, topic: &str) -> TableSchemas {
-    let namespace = namespace(topic);
-    let key_fields: Vec<Json> = relation
-        .columns
-        .iter()
-        .filter(|column| column.is_key)
-        .map(|column| json!({"name": field_name(&column.name), "type": Kind::of(column).schema()}))
-        .collect();
-    let value_fields: Vec<Json> = relation
-        .columns
-        .iter()
-        .map(|column| {
-            let kind = Kind::of(column);
-            let mut branches = vec![json!("null"), kind.schema()];
-            // A bytea column's untouched TOASTed value: the marker, a string.
-            if kind == Kind::Bytes {
-                branches.push(json!("string"));
-            }
-            json!({"name": field_name(&column.name), "type": branches, "default": null})
-        })
-        .collect();
-    let key = (!key_fields.is_empty()).then(
-        || json!({"type": "record", "name": "Key", "namespace": namespace, "fields": key_fields}),
-    );
-    let value = json!({
-        "type": "record",
-        "name": "Envelope",
-        "namespace": namespace,
-        "fields": [
-            {"name": "before", "type": ["null", {
-                "type": "record", "name": "Value", "fields": value_fields}], "default": null},
-            {"name": "after", "type": ["null", "Value"], "default": null},
-            {"name": "source", "type": {
-                "type": "record",
-                "name": "Source",
-                "namespace": "io.debezium.connector.postgresql",
-                "fields": [
-                    {"name": "version", "type": "string"},
-                    {"name": "connector", "type": "string"},
-                    {"name": "name", "type": "string"},
-                    {"name": "ts_ms", "type": "long"},
-                    {"name": "snapshot", "type": ["string", "null"], "default": "false"},
-                    {"name": "db", "type": "string"},
-                    {"name": "schema", "type": "string"},
-                    {"name": "table", "type": "string"},
-                    {"name": "txId", "type": ["null", "long"], "default": null},
-                    {"name": "lsn", "type": ["null", "long"], "default": null},
-                    {"name": "sequence", "type": ["null", "string"], "default": null}
-                ]}},
-            {"name": "op", "type": "string"},
-            {"name": "ts_ms", "type": ["null", "long"], "default": null},
-            {"name": "transaction", "type": ["null", {
-                "type": "record",
-                "name": "block",
-                "namespace": "event",
-                "fields": [
-                    {"name": "id", "type": "string"},
-                    {"name": "total_order", "type": "long"},
-                    {"name": "data_collection_order", "type": "long"}
-                ]}], "default": null}
-        ]
-    });
-    TableSchemas { key, value }
-}
-
-/// Parsed schemas, ready to encode against.
-#[derive(Debug, Clone)]
-pub struct ParsedSchemas {
-    pub key: Option<Schema>,
-    pub value: Schema,
-}
-
-impl TableSchemas {
-    pub fn parse(&self) -> Result<ParsedSchemas, apache_avro::Error> {
-        Ok(ParsedSchemas {
-            key: self.key.as_ref().map(Schema::parse).transpose()?,
-            value: Schema::parse(&self.value)?,
-        })
-    }
+    TableSchemas::of(
+        relation.columns.iter().map(|column| SchemaColumn {
+            name: &column.name,
+            column_type: column_type(column),
+            is_key: column.is_key,
+        }),
+        topic,
+    )
 }
 
 /// Why a change could not be written in its table's Avro schema.
@@ -218,108 +76,62 @@ pub enum EncodeError {
     MissingKey { column: String },
 }
 
-/// Avro's binary encoding of the shapes walflow's schemas use: longs (and ints, unions'
-/// branch indexes, lengths) as zig-zag varints, strings and bytes length-prefixed, floats
-/// little-endian. Written straight from pgoutput's text, without building Avro values.
-mod binary {
-    pub fn long(buffer: &mut Vec<u8>, value: i64) {
-        let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
-        while zigzag >= 0x80 {
-            buffer.push((zigzag as u8) | 0x80);
-            zigzag >>= 7;
-        }
-        buffer.push(zigzag as u8);
-    }
-
-    pub fn bytes(buffer: &mut Vec<u8>, value: &[u8]) {
-        long(buffer, value.len() as i64);
-        buffer.extend_from_slice(value);
-    }
-
-    pub fn string(buffer: &mut Vec<u8>, value: &str) {
-        bytes(buffer, value.as_bytes());
-    }
-
-    /// A union's branch.
-    pub fn branch(buffer: &mut Vec<u8>, index: i64) {
-        long(buffer, index);
-    }
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Boolean => "boolean",
-            Kind::Int => "int",
-            Kind::Long => "long",
-            Kind::Float => "float",
-            Kind::Double => "double",
-            Kind::Bytes => "bytes",
-            Kind::Date => "date",
-            Kind::Timestamp => "local-timestamp-micros",
-            Kind::TimestampTz => "timestamp-micros",
-            Kind::Uuid => "uuid",
-            Kind::String => "string",
-        }
-    }
-}
-
 /// Writes a non-null value from Postgres's text output in the column's Avro type; false when
 /// the text is not a value of that type.
-fn write_scalar(buffer: &mut Vec<u8>, kind: Kind, text: &str) -> bool {
+fn write_scalar(buffer: &mut Vec<u8>, column_type: ColumnType, text: &str) -> bool {
     let infinite = |positive: i64, negative: i64| match text {
         "infinity" => Some(positive),
         "-infinity" => Some(negative),
         _ => None,
     };
-    match kind {
-        Kind::Boolean => match text {
-            "t" => buffer.push(1),
-            "f" => buffer.push(0),
+    match column_type {
+        ColumnType::Boolean => match text {
+            "t" => write::boolean(buffer, true),
+            "f" => write::boolean(buffer, false),
             _ => return false,
         },
-        Kind::Int => match text.parse::<i32>() {
-            Ok(number) => binary::long(buffer, i64::from(number)),
+        ColumnType::Int => match text.parse::<i32>() {
+            Ok(number) => write::long(buffer, i64::from(number)),
             Err(_) => return false,
         },
-        Kind::Long => match text.parse::<i64>() {
-            Ok(number) => binary::long(buffer, number),
+        ColumnType::Long => match text.parse::<i64>() {
+            Ok(number) => write::long(buffer, number),
             Err(_) => return false,
         },
-        Kind::Float => match float_text(text) {
-            Some(number) => buffer.extend_from_slice(&(number as f32).to_le_bytes()),
+        ColumnType::Float => match float_text(text) {
+            Some(number) => write::float(buffer, number as f32),
             None => return false,
         },
-        Kind::Double => match float_text(text) {
-            Some(number) => buffer.extend_from_slice(&number.to_le_bytes()),
+        ColumnType::Double => match float_text(text) {
+            Some(number) => write::double(buffer, number),
             None => return false,
         },
         // cdc's connections ask for bytea's hex form.
-        Kind::Bytes => match bytea_hex(text) {
-            Some(bytes) => binary::bytes(buffer, &bytes),
+        ColumnType::Bytes => match bytea_hex(text) {
+            Some(bytes) => write::bytes(buffer, &bytes),
             None => return false,
         },
-        Kind::Date => match infinite(i64::from(i32::MAX), i64::from(i32::MIN))
+        ColumnType::Date => match infinite(i64::from(i32::MAX), i64::from(i32::MIN))
             .or_else(|| pg_time::date_days(text))
             .and_then(|days| i32::try_from(days).ok())
         {
-            Some(days) => binary::long(buffer, i64::from(days)),
+            Some(days) => write::long(buffer, i64::from(days)),
             None => return false,
         },
-        Kind::Timestamp => {
+        ColumnType::Timestamp => {
             match infinite(i64::MAX, i64::MIN).or_else(|| pg_time::timestamp_micros(text)) {
-                Some(micros) => binary::long(buffer, micros),
+                Some(micros) => write::long(buffer, micros),
                 None => return false,
             }
         }
-        Kind::TimestampTz => {
+        ColumnType::TimestampTz => {
             match infinite(i64::MAX, i64::MIN).or_else(|| pg_time::timestamptz_micros(text)) {
-                Some(micros) => binary::long(buffer, micros),
+                Some(micros) => write::long(buffer, micros),
                 None => return false,
             }
         }
         // Postgres writes uuids in the canonical form the logical type asks for.
-        Kind::Uuid | Kind::String => binary::string(buffer, text),
+        ColumnType::Uuid | ColumnType::String => write::string(buffer, text),
     }
     true
 }
@@ -341,24 +153,24 @@ fn write_column(
     column: &RelationColumn,
     value: &Column,
 ) -> Result<(), EncodeError> {
-    let kind = Kind::of(column);
+    let column_type = column_type(column);
     match value {
-        Column::Null => binary::branch(buffer, 0),
-        Column::UnchangedToast => match kind {
-            Kind::String => {
-                binary::branch(buffer, 1);
-                binary::string(buffer, UNAVAILABLE_VALUE);
+        Column::Null => write::branch(buffer, 0),
+        Column::UnchangedToast => match column_type {
+            ColumnType::String => {
+                write::branch(buffer, 1);
+                write::string(buffer, UNAVAILABLE_VALUE);
             }
-            Kind::Bytes => {
-                binary::branch(buffer, 2);
-                binary::string(buffer, UNAVAILABLE_VALUE);
+            ColumnType::Bytes => {
+                write::branch(buffer, 2);
+                write::string(buffer, UNAVAILABLE_VALUE);
             }
             // Fixed-width types are never TOASTed.
-            _ => binary::branch(buffer, 0),
+            _ => write::branch(buffer, 0),
         },
         Column::Text(_) | Column::Binary(_) => {
-            binary::branch(buffer, 1);
-            write_text(buffer, column, kind, value)?;
+            write::branch(buffer, 1);
+            write_text(buffer, column, column_type, value)?;
         }
     }
     Ok(())
@@ -368,20 +180,20 @@ fn write_column(
 fn write_text(
     buffer: &mut Vec<u8>,
     column: &RelationColumn,
-    kind: Kind,
+    column_type: ColumnType,
     value: &Column,
 ) -> Result<(), EncodeError> {
     let text = match value {
         Column::Text(bytes) | Column::Binary(bytes) => String::from_utf8_lossy(bytes),
         Column::Null | Column::UnchangedToast => std::borrow::Cow::Borrowed(""),
     };
-    if write_scalar(buffer, kind, &text) {
+    if write_scalar(buffer, column_type, &text) {
         Ok(())
     } else {
         Err(EncodeError::Unreadable {
             column: column.name.to_string(),
             text: text.into_owned(),
-            kind: kind.name(),
+            kind: column_type.name(),
         })
     }
 }
@@ -393,10 +205,10 @@ fn write_row(
     tuple: Option<&TupleData>,
 ) -> Result<(), EncodeError> {
     let Some(tuple) = tuple else {
-        binary::branch(buffer, 0);
+        write::null_image(buffer);
         return Ok(());
     };
-    binary::branch(buffer, 1);
+    write::row_image(buffer);
     let mut values = tuple.iter();
     for column in &relation.columns {
         // A tuple shorter than its relation (never sent by Postgres) reads as nulls.
@@ -417,7 +229,7 @@ fn write_key(
         }
         match value {
             Column::Text(_) | Column::Binary(_) => {
-                write_text(buffer, column, Kind::of(column), &value)?
+                write_text(buffer, column, column_type(column), &value)?
             }
             Column::Null | Column::UnchangedToast => {
                 return Err(EncodeError::MissingKey {
@@ -427,15 +239,6 @@ fn write_key(
         }
     }
     Ok(())
-}
-
-/// The Confluent wire format's header: magic byte 0, the schema id (big-endian); the datum
-/// follows.
-fn wire_header(schema_id: u32, capacity: usize) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(5 + capacity);
-    bytes.push(0);
-    bytes.extend_from_slice(&schema_id.to_be_bytes());
-    bytes
 }
 
 /// The registry ids of a table's schemas.
@@ -458,49 +261,51 @@ pub fn encode_change(
 ) -> Result<(Option<Vec<u8>>, Vec<u8>), EncodeError> {
     let key = match (ids.key, after.or(before)) {
         (Some(id), Some(tuple)) => {
-            let mut key = wire_header(id, 64);
+            let mut key = confluent::header(id, 64);
             write_key(&mut key, relation, tuple)?;
             Some(key)
         }
         _ => None,
     };
-    let mut value = wire_header(ids.value, 512);
+    let mut value = confluent::header(ids.value, 512);
     write_row(&mut value, relation, before)?;
     write_row(&mut value, relation, after)?;
-    // The source block, field by field as in the schema.
-    binary::string(&mut value, concat!("walflow-", env!("CARGO_PKG_VERSION")));
-    binary::string(&mut value, "postgresql");
-    binary::string(&mut value, source.name);
-    binary::long(&mut value, source.commit_time.unix_millis());
-    // snapshot: ["string", "null"], the string.
-    binary::branch(&mut value, 0);
-    binary::string(&mut value, if source.snapshot { "true" } else { "false" });
-    binary::string(&mut value, source.database);
-    binary::string(&mut value, &relation.namespace);
-    binary::string(&mut value, &relation.name);
-    binary::branch(&mut value, 1);
-    binary::long(&mut value, i64::from(source.xid));
-    binary::branch(&mut value, 1);
-    binary::long(&mut value, source.lsn.0 as i64);
-    match &source.position {
-        Some(position) => {
-            binary::branch(&mut value, 1);
-            binary::string(&mut value, &position.sequence(source.lsn));
-        }
-        None => binary::branch(&mut value, 0),
-    }
-    binary::string(&mut value, operation.code());
-    binary::branch(&mut value, 1);
-    binary::long(&mut value, now_ms);
-    match &source.position {
-        Some(position) => {
-            binary::branch(&mut value, 1);
-            binary::string(&mut value, &position.transaction_id(source.xid));
-            binary::long(&mut value, position.total_order as i64);
-            binary::long(&mut value, position.data_collection_order as i64);
-        }
-        None => binary::branch(&mut value, 0),
-    }
+    let sequence = source
+        .position
+        .as_ref()
+        .map(|position| position.sequence(source.lsn));
+    let transaction_id = source
+        .position
+        .as_ref()
+        .map(|position| position.transaction_id(source.xid));
+    let transaction =
+        source
+            .position
+            .as_ref()
+            .zip(transaction_id.as_deref())
+            .map(|(position, id)| TransactionBlock {
+                id,
+                total_order: position.total_order as i64,
+                data_collection_order: position.data_collection_order as i64,
+            });
+    write::envelope_tail(
+        &mut value,
+        &SourceBlock {
+            version: crate::envelope::VERSION,
+            name: source.name,
+            ts_ms: source.commit_time.unix_millis(),
+            snapshot: source.snapshot,
+            db: source.database,
+            schema: &relation.namespace,
+            table: &relation.name,
+            tx_id: i64::from(source.xid),
+            lsn: source.lsn.0 as i64,
+            sequence: sequence.as_deref(),
+        },
+        operation.code(),
+        now_ms,
+        transaction.as_ref(),
+    );
     Ok((key, value))
 }
 
@@ -512,6 +317,9 @@ mod tests {
 
     use super::*;
     use apache_avro::types::Value as Avro;
+    use apache_avro::Schema;
+    use walflow_wire::avro::read::{DeclaredColumns, Reader};
+    use walflow_wire::avro::schema::namespace;
 
     /// Reads a datum with apache-avro, the independent reader, and checks that it used every
     /// byte.
@@ -687,7 +495,7 @@ mod tests {
             namespace("walflow_test_1.public.zoo"),
             "walflow_test_1.public.zoo"
         );
-        assert_eq!(wire_header(258, 0), vec![0, 0, 0, 1, 2]);
+        assert_eq!(confluent::header(258, 0), vec![0, 0, 0, 1, 2]);
     }
 
     fn source() -> Source<'static> {
@@ -855,6 +663,37 @@ mod tests {
             proptest::prop_assert_eq!(
                 column("first_name"),
                 Avro::String(if toast { UNAVAILABLE_VALUE.to_owned() } else { note.clone() })
+            );
+
+            // process's reader reads the same event back, as a pipeline declaring some of
+            // the columns (and one the table lacks) sees it.
+            let declared = ["first_name", "small", "id", "born", "missing"];
+            let reader = Reader::new(&parsed.value).unwrap();
+            let (id_in_framing, mut datum) = confluent::split(&value).unwrap();
+            proptest::prop_assert_eq!(id_in_framing, 2);
+            let envelope = reader
+                .read_envelope(
+                    &DeclaredColumns {
+                        count: declared.len(),
+                        position_of: |name: &str| declared.iter().position(|d| *d == name),
+                    },
+                    &mut datum,
+                )
+                .unwrap();
+            proptest::prop_assert!(datum.is_empty());
+            proptest::prop_assert_eq!(envelope.op.as_str(), operation.code());
+            proptest::prop_assert_eq!(envelope.commit_time_ms, Some(source().commit_time.unix_millis()));
+            let image = if operation == Operation::Delete { &envelope.before } else { &envelope.after };
+            let expected_note = if toast { UNAVAILABLE_VALUE.to_owned() } else { note.clone() };
+            proptest::prop_assert_eq!(
+                image.clone().unwrap(),
+                vec![
+                    Some(serde_json::json!(expected_note)),
+                    Some(serde_json::json!(small)),
+                    Some(serde_json::json!(id)),
+                    Some(serde_json::json!(days)),
+                    None,
+                ]
             );
         }
     }

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 
 use walflow_pgoutput::Relation;
 
-use crate::avro::{self, SchemaIds, TableSchemas};
+use crate::avro::{self, SchemaIds};
 use crate::envelope::{topic_for, Change, ChangeEvent};
-use crate::registry::{column_changes, Compatibility, RegistryError, SchemaRegistry};
+use walflow_wire::avro::schema::column_changes;
+use walflow_wire::avro::TableSchemas;
+use walflow_wire::registry::{Compatibility, RegistryError, SchemaRegistry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AvroEventError {

@@ -8,7 +8,14 @@ use serde::ser::SerializeMap;
 use serde::Serialize;
 use walflow_pgoutput::{Column, Lsn, OldTuple, PgTimestamp, Relation, RelationColumn, TupleData};
 
-use crate::types::{classify, UNAVAILABLE_VALUE};
+use walflow_wire::envelope::{self as wire, UNAVAILABLE_VALUE};
+
+pub use walflow_wire::envelope::Operation;
+
+use crate::types::classify;
+
+/// `source.version`: walflow and its version.
+pub const VERSION: &str = concat!("walflow-", env!("CARGO_PKG_VERSION"));
 
 /// What Relation messages said about each table, by OID; a later Relation for the same
 /// table (a column added, say) replaces the earlier one from that point of the stream on.
@@ -24,27 +31,6 @@ impl RelationCache {
 
     pub fn get(&self, oid: u32) -> Option<&Relation> {
         self.tables.get(&oid)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Read,
-    Create,
-    Update,
-    Delete,
-    Truncate,
-}
-
-impl Operation {
-    pub fn code(self) -> &'static str {
-        match self {
-            Operation::Read => "r",
-            Operation::Create => "c",
-            Operation::Update => "u",
-            Operation::Delete => "d",
-            Operation::Truncate => "t",
-        }
     }
 }
 
@@ -79,12 +65,12 @@ impl EventPosition {
     /// Debezium's `source.sequence`: a JSON array, as text, of two LSNs as decimal text,
     /// here the commit LSN and the change's own LSN.
     pub fn sequence(&self, lsn: Lsn) -> String {
-        format!("[\"{}\",\"{}\"]", self.commit_lsn.0, lsn.0)
+        wire::sequence(self.commit_lsn.0, lsn.0)
     }
 
     /// Debezium's `transaction.id`: `txId:LSN`, here the commit LSN.
     pub fn transaction_id(&self, xid: u32) -> String {
-        format!("{xid}:{}", self.commit_lsn.0)
+        wire::transaction_id(xid, self.commit_lsn.0)
     }
 }
 
@@ -97,9 +83,9 @@ pub struct ChangeEvent {
     pub value: Option<Vec<u8>>,
 }
 
-/// The table's topic: see [`crate::topics`] for how names Kafka refuses are mapped.
+/// The table's topic: see [`walflow_wire::topic`] for how names Kafka refuses are mapped.
 pub fn topic_for(prefix: &str, relation: &Relation) -> String {
-    crate::topics::topic_name(prefix, &relation.namespace, &relation.name)
+    walflow_wire::topic::topic_name(prefix, &relation.namespace, &relation.name)
 }
 
 /// A row, serialized column by column straight from the decoded tuple: no JSON tree is
@@ -179,8 +165,8 @@ struct SourceJson<'a> {
 
 fn source_json<'a>(relation: &'a Relation, source: &'a Source<'a>) -> SourceJson<'a> {
     SourceJson {
-        version: concat!("walflow-", env!("CARGO_PKG_VERSION")),
-        connector: "postgresql",
+        version: VERSION,
+        connector: wire::CONNECTOR,
         name: source.name,
         ts_ms: source.commit_time.unix_millis(),
         snapshot: if source.snapshot { "true" } else { "false" },

@@ -23,7 +23,7 @@ use crate::replication::{
 };
 use crate::sink::{EventSink, SinkError};
 use crate::snapshot::{self, SnapshotProgress};
-use crate::topics::{self, TopicError, TopicNames};
+use walflow_wire::topic::{self as topics, TopicError, TopicNames};
 
 /// pgoutput protocol 1: every change arrives after its transaction committed.
 const PROTOCOL_VERSION: u32 = 1;

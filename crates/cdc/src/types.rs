@@ -5,10 +5,6 @@ use crate::pg_time;
 use base64::Engine;
 use serde_json::{Number, Value};
 
-/// Debezium's marker for a TOASTed value the change did not touch (its value is not in the
-/// WAL). Consumers that know Debezium already handle it; walflow never turns it into null.
-pub const UNAVAILABLE_VALUE: &str = "__debezium_unavailable_value";
-
 pub mod oid {
     pub const BOOL: u32 = 16;
     pub const TEXT: u32 = 25;

@@ -13,7 +13,7 @@ use crate::operators::normalize::SourceChange;
 use crate::value::{ColumnType, Row, Value};
 
 /// Debezium's marker for a TOASTed value Postgres did not send.
-pub const UNAVAILABLE_MARKER: &str = "__debezium_unavailable_value";
+pub use walflow_wire::envelope::UNAVAILABLE_VALUE;
 
 /// The envelope with its two images left as raw JSON text: only the declared columns of an
 /// image are ever turned into values, the others are skipped without allocating.
@@ -45,60 +45,13 @@ struct TransactionBlock {
     total_order: Option<Json>,
 }
 
-/// Where a change sits in what cdc sent: the first LSN of Debezium's `source.sequence`
-/// (walflow: the commit LSN of the change's transaction; Debezium: the last commit's) and
-/// `transaction.total_order`, the change's place in its transaction. Ordered as a pair, it
-/// grows along a Kafka partition and is the same when cdc sends a change again after a
-/// restart: changelog sources drop what is not past the newest position they have seen.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-pub struct ChangePosition {
-    pub commit_lsn: u64,
-    pub total_order: u64,
-}
-
-impl ChangePosition {
-    /// The position of an event whose `source.sequence` is `sequence` and whose
-    /// `transaction.total_order` is `total_order`; `None` unless both say. Numbers may come
-    /// as JSON numbers or as decimal text, the sequence as an array or as its JSON text.
-    pub fn of(sequence: Option<&Json>, total_order: Option<&Json>) -> Option<ChangePosition> {
-        fn number(value: &Json) -> Option<u64> {
-            match value {
-                Json::Number(number) => number.as_u64(),
-                Json::String(text) => text.parse().ok(),
-                _ => None,
-            }
-        }
-        let parsed;
-        let sequence = match sequence? {
-            Json::String(text) => {
-                parsed = serde_json::from_str::<Json>(text).ok()?;
-                &parsed
-            }
-            other => other,
-        };
-        Some(ChangePosition {
-            commit_lsn: number(sequence.as_array()?.first()?)?,
-            total_order: number(total_order?)?,
-        })
-    }
-}
+pub use walflow_wire::envelope::ChangePosition;
 
 /// A value the change event did not carry: a TOASTed column an update left untouched
-/// (Postgres does not send it; the event says [`UNAVAILABLE_MARKER`]), or a value computed
+/// (Postgres does not send it; the event says [`UNAVAILABLE_VALUE`]), or a value computed
 /// from one. The Cassandra sink writes it as unset, so Cassandra keeps what it has.
 pub fn is_unavailable(value: &Value) -> bool {
-    matches!(value, Value::Text(text) if text.contains(UNAVAILABLE_MARKER))
+    matches!(value, Value::Text(text) if text.contains(UNAVAILABLE_VALUE))
 }
 
 /// A decoded event: the change and its commit time (milliseconds), when the event says.
@@ -304,9 +257,9 @@ fn row(
     let mut unavailable = Vec::new();
     for (index, (column, json)) in source.columns.iter().zip(found).enumerate() {
         let json = json.unwrap_or(Json::Null);
-        if json.as_str() == Some(UNAVAILABLE_MARKER) {
+        if json.as_str() == Some(UNAVAILABLE_VALUE) {
             unavailable.push(index);
-            row.push(Value::Text(UNAVAILABLE_MARKER.to_owned()));
+            row.push(Value::Text(UNAVAILABLE_VALUE.to_owned()));
             continue;
         }
         let value = json_to_value(&json, column.column_type).ok_or_else(|| {

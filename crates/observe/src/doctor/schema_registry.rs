@@ -1,73 +1,41 @@
 //! Is the schema registry fit for Avro change events: it answers the Confluent-compatible
 //! API, refuses breaking changes by default (a compatibility level other than NONE), and
-//! lets walflow register a schema (a scratch subject, deleted again).
+//! lets walflow register a schema (a scratch subject, deleted again). It is asked through
+//! the same client cdc and process use.
 
-use serde_json::{json, Value};
+use serde_json::json;
+use walflow_wire::registry::SchemaRegistry;
 
 use super::{scratch_name, Check, DoctorTargets, ServiceReport};
 
 pub(super) async fn check(targets: &DoctorTargets, url: &str) -> ServiceReport {
-    let url = url.trim_end_matches('/');
-    // The URL's userinfo is how the registry authenticates walflow: reports show it hidden.
-    let shown = walflow_redact::url(url);
-    let shown = shown.trim_end_matches('/');
-    let mut report = ServiceReport::new("schema registry", shown.to_owned());
-    let client = match reqwest::Client::builder().timeout(targets.timeout).build() {
-        Ok(client) => client,
+    let registry = match SchemaRegistry::with_timeout(url, targets.timeout) {
+        Ok(registry) => registry,
         Err(error) => {
-            report
-                .checks
-                .push(unreachable(format!("cannot build an HTTP client: {error}")));
+            let shown = walflow_redact::url(url.trim_end_matches('/'));
+            let mut report = ServiceReport::new("schema registry", shown);
+            report.checks.push(unreachable(error.to_string()));
             return report;
         }
     };
-    let get = |path: &str| {
-        let client = client.clone();
-        let address = format!("{url}{path}");
-        let shown = format!("{shown}{path}");
-        async move {
-            let response = client
-                .get(&address)
-                .send()
-                .await
-                .map_err(|error| format!("GET {shown}: {}", super::error_chain(&error)))?;
-            let status = response.status();
-            let body = response
-                .text()
-                .await
-                .map_err(|error| format!("GET {shown}: {error}"))?;
-            if !status.is_success() {
-                return Err(format!("GET {shown}: HTTP {status}: {body}"));
-            }
-            serde_json::from_str::<Value>(&body)
-                .map_err(|error| format!("GET {shown}: not JSON ({error}): {body}"))
-        }
-    };
+    // The URL's userinfo is how the registry authenticates walflow: reports show it hidden.
+    let shown = registry.shown().to_owned();
+    let mut report = ServiceReport::new("schema registry", shown.clone());
 
-    match get("/subjects").await {
-        Ok(Value::Array(subjects)) => report.checks.push(Check::ok(
+    match registry.subjects().await {
+        Ok(subjects) => report.checks.push(Check::ok(
             "connect",
             format!("answers the Confluent API, {} subjects", subjects.len()),
         )),
-        Ok(other) => {
-            report.checks.push(unreachable(format!(
-                "GET {shown}/subjects did not give a list of subjects: {other}"
-            )));
-            return report;
-        }
         Err(error) => {
-            report.checks.push(unreachable(error));
+            report.checks.push(unreachable(error.to_string()));
             return report;
         }
     }
 
-    match get("/config").await {
-        Ok(config) => {
-            let level = config["compatibilityLevel"]
-                .as_str()
-                .or(config["compatibility"].as_str())
-                .unwrap_or("unknown")
-                .to_owned();
+    match registry.default_level().await {
+        Ok(level) => {
+            let level = level.unwrap_or_else(|| "unknown".to_owned());
             report.version = None;
             report.checks.push(if level == "NONE" {
                 Check::warn(
@@ -91,12 +59,12 @@ pub(super) async fn check(targets: &DoctorTargets, url: &str) -> ServiceReport {
         )),
     }
 
-    report.checks.push(register_check(&client, url).await);
+    report.checks.push(register_check(&registry).await);
     report
 }
 
 /// Registers a one-field record under a scratch subject, then deletes the subject.
-async fn register_check(client: &reqwest::Client, url: &str) -> Check {
+async fn register_check(registry: &SchemaRegistry) -> Check {
     let subject = format!("{}-value", scratch_name("walflow_doctor"));
     let schema = json!({
         "type": "record",
@@ -104,49 +72,26 @@ async fn register_check(client: &reqwest::Client, url: &str) -> Check {
         "namespace": "walflow",
         "fields": [{"name": "id", "type": "long"}],
     });
-    let registered = client
-        .post(format!("{url}/subjects/{subject}/versions"))
-        .header("Content-Type", "application/vnd.schemaregistry.v1+json")
-        .json(&json!({ "schema": schema.to_string() }))
-        .send()
-        .await;
-    let check = match registered {
-        Ok(response) if response.status().is_success() => {
-            let body: Value = response.json().await.unwrap_or(Value::Null);
-            match body["id"].as_i64() {
-                Some(id) => Check::ok(
-                    "register",
-                    format!("registered a schema (id {id}) and removed it"),
-                ),
-                None => Check::fail(
-                    "register",
-                    format!("registering a schema gave no id: {body}"),
-                    "check that the URL is the registry's Confluent-compatible API",
-                ),
-            }
-        }
-        Ok(response) => {
-            let status = response.status();
-            let body = response.text().await.unwrap_or_default();
-            Check::fail(
-                "register",
-                format!("registering a schema under {subject}: HTTP {status}: {body}"),
-                "give walflow's credentials the right to register schemas",
-            )
-        }
-        Err(error) => Check::fail(
+    let check = match registry.register(&subject, &schema).await {
+        Ok(id) => Check::ok(
             "register",
-            format!("registering a schema: {}", super::error_chain(&error)),
+            format!("registered a schema (id {id}) and removed it"),
+        ),
+        Err(error) if error.is_transient() => Check::fail(
+            "register",
+            format!("registering a schema: {error}"),
             "check the registry's log",
         ),
+        Err(error) => Check::fail(
+            "register",
+            format!("registering a schema under {subject}: {error}"),
+            "give walflow's credentials the right to register schemas, and check that the URL \
+             is the registry's Confluent-compatible API",
+        ),
     };
-    // Soft delete, then permanent, as the Confluent API asks.
-    for permanent in ["", "?permanent=true"] {
-        let _ = client
-            .delete(format!("{url}/subjects/{subject}{permanent}"))
-            .send()
-            .await;
-    }
+    // The scratch subject goes whatever the outcome; a failure to delete it changes nothing
+    // of the verdict.
+    let _ = registry.delete_subject(&subject).await;
     check
 }
 

@@ -58,6 +58,22 @@ pub fn topic_name(prefix: &str, schema: &str, table: &str) -> String {
     format!("{prefix}.{}.{}", sanitize(schema), sanitize(table))
 }
 
+/// Where `walflow cdc` sends records of events too large for Kafka, by default.
+pub fn cdc_dead_letters(prefix: &str) -> String {
+    format!("{prefix}.dead_letters")
+}
+
+/// The default prefix of `walflow process`'s dead-letter topics (events it cannot read).
+pub const PROCESS_DEAD_LETTER_PREFIX: &str = "walflow.dead_letter";
+
+/// The default prefix of `walflow process`'s topics of events too late for their window.
+pub const PROCESS_LATE_PREFIX: &str = "walflow.late";
+
+/// A pipeline's own topic under `prefix`: its dead letters, its late events.
+pub fn pipeline_topic(prefix: &str, pipeline: &str) -> String {
+    format!("{prefix}.{pipeline}")
+}
+
 /// A prefix is used as it is, so it must already be a valid topic name.
 pub fn check_prefix(prefix: &str) -> Result<(), TopicError> {
     if prefix.is_empty() || !prefix.chars().all(is_topic_char) || prefix.len() > 200 {
