@@ -15,3 +15,6 @@ pub mod sink;
 pub mod time;
 pub mod value;
 pub mod windows;
+
+#[cfg(test)]
+mod error_goldens;

@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNode;
 use datafusion::common::DFSchema;
 use datafusion::datasource::MemTable;
-use datafusion::execution::context::{SessionContext, SessionState};
+use datafusion::execution::context::{SessionConfig, SessionContext, SessionState};
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{
     BinaryExpr, Distinct, Expr, JoinType, LogicalPlan, Operator, Volatility,
@@ -20,8 +20,12 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::Statement;
 
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{visit_relations, ObjectName, Spanned};
+
 use crate::definition::{
-    DefinitionError, EmitMode, LateEvents, PipelineDefinition, QueryDefinition, SinkTable,
+    DefinitionError, EmitMode, LateEvents, PipelineDefinition, Position, QueryDefinition, SinkTable,
 };
 use crate::value::ColumnType;
 
@@ -346,7 +350,10 @@ pub fn source_schema(definition: &PipelineDefinition, source: &str) -> Option<Sc
 pub async fn compile(
     definition: &PipelineDefinition,
 ) -> Result<Vec<CompiledQuery>, DefinitionError> {
-    let context = SessionContext::new();
+    // Spans let DataFusion's diagnostics say where in the file a name it refuses is.
+    let mut config = SessionConfig::new();
+    config.options_mut().sql_parser.collect_spans = true;
+    let context = SessionContext::new_with_config(config);
     for function in crate::windows::functions() {
         context.register_udf(function);
     }
@@ -372,36 +379,8 @@ async fn compile_query(
     state: &SessionState,
 ) -> Result<CompiledQuery, DefinitionError> {
     let fail = |message: String| definition.error_at(query.position, message);
-    let planning_error = |error: datafusion::error::DataFusionError| {
-        let message = error.to_string();
-        // DataFusion names the unknown column or table but not where it is.
-        let position = ["No field named ", "table '"]
-            .iter()
-            .find_map(|marker| {
-                let start = message.find(marker)? + marker.len();
-                let name: String = message[start..]
-                    .trim_start_matches(['"', '\'', '`'])
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '.')
-                    .collect();
-                let name = name.trim_end_matches('.').rsplit('.').next()?.to_owned();
-                definition.find_word(query.position, &name)
-            })
-            .unwrap_or(query.position);
-        let mut message = message;
-        if message.contains("table '") && message.contains("not found") {
-            let names: Vec<String> = definition
-                .sources
-                .iter()
-                .map(|source| source.name.clone())
-                .collect();
-            message.push_str(&format!(
-                "; the sources this file declares (CREATE TABLE ... WITH (connector = 'kafka')) are: {}",
-                names.join(", ")
-            ));
-        }
-        definition.error_at(position, message)
-    };
+    let planning_error = |error| located_error(definition, query, error);
+    refuse_undeclared_tables(definition, query)?;
     let mut sql_query = query.query.clone();
     crate::windows::rewrite_window_columns(&mut sql_query).map_err(fail)?;
     let statement = DFStatement::Statement(Box::new(Statement::Query(Box::new(sql_query))));
@@ -1002,6 +981,78 @@ impl PlanBuilder<'_> {
             output_type,
         })
     }
+}
+
+/// A planning error at the place DataFusion's diagnostic points to (the name it refused),
+/// else at the query; with the diagnostic's help where the message lacks it.
+fn located_error(
+    definition: &PipelineDefinition,
+    query: &QueryDefinition,
+    error: datafusion::error::DataFusionError,
+) -> DefinitionError {
+    let diagnostic = error.diagnostic();
+    let position = diagnostic
+        .and_then(|diagnostic| diagnostic.span)
+        .map(|span| Position {
+            line: span.start.line,
+            column: span.start.column,
+        })
+        .filter(|position| position.line > 0)
+        .unwrap_or(query.position);
+    let mut message = error.strip_backtrace();
+    for help in diagnostic.iter().flat_map(|diagnostic| &diagnostic.helps) {
+        if !message.contains(&help.message) {
+            message.push_str(&format!("; {}", help.message));
+        }
+    }
+    definition.error_at(position, message)
+}
+
+/// Refuses a query that reads a table the file does not declare as a source, naming the
+/// sources it does declare (a CTE's name is the query's own).
+fn refuse_undeclared_tables(
+    definition: &PipelineDefinition,
+    query: &QueryDefinition,
+) -> Result<(), DefinitionError> {
+    let own_names: Vec<String> = query
+        .query
+        .with
+        .iter()
+        .flat_map(|with| &with.cte_tables)
+        .map(|cte| cte.alias.name.value.to_lowercase())
+        .collect();
+    let undeclared = visit_relations(&query.query, |relation: &ObjectName| {
+        let name = crate::definition::object_name(relation);
+        let known = own_names.contains(&name.to_lowercase())
+            || definition
+                .sources
+                .iter()
+                .any(|source| source.name.eq_ignore_ascii_case(&name));
+        if known {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break((name, relation.span().start))
+        }
+    });
+    let ControlFlow::Break((name, start)) = undeclared else {
+        return Ok(());
+    };
+    let declared: Vec<&str> = definition
+        .sources
+        .iter()
+        .map(|source| source.name.as_str())
+        .collect();
+    let position = Some(Position::from(start))
+        .filter(|position| position.line > 0)
+        .unwrap_or(query.position);
+    Err(definition.error_at(
+        position,
+        format!(
+            "table '{name}' not found; the sources this file declares (CREATE TABLE ... WITH \
+             (connector = 'kafka')) are: {}",
+            declared.join(", ")
+        ),
+    ))
 }
 
 #[cfg(test)]

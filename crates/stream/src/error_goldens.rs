@@ -1,0 +1,81 @@
+//! Error goldens: every `sql/pipelines/tests/error_*.sql` is a pipeline file that walflow
+//! must refuse, with the place and the message written in its own header:
+//!
+//! ```sql
+//! -- What the file gets wrong.
+//! -- error: LINE:COLUMN: the message, exactly
+//! ```
+//!
+//! `WALFLOW_BLESS=1 cargo test -p walflow-stream error_goldens` writes what walflow says into
+//! the headers, for review in the diff.
+
+use std::path::{Path, PathBuf};
+
+use crate::definition::{DefinitionError, PipelineDefinition};
+
+const EXPECTED: &str = "-- error: ";
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql/pipelines/tests")
+}
+
+/// What walflow says of a pipeline file: `LINE:COLUMN: message`, or that it accepted it.
+async fn refusal(path: &Path, text: &str) -> String {
+    let located =
+        |error: DefinitionError| format!("{}:{}: {}", error.line, error.column, error.message);
+    let definition = match PipelineDefinition::parse(path, text) {
+        Ok(definition) => definition,
+        Err(error) => return located(error),
+    };
+    match crate::plan::compile(&definition).await {
+        Ok(_) => "(accepted)".to_owned(),
+        Err(error) => located(error),
+    }
+}
+
+#[tokio::test]
+async fn every_error_golden_is_refused_at_its_place_with_its_message() {
+    let bless = std::env::var_os("WALFLOW_BLESS").is_some();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("error_") && name.ends_with(".sql"))
+        })
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 10, "only {} error goldens", paths.len());
+    let mut mismatches = Vec::new();
+    for path in &paths {
+        let text = std::fs::read_to_string(path).unwrap();
+        let expected = text
+            .lines()
+            .find_map(|line| line.strip_prefix(EXPECTED))
+            .unwrap_or_else(|| panic!("{}: no `{EXPECTED}` line", path.display()));
+        let actual = refusal(path, &text).await;
+        if actual == expected {
+            continue;
+        }
+        if bless {
+            let blessed = text.replacen(
+                &format!("{EXPECTED}{expected}"),
+                &format!("{EXPECTED}{actual}"),
+                1,
+            );
+            std::fs::write(path, blessed).unwrap();
+        }
+        mismatches.push(format!(
+            "{}\n  expected: {expected}\n  walflow:  {actual}",
+            path.display()
+        ));
+    }
+    assert!(
+        mismatches.is_empty() || bless,
+        "{} of {} error goldens differ (WALFLOW_BLESS=1 rewrites them):\n{}",
+        mismatches.len(),
+        paths.len(),
+        mismatches.join("\n")
+    );
+}
