@@ -1,5 +1,5 @@
 -- A source option walflow does not know is refused, not ignored.
--- error: 4:1: table users: unknown option fromat; this connector takes connector, topic, format, mode, watermark_idle_timeout
+-- error: 10:88: table users: unknown option fromat; this connector takes connector, topic, format, mode, watermark_idle_timeout
 
 CREATE TABLE users (
     id             TEXT,
