@@ -9,7 +9,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::checkpoint::Checkpoint;
-use crate::runner::ProcessMetrics;
+use crate::metrics::ProcessMetrics;
 
 /// A pipeline's consumer.
 pub type PipelineConsumer = StreamConsumer<PipelineConsumerContext>;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode;
-use crate::runner::{BatchChange, Pipeline};
+use crate::pipeline::{BatchChange, Pipeline};
 use crate::value::{Row, Value};
 
 /// One golden case: a pipeline file, its input and its expected output.

@@ -5,11 +5,10 @@
 //! Kafka trouble makes the batch wait and retry, holding its position.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prometheus_client::metrics::histogram::Histogram;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
@@ -26,10 +25,10 @@ use crate::definition::{
     DefinitionError, PipelineDefinition, SinkTable, SourceFormat, SourceTable,
 };
 use crate::live_edit::{state_fits, FileWatch};
-use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
+use crate::metrics::unix_ms;
+pub use crate::metrics::{ProcessMetrics, LATENCY_BUCKETS};
 use crate::operators::window::LateEvent;
-use crate::operators::{evaluate, BatchInput, QueryState};
-use crate::plan::{compile, CompiledQuery};
+pub use crate::pipeline::{BatchChange, BatchOutput, Pipeline};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
 
 #[derive(Debug, Clone)]
@@ -93,104 +92,6 @@ pub enum ProcessError {
     Pipeline { pipeline: String, message: String },
 }
 
-/// Latency buckets in seconds, 1 ms to 30 s.
-pub const LATENCY_BUCKETS: [f64; 14] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
-/// What a running pipeline counts; read by the status line and the metrics endpoint.
-#[derive(Debug)]
-pub struct ProcessMetrics {
-    pub events: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub batches: AtomicU64,
-    pub rows_written: AtomicU64,
-    pub cassandra_errors: AtomicU64,
-    /// Offset commits to the consumer group that failed (the checkpoint is unaffected).
-    pub offset_commit_errors: AtomicU64,
-    pub checkpoints: AtomicU64,
-    pub last_checkpoint_unix_ms: AtomicU64,
-    pub last_checkpoint_bytes: AtomicU64,
-    /// Commit time (Unix ms) of the newest change whose results are in Cassandra.
-    pub written_commit_time_ms: AtomicU64,
-    /// Events left in Kafka after the last batch (end offsets minus positions).
-    pub consumer_lag: AtomicU64,
-    /// Events too late for their window, sent to the late-events topic.
-    pub late_events: AtomicU64,
-    /// The lowest watermark of the pipeline's sources (Unix ms); 0 without one.
-    pub watermark_ms: AtomicU64,
-    /// Commit-to-Cassandra times of recent events (ms), bounded.
-    latencies_ms: std::sync::Mutex<std::collections::VecDeque<u64>>,
-    /// Postgres commit -> results in Cassandra, per event.
-    pub commit_to_write_seconds: Histogram,
-    /// Applying a batch to the state and evaluating the queries over it.
-    pub batch_evaluate_seconds: Histogram,
-    /// Writing a batch's results to Cassandra, retries included.
-    pub batch_write_seconds: Histogram,
-    /// Writing a checkpoint file.
-    pub checkpoint_seconds: Histogram,
-}
-
-impl Default for ProcessMetrics {
-    fn default() -> ProcessMetrics {
-        ProcessMetrics {
-            events: AtomicU64::new(0),
-            dead_letters: AtomicU64::new(0),
-            batches: AtomicU64::new(0),
-            rows_written: AtomicU64::new(0),
-            cassandra_errors: AtomicU64::new(0),
-            offset_commit_errors: AtomicU64::new(0),
-            checkpoints: AtomicU64::new(0),
-            last_checkpoint_unix_ms: AtomicU64::new(0),
-            last_checkpoint_bytes: AtomicU64::new(0),
-            written_commit_time_ms: AtomicU64::new(0),
-            consumer_lag: AtomicU64::new(0),
-            late_events: AtomicU64::new(0),
-            watermark_ms: AtomicU64::new(0),
-            latencies_ms: Default::default(),
-            commit_to_write_seconds: Histogram::new(LATENCY_BUCKETS),
-            batch_evaluate_seconds: Histogram::new(LATENCY_BUCKETS),
-            batch_write_seconds: Histogram::new(LATENCY_BUCKETS),
-            checkpoint_seconds: Histogram::new(LATENCY_BUCKETS),
-        }
-    }
-}
-
-/// Enough recent samples for percentiles, bounded so memory stays flat.
-const LATENCY_SAMPLES: usize = 100_000;
-
-impl ProcessMetrics {
-    fn record_latencies(&self, commit_times_ms: &[u64]) {
-        if commit_times_ms.is_empty() {
-            return;
-        }
-        let now = unix_ms();
-        let mut samples = self
-            .latencies_ms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for &commit in commit_times_ms {
-            if samples.len() == LATENCY_SAMPLES {
-                samples.pop_front();
-            }
-            let latency_ms = now.saturating_sub(commit);
-            samples.push_back(latency_ms);
-            self.commit_to_write_seconds
-                .observe(latency_ms as f64 / 1e3);
-        }
-    }
-
-    /// Commit-to-Cassandra latencies of recent events, in milliseconds.
-    pub fn latencies_ms(&self) -> Vec<u64> {
-        self.latencies_ms
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .iter()
-            .copied()
-            .collect()
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     pub events: u64,
@@ -199,204 +100,6 @@ pub struct RunSummary {
     pub late_events: u64,
     /// Changelog events dropped as already seen.
     pub duplicates: u64,
-}
-
-/// A pipeline ready to run: its file, its compiled queries and its state.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
-    pub definition: PipelineDefinition,
-    pub queries: Vec<CompiledQuery>,
-}
-
-impl Pipeline {
-    pub async fn load(path: &std::path::Path) -> Result<Pipeline, DefinitionError> {
-        let definition = PipelineDefinition::load(path)?;
-        let queries = compile(&definition).await?;
-        Ok(Pipeline {
-            definition,
-            queries,
-        })
-    }
-
-    /// Sources read by a stateful query (an aggregate or a join) are kept per key.
-    fn keyed_sources(&self) -> Vec<&str> {
-        self.queries
-            .iter()
-            .filter(|query| query.is_stateful())
-            .flat_map(|query| query.sources.iter().map(String::as_str))
-            .collect()
-    }
-
-    /// One micro-batch through the pipeline: its changes applied to the sources' state, then
-    /// every query evaluated over them; returns the writes each sink needs, in query order.
-    /// No I/O: the runner calls it between reading Kafka and writing Cassandra, and
-    /// `walflow sql test` between an input file and an in-memory table.
-    pub fn apply_batch(
-        &self,
-        state: &mut Checkpoint,
-        changes: Vec<BatchChange>,
-        now_ms: Option<u64>,
-    ) -> Result<BatchOutput, String> {
-        let mut outputs: Vec<SourceOutput> = self
-            .definition
-            .sources
-            .iter()
-            .map(|_| SourceOutput::default())
-            .collect();
-        let mut arrivals: Vec<Vec<i64>> = vec![Vec::new(); self.definition.sources.len()];
-        let mut duplicates = 0u64;
-        let watermarks_before: std::collections::HashMap<String, i64> = state
-            .watermarks
-            .iter()
-            .map(|(name, watermark)| (name.clone(), watermark.current()))
-            .collect();
-        for source in &self.definition.sources {
-            if let (Some(spec), Some(watermark)) =
-                (&source.watermark, state.watermarks.get_mut(&source.name))
-            {
-                // Partitions may have gone idle since the last batch.
-                watermark.advance(spec, now_ms);
-            }
-        }
-        for BatchChange {
-            source: source_index,
-            partition,
-            change,
-            position,
-            commit_time_ms,
-        } in changes
-        {
-            let source = &self.definition.sources[source_index];
-            // A keyed source absorbs a change sent twice (it upserts the same row); a
-            // changelog source would count it twice.
-            if source.mode == crate::definition::SourceMode::Changelog {
-                if let Some(position) = position {
-                    if !state.admit_changelog_event(
-                        &source.name,
-                        partition,
-                        position,
-                        commit_time_ms,
-                    ) {
-                        duplicates += 1;
-                        continue;
-                    }
-                }
-            }
-            if let (Some(spec), SourceChange::Append(row)) = (&source.watermark, &change) {
-                if let Some(crate::value::Value::Timestamp(event_us)) = row.get(spec.column) {
-                    let watermark = state.watermarks.entry(source.name.clone()).or_default();
-                    arrivals[source_index]
-                        .push(watermark.observe(spec, partition, *event_us, now_ms));
-                }
-            }
-            state
-                .sources
-                .get_mut(&source.name)
-                .expect("every source has a state")
-                .apply(&source.primary_key, change, &mut outputs[source_index]);
-        }
-
-        // Run the queries over the batch.
-        let mut deltas: Vec<SinkDelta> = Vec::with_capacity(self.queries.len());
-        let mut late = Vec::new();
-        let input = BatchInput {
-            changes: self
-                .definition
-                .sources
-                .iter()
-                .zip(&outputs)
-                .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
-                .collect(),
-            arrivals: self
-                .definition
-                .sources
-                .iter()
-                .zip(&arrivals)
-                .filter(|(source, _)| source.watermark.is_some())
-                .map(|(source, arrivals)| (source.name.as_str(), arrivals.as_slice()))
-                .collect(),
-            watermarks: state
-                .watermarks
-                .iter()
-                .filter(|(_, watermark)| watermark.is_set())
-                .map(|(name, watermark)| (name.as_str(), watermark.current()))
-                .collect(),
-        };
-        let inputs = &input.changes;
-        // A watermark that moved (a partition went idle) closes windows even without rows.
-        let watermark_moved = |source: &str| {
-            input.watermarks.get(source).is_some_and(|now| {
-                watermarks_before
-                    .get(source)
-                    .is_none_or(|before| before != now)
-            })
-        };
-        for (query, query_state) in self.queries.iter().zip(&mut state.queries) {
-            let mut delta = SinkDelta::default();
-            // Only a stateless query reads a source in images mode, and then it reads that
-            // source alone.
-            let truncated_first = !query.is_stateful()
-                && self
-                    .definition
-                    .sources
-                    .iter()
-                    .zip(&outputs)
-                    .any(|(source, output)| output.truncated_first && query.reads(&source.name));
-            if truncated_first {
-                delta.truncate();
-            }
-            let changed = query.sources.iter().any(|source| {
-                inputs
-                    .get(source.as_str())
-                    .is_some_and(|rows| !rows.is_empty())
-            });
-            let windows_due = query
-                .sources
-                .iter()
-                .any(|source| watermark_moved(source.as_str()));
-            if changed || windows_due || query_state.awaits_first_row(query) {
-                let mut query_late = Vec::new();
-                let changes = evaluate(&query.root, &input, query_state, &mut query_late)
-                    .and_then(|changes| changes.to_rows())
-                    .map_err(|error| format!("query into {}: {error}", query.sink.name))?;
-                delta.add(query, changes);
-                late.extend(
-                    query_late
-                        .into_iter()
-                        .map(|event| (query.sink.name.clone(), event)),
-                );
-            }
-            if delta.null_keys > 0 {
-                tracing::warn!(pipeline = %self.definition.name, sink = %query.sink.name, rows = delta.null_keys, "rows with a NULL key column skipped (Cassandra cannot store them)");
-            }
-            deltas.push(delta);
-        }
-        Ok(BatchOutput {
-            deltas,
-            late,
-            duplicates,
-        })
-    }
-
-    pub fn fresh_checkpoint(&self) -> Checkpoint {
-        let keyed = self.keyed_sources();
-        Checkpoint {
-            fingerprint: checkpoint::fingerprint(&self.definition.text),
-            sources: self
-                .definition
-                .sources
-                .iter()
-                .map(|source| {
-                    (
-                        source.name.clone(),
-                        SourceState::new(keyed.contains(&source.name.as_str())),
-                    )
-                })
-                .collect(),
-            queries: self.queries.iter().map(QueryState::new).collect(),
-            ..Checkpoint::default()
-        }
-    }
 }
 
 /// The consumer every pipeline reads with (and the benchmark's consume+decode ceiling, so
@@ -421,13 +124,6 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("fetch.queue.backoff.ms", "10");
     config
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// Waiting for Cassandra, a topic, the schema registry, or a write to succeed, for as long
@@ -1013,31 +709,6 @@ struct BatchWrite {
     commit_times_ms: Vec<u64>,
     newest_commit_ms: u64,
     events: usize,
-}
-
-/// One decoded change of a batch, with where it came from.
-#[derive(Debug, Clone)]
-pub struct BatchChange {
-    /// Index of the source in the pipeline file.
-    pub source: usize,
-    /// Its Kafka partition (watermarks and changelog positions are kept per partition).
-    pub partition: i32,
-    pub change: SourceChange,
-    /// Where cdc's event sits in what it sent, when the event says (changelog sources drop
-    /// what they have seen).
-    pub position: Option<crate::decode::ChangePosition>,
-    /// The commit time the event carries (Unix ms).
-    pub commit_time_ms: Option<i64>,
-}
-
-/// What a batch does: the writes each sink needs, in query order, and the events that came
-/// too late for their window, with the sink of the query they were late for.
-#[derive(Debug, Default)]
-pub struct BatchOutput {
-    pub deltas: Vec<SinkDelta>,
-    pub late: Vec<(String, LateEvent)>,
-    /// Changelog events dropped as already seen (cdc sent them again after a restart).
-    pub duplicates: u64,
 }
 
 /// What a write task needs; it owns its share so it can run beside the next batch.
