@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::operators::normalize::SourceState;
 use crate::operators::QueryState;
 
+mod write;
+pub use write::CheckpointWriter;
+
 /// 2: per-query state holds aggregates and joins. 3: `newest_commit_ms`. 7: the changelog
 /// positions, and the head (what `walflow lag` reads) before the state (a format 6
 /// checkpoint is read as one without positions).

@@ -7,6 +7,7 @@ pub mod consumer;
 pub mod decode;
 pub mod definition;
 pub mod golden;
+pub mod io;
 pub mod live_edit;
 pub mod metrics;
 pub mod operators;
