@@ -557,3 +557,6 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -17,6 +17,8 @@ use crate::runner::ProcessError;
 use crate::sink::{SinkDelta, SinkError};
 
 pub mod dead_letters;
+#[cfg(test)]
+pub(crate) mod memory;
 pub mod reader;
 pub mod writer;
 
