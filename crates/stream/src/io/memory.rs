@@ -193,20 +193,10 @@ impl MemorySink {
 
     /// A table's rows as text (`value | value`), sorted.
     pub fn rows(&self, table: &str) -> Vec<String> {
-        let tables = locked(&self.tables);
-        let mut rows: Vec<String> = tables
+        locked(&self.tables)
             .get(table)
-            .into_iter()
-            .flat_map(HashMap::values)
-            .map(|row| {
-                row.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            })
-            .collect();
-        rows.sort();
-        rows
+            .map(crate::golden::sorted_rows)
+            .unwrap_or_default()
     }
 
     /// What was sent to `topic`.
