@@ -97,10 +97,14 @@ fn append(topics: &MemoryTopics, events: &[String]) {
     }
 }
 
+/// What one run did, and what its source recorded.
 struct Run {
     summary: RunSummary,
-    source: MemorySource,
     metrics: Arc<ProcessMetrics>,
+    /// Where the reader was started.
+    assigned: BTreeMap<PartitionKey, Option<i64>>,
+    /// The offsets last reported to the source.
+    committed: BTreeMap<PartitionKey, i64>,
 }
 
 /// One run of the pipeline over the topics into the sink, `batch_size` records per batch.
@@ -112,8 +116,7 @@ async fn run_once(
     batch_size: usize,
 ) -> Run {
     let source = MemorySource::new(topics, &pipeline.definition.sources, batch_size);
-    let assigned = source.assigned.clone();
-    let committed = source.committed.clone();
+    let (assigned, committed) = (source.assigned.clone(), source.committed.clone());
     let metrics = Arc::new(ProcessMetrics::default());
     let (_stop, stopped) = watch::channel(false);
     let summary = run_with(
@@ -126,14 +129,13 @@ async fn run_once(
     )
     .await
     .expect("the run succeeds");
-    // The source moved into the run: a second one shares what it recorded.
-    let mut source = MemorySource::new(topics, &pipeline.definition.sources, batch_size);
-    source.assigned = assigned;
-    source.committed = committed;
+    let assigned = assigned.lock().expect("not poisoned").clone();
+    let committed = committed.lock().expect("not poisoned").clone();
     Run {
         summary,
-        source,
         metrics,
+        assigned,
+        committed,
     }
 }
 
@@ -197,7 +199,7 @@ async fn a_failed_write_is_retried_and_counted_once() {
     assert_eq!(run.summary.events, 5);
     assert_eq!(run.metrics.events.load(Ordering::Relaxed), 5);
     assert_eq!(checkpointed_offsets(&options, &pipeline), offsets(5));
-    assert_eq!(*run.source.committed.lock().unwrap(), offsets(5));
+    assert_eq!(run.committed, offsets(5));
     let _ = std::fs::remove_dir_all(&directory);
 }
 
@@ -228,9 +230,14 @@ async fn a_checkpoint_never_passes_a_batch_whose_write_failed() {
             run_with(&pipeline, &options, metrics, stopped, source, sink).await
         }
     });
-    while sink.refused() == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let refused = async {
+        while sink.refused() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("the run tries to write the batch within 30 s");
     stop.send(true).expect("the run listens");
     let summary = failing
         .await
@@ -263,7 +270,7 @@ async fn a_restart_resumes_from_the_checkpoint() {
     let first = run_once(&pipeline, &options, &topics, &sink, 1).await;
     assert_eq!(first.summary.events, 2);
     assert_eq!(
-        *first.source.assigned.lock().unwrap(),
+        first.assigned,
         BTreeMap::from([((TOPIC.to_owned(), 0), None)]),
         "a first run reads from the beginning"
     );
@@ -272,7 +279,7 @@ async fn a_restart_resumes_from_the_checkpoint() {
     append(&topics, &events[2..]);
     let second = run_once(&pipeline, &options, &topics, &sink, 1).await;
     assert_eq!(
-        *second.source.assigned.lock().unwrap(),
+        second.assigned,
         BTreeMap::from([((TOPIC.to_owned(), 0), Some(2))]),
         "the second run starts where the first one's checkpoint left"
     );
