@@ -1,6 +1,7 @@
 //! A pipeline's Kafka consumer: its configuration, and the context that reports what
 //! librdkafka says after the fact (offset commits that failed).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -8,8 +9,7 @@ use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::checkpoint::Checkpoint;
-use crate::runner::ProcessMetrics;
+use crate::metrics::ProcessMetrics;
 
 /// A pipeline's consumer.
 pub type PipelineConsumer = StreamConsumer<PipelineConsumerContext>;
@@ -69,9 +69,13 @@ impl ConsumerContext for PipelineConsumerContext {
 
 /// The consumer group's committed offsets follow the checkpoint, so Kafka's own tools (and
 /// `walflow lag`) see how far processing is. The checkpoint stays the source of truth.
-pub fn commit_offsets(consumer: &PipelineConsumer, state: &Checkpoint, mode: CommitMode) {
+pub fn commit_offsets(
+    consumer: &PipelineConsumer,
+    offsets: &BTreeMap<(String, i32), i64>,
+    mode: CommitMode,
+) {
     let mut list = TopicPartitionList::new();
-    for ((topic, partition), &next) in &state.offsets {
+    for ((topic, partition), &next) in offsets {
         if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(next)) {
             consumer.context().commit_failed(&error, &list);
             return;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode;
-use crate::runner::{BatchChange, Pipeline};
+use crate::pipeline::{BatchChange, Pipeline};
 use crate::value::{Row, Value};
 
 /// One golden case: a pipeline file, its input and its expected output.
@@ -191,17 +191,7 @@ pub fn render(pipeline: &Pipeline, output: &GoldenOutput) -> String {
             columns.join(", "),
             table.len()
         );
-        let mut rows: Vec<String> = table
-            .values()
-            .map(|row| {
-                row.iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" | ")
-            })
-            .collect();
-        rows.sort();
-        for row in rows {
+        for row in sorted_rows(table) {
             let _ = writeln!(text, "{row}");
         }
     }
@@ -218,6 +208,21 @@ pub fn render(pipeline: &Pipeline, output: &GoldenOutput) -> String {
         }
     }
     text
+}
+
+/// A sink table's rows as text, one `value | value` line each, sorted.
+pub fn sorted_rows(table: &HashMap<Row, Row>) -> Vec<String> {
+    let mut rows: Vec<String> = table
+        .values()
+        .map(|row| {
+            row.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// Runs a case both ways (one event per batch, one batch for all) and returns the rendered

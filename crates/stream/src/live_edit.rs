@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::checkpoint;
 use crate::definition::{SinkTable, SourceTable};
+use crate::pipeline::Pipeline;
 use crate::plan::{CompiledQuery, Node, Step};
-use crate::runner::Pipeline;
 
 /// Notices when a file's text changes.
 pub struct FileWatch {

@@ -1,0 +1,235 @@
+//! The pure core of a pipeline: its compiled file, and one micro-batch of changes applied to
+//! its state, giving the writes each sink needs. No I/O: the runner calls it between reading
+//! Kafka and writing Cassandra, golden tests and `walflow sql test` between an input file and
+//! tables in memory, and live edit compares two of them.
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::definition::{DefinitionError, PipelineDefinition};
+use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
+use crate::operators::window::LateEvent;
+use crate::operators::{evaluate, BatchInput, QueryState};
+use crate::plan::{compile, CompiledQuery};
+use crate::sink::SinkDelta;
+
+/// A pipeline ready to run: its file, its compiled queries and its state.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub definition: PipelineDefinition,
+    pub queries: Vec<CompiledQuery>,
+}
+
+impl Pipeline {
+    pub async fn load(path: &std::path::Path) -> Result<Pipeline, DefinitionError> {
+        let definition = PipelineDefinition::load(path)?;
+        let queries = compile(&definition).await?;
+        Ok(Pipeline {
+            definition,
+            queries,
+        })
+    }
+
+    /// Sources read by a stateful query (an aggregate or a join) are kept per key.
+    fn keyed_sources(&self) -> Vec<&str> {
+        self.queries
+            .iter()
+            .filter(|query| query.is_stateful())
+            .flat_map(|query| query.sources.iter().map(String::as_str))
+            .collect()
+    }
+
+    /// One micro-batch through the pipeline: its changes applied to the sources' state, then
+    /// every query evaluated over them; returns the writes each sink needs, in query order.
+    /// No I/O: the runner calls it between reading Kafka and writing Cassandra, and
+    /// `walflow sql test` between an input file and an in-memory table.
+    pub fn apply_batch(
+        &self,
+        state: &mut Checkpoint,
+        changes: Vec<BatchChange>,
+        now_ms: Option<u64>,
+    ) -> Result<BatchOutput, String> {
+        let mut outputs: Vec<SourceOutput> = self
+            .definition
+            .sources
+            .iter()
+            .map(|_| SourceOutput::default())
+            .collect();
+        let mut arrivals: Vec<Vec<i64>> = vec![Vec::new(); self.definition.sources.len()];
+        let mut duplicates = 0u64;
+        let watermarks_before: std::collections::HashMap<String, i64> = state
+            .watermarks
+            .iter()
+            .map(|(name, watermark)| (name.clone(), watermark.current()))
+            .collect();
+        for source in &self.definition.sources {
+            if let (Some(spec), Some(watermark)) =
+                (&source.watermark, state.watermarks.get_mut(&source.name))
+            {
+                // Partitions may have gone idle since the last batch.
+                watermark.advance(spec, now_ms);
+            }
+        }
+        for BatchChange {
+            source: source_index,
+            partition,
+            change,
+            position,
+            commit_time_ms,
+        } in changes
+        {
+            let source = &self.definition.sources[source_index];
+            // A keyed source absorbs a change sent twice (it upserts the same row); a
+            // changelog source would count it twice.
+            if source.mode == crate::definition::SourceMode::Changelog {
+                if let Some(position) = position {
+                    if !state.admit_changelog_event(
+                        &source.name,
+                        partition,
+                        position,
+                        commit_time_ms,
+                    ) {
+                        duplicates += 1;
+                        continue;
+                    }
+                }
+            }
+            if let (Some(spec), SourceChange::Append(row)) = (&source.watermark, &change) {
+                if let Some(crate::value::Value::Timestamp(event_us)) = row.get(spec.column) {
+                    let watermark = state.watermarks.entry(source.name.clone()).or_default();
+                    arrivals[source_index]
+                        .push(watermark.observe(spec, partition, *event_us, now_ms));
+                }
+            }
+            state
+                .sources
+                .get_mut(&source.name)
+                .expect("every source has a state")
+                .apply(&source.primary_key, change, &mut outputs[source_index]);
+        }
+
+        // Run the queries over the batch.
+        let mut deltas: Vec<SinkDelta> = Vec::with_capacity(self.queries.len());
+        let mut late = Vec::new();
+        let input = BatchInput {
+            changes: self
+                .definition
+                .sources
+                .iter()
+                .zip(&outputs)
+                .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
+                .collect(),
+            arrivals: self
+                .definition
+                .sources
+                .iter()
+                .zip(&arrivals)
+                .filter(|(source, _)| source.watermark.is_some())
+                .map(|(source, arrivals)| (source.name.as_str(), arrivals.as_slice()))
+                .collect(),
+            watermarks: state
+                .watermarks
+                .iter()
+                .filter(|(_, watermark)| watermark.is_set())
+                .map(|(name, watermark)| (name.as_str(), watermark.current()))
+                .collect(),
+        };
+        let inputs = &input.changes;
+        // A watermark that moved (a partition went idle) closes windows even without rows.
+        let watermark_moved = |source: &str| {
+            input.watermarks.get(source).is_some_and(|now| {
+                watermarks_before
+                    .get(source)
+                    .is_none_or(|before| before != now)
+            })
+        };
+        for (query, query_state) in self.queries.iter().zip(&mut state.queries) {
+            let mut delta = SinkDelta::default();
+            // Only a stateless query reads a source in images mode, and then it reads that
+            // source alone.
+            let truncated_first = !query.is_stateful()
+                && self
+                    .definition
+                    .sources
+                    .iter()
+                    .zip(&outputs)
+                    .any(|(source, output)| output.truncated_first && query.reads(&source.name));
+            if truncated_first {
+                delta.truncate();
+            }
+            let changed = query.sources.iter().any(|source| {
+                inputs
+                    .get(source.as_str())
+                    .is_some_and(|rows| !rows.is_empty())
+            });
+            let windows_due = query
+                .sources
+                .iter()
+                .any(|source| watermark_moved(source.as_str()));
+            if changed || windows_due || query_state.awaits_first_row(query) {
+                let mut query_late = Vec::new();
+                let changes = evaluate(&query.root, &input, query_state, &mut query_late)
+                    .and_then(|changes| changes.to_rows())
+                    .map_err(|error| format!("query into {}: {error}", query.sink.name))?;
+                delta.add(query, changes);
+                late.extend(
+                    query_late
+                        .into_iter()
+                        .map(|event| (query.sink.name.clone(), event)),
+                );
+            }
+            if delta.null_keys > 0 {
+                tracing::warn!(pipeline = %self.definition.name, sink = %query.sink.name, rows = delta.null_keys, "rows with a NULL key column skipped (Cassandra cannot store them)");
+            }
+            deltas.push(delta);
+        }
+        Ok(BatchOutput {
+            deltas,
+            late,
+            duplicates,
+        })
+    }
+
+    pub fn fresh_checkpoint(&self) -> Checkpoint {
+        let keyed = self.keyed_sources();
+        Checkpoint {
+            fingerprint: checkpoint::fingerprint(&self.definition.text),
+            sources: self
+                .definition
+                .sources
+                .iter()
+                .map(|source| {
+                    (
+                        source.name.clone(),
+                        SourceState::new(keyed.contains(&source.name.as_str())),
+                    )
+                })
+                .collect(),
+            queries: self.queries.iter().map(QueryState::new).collect(),
+            ..Checkpoint::default()
+        }
+    }
+}
+
+/// One decoded change of a batch, with where it came from.
+#[derive(Debug, Clone)]
+pub struct BatchChange {
+    /// Index of the source in the pipeline file.
+    pub source: usize,
+    /// Its Kafka partition (watermarks and changelog positions are kept per partition).
+    pub partition: i32,
+    pub change: SourceChange,
+    /// Where cdc's event sits in what it sent, when the event says (changelog sources drop
+    /// what they have seen).
+    pub position: Option<crate::decode::ChangePosition>,
+    /// The commit time the event carries (Unix ms).
+    pub commit_time_ms: Option<i64>,
+}
+
+/// What a batch does: the writes each sink needs, in query order, and the events that came
+/// too late for their window, with the sink of the query they were late for.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub deltas: Vec<SinkDelta>,
+    pub late: Vec<(String, LateEvent)>,
+    /// Changelog events dropped as already seen (cdc sent them again after a restart).
+    pub duplicates: u64,
+}
