@@ -250,9 +250,7 @@ pub async fn bench_process(
             let started = Instant::now();
             let summary = runner::run(&pipeline, &options, metrics.clone(), stop).await?;
             let seconds = started.elapsed().as_secs_f64();
-            let checkpoint_bytes = metrics
-                .last_checkpoint_bytes
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let checkpoint_bytes = metrics.last_checkpoint_bytes.get().max(0) as u64;
             let (state_groups, state_rows) = walflow_stream::checkpoint::load(
                 &walflow_stream::checkpoint::path_for(&checkpoints, name),
             )?

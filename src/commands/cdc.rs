@@ -204,14 +204,11 @@ async fn stream_to(
     let stop = super::stop_on_signal("stopping: draining what was sent");
     let metrics = sink.metrics().clone();
     if let Some(listen) = args.metrics_listen {
-        let metrics = metrics.clone();
-        let slot = args.slot.clone();
-        super::metrics_endpoint::serve(
-            listen,
-            Arc::new(move |registry| render_metrics(registry, &slot, &metrics)),
-        )
-        .await
-        .map_err(Failure::Runtime)?;
+        let mut registry = super::metrics_endpoint::registry();
+        metrics.register(&mut registry, &args.slot);
+        super::metrics_endpoint::serve(listen, registry)
+            .await
+            .map_err(Failure::Runtime)?;
     }
     let reporter = tokio::spawn(report_progress(metrics));
     let result = pipeline::run(options, sink, stop).await;
@@ -302,105 +299,6 @@ async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure>
         said(publication)
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// cdc's counters in Prometheus's terms, labelled with the slot.
-fn render_metrics(
-    registry: &mut prometheus_client::registry::Registry,
-    slot: &str,
-    metrics: &walflow_cdc::metrics::CdcMetrics,
-) {
-    use prometheus_client::metrics::counter::ConstCounter;
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::ConstGauge;
-    use prometheus_client::registry::Unit;
-    let now = metrics.snapshot();
-    let registry = registry
-        .sub_registry_with_prefix("cdc")
-        .sub_registry_with_label(("slot".into(), slot.to_owned().into()));
-    registry.register(
-        "events",
-        "Change events handed to Kafka, tombstones included",
-        ConstCounter::new(now.events),
-    );
-    registry.register_with_unit(
-        "event",
-        "Key and value bytes of those events",
-        Unit::Bytes,
-        ConstCounter::new(now.bytes),
-    );
-    let topic_events =
-        Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default();
-    let topic_bytes =
-        Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default();
-    for (topic, count) in metrics.per_topic() {
-        let labels = vec![("topic".to_owned(), topic)];
-        topic_events.get_or_create(&labels).inc_by(count.events);
-        topic_bytes.get_or_create(&labels).inc_by(count.bytes);
-    }
-    registry.register(
-        "topic_events",
-        "Change events per topic (one topic per table)",
-        topic_events,
-    );
-    registry.register_with_unit(
-        "topic_event",
-        "Key and value bytes of the events, per topic",
-        Unit::Bytes,
-        topic_bytes,
-    );
-    let errors =
-        Family::<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>::default();
-    for (kind, count) in [
-        ("kafka_undelivered", now.delivery_failures),
-        ("postgres_session_lost", now.postgres_sessions_lost),
-        ("event_too_large", now.dead_letters),
-    ] {
-        errors
-            .get_or_create(&vec![("kind".to_owned(), kind.to_owned())])
-            .inc_by(count);
-    }
-    registry.register(
-        "errors",
-        "Errors cdc recovered from, by kind: kafka_undelivered (Kafka refused events past the \
-         message timeout; resent from the slot), postgres_session_lost (the replication \
-         session ended; resumed from the slot), event_too_large (an event over \
-         --kafka-max-message-bytes, replaced by a record on the dead-letter topic)",
-        errors,
-    );
-    registry.register(
-        "acknowledged_transactions",
-        "Transactions whose every event Kafka acknowledged",
-        ConstCounter::new(now.acked_transactions),
-    );
-    registry.register(
-        "acknowledged_lsn",
-        "End LSN of the newest transaction acknowledged with all before it (what the slot may confirm)",
-        ConstGauge::new(now.acked_lsn as i64),
-    );
-    registry.register_with_unit(
-        "acknowledged_commit_timestamp",
-        "Postgres commit time of that transaction, Unix time",
-        Unit::Seconds,
-        ConstGauge::new(now.acked_commit_time_us as f64 / 1e6),
-    );
-    registry.register_with_unit(
-        "slot_lag",
-        "WAL the server reported written that the slot has not confirmed, as cdc last heard",
-        Unit::Bytes,
-        ConstGauge::new(now.slot_lag_bytes() as i64),
-    );
-    registry.register_with_unit(
-        "commit_to_ack",
-        "Postgres commit -> every event of the transaction acknowledged by Kafka",
-        Unit::Seconds,
-        metrics.commit_to_ack_seconds(),
-    );
-    registry.register(
-        "reconnects",
-        "Times the connection to Postgres was lost and made again",
-        ConstCounter::new(now.reconnects),
-    );
 }
 
 /// `--dead-letter-topic`, or `<topic-prefix>.dead_letters`.

@@ -1,6 +1,7 @@
 //! The Prometheus endpoint of the long-running commands (`--metrics-listen ADDR`): GET
-//! /metrics answers with the current counters in the OpenMetrics text format. The counters
-//! live in the hops' own atomics; each scrape copies them into a fresh registry.
+//! /metrics answers with the current counters in the OpenMetrics text format. Each hop
+//! registers its metrics once, where it counts them (`CdcMetrics::register`,
+//! `ProcessMetrics::register`); a scrape encodes that one registry.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +11,15 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
-/// Fills a registry with the current values.
-pub type Render = Arc<dyn Fn(&mut Registry) + Send + Sync>;
+/// The registry a command registers its metrics in: every name starts with `walflow_`.
+pub fn registry() -> Registry {
+    Registry::with_prefix("walflow")
+}
 
 /// Binds `listen` and serves /metrics on a task of its own; returns the bound address (port
 /// 0 picks a free one) after logging it.
-pub async fn serve(listen: SocketAddr, render: Render) -> anyhow::Result<SocketAddr> {
+pub async fn serve(listen: SocketAddr, registry: Registry) -> anyhow::Result<SocketAddr> {
+    let registry = Arc::new(registry);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} for metrics (--metrics-listen)"))?;
@@ -23,10 +27,8 @@ pub async fn serve(listen: SocketAddr, render: Render) -> anyhow::Result<SocketA
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let render = render.clone();
+            let registry = registry.clone();
             async move {
-                let mut registry = Registry::with_prefix("walflow");
-                render(&mut registry);
                 let mut body = String::new();
                 match prometheus_client::encoding::text::encode(&mut body, &registry) {
                     Ok(()) => (

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,7 +149,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
     }
 
     let mut tasks = tokio::task::JoinSet::new();
-    let mut all_metrics: Vec<(String, Arc<ProcessMetrics>)> = Vec::new();
+    let mut registry = super::metrics_endpoint::registry();
     for pipeline in pipelines {
         let mut options =
             ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
@@ -175,7 +174,12 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         options.rebuild_if_changed = args.rebuild_if_changed;
         options.stop_when_caught_up = args.until_caught_up;
         let metrics = Arc::new(ProcessMetrics::default());
-        all_metrics.push((pipeline.definition.name.clone(), metrics.clone()));
+        let windowed = pipeline
+            .definition
+            .sources
+            .iter()
+            .any(|source| source.watermark.is_some());
+        metrics.register(&mut registry, &pipeline.definition.name, windowed);
         let reporter = tokio::spawn(report_progress(
             pipeline.definition.name.clone(),
             metrics.clone(),
@@ -193,12 +197,9 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
         });
     }
     if let Some(listen) = args.metrics_listen {
-        super::metrics_endpoint::serve(
-            listen,
-            Arc::new(move |registry| render_metrics(registry, &all_metrics)),
-        )
-        .await
-        .map_err(Failure::Runtime)?;
+        super::metrics_endpoint::serve(listen, registry)
+            .await
+            .map_err(Failure::Runtime)?;
     }
     let mut failure = None;
     while let Some(joined) = tasks.join_next().await {
@@ -267,16 +268,16 @@ async fn report_progress(pipeline: String, metrics: Arc<ProcessMetrics>) {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|elapsed| elapsed.as_millis() as u64)
             .unwrap_or_default();
-        let events = metrics.events.load(Ordering::Relaxed);
+        let events = metrics.events.get();
         let events_per_s = (events - previous_events) / period;
         previous_events = events;
-        let written_commit = metrics.written_commit_time_ms.load(Ordering::Relaxed);
+        let written_commit = walflow_stream::metrics::unix_ms_of(&metrics.written_commit_time);
         let lag_ms = (written_commit > 0).then(|| now_ms.saturating_sub(written_commit));
-        let checkpoint = metrics.last_checkpoint_unix_ms.load(Ordering::Relaxed);
+        let checkpoint = walflow_stream::metrics::unix_ms_of(&metrics.last_checkpoint);
         let checkpoint_age_ms = (checkpoint > 0).then(|| now_ms.saturating_sub(checkpoint));
-        let rows_written = metrics.rows_written.load(Ordering::Relaxed);
-        let dead_letters = metrics.dead_letters.load(Ordering::Relaxed);
-        let consumer_lag = metrics.consumer_lag.load(Ordering::Relaxed);
+        let rows_written = metrics.rows_written.get();
+        let dead_letters = metrics.dead_letters.get();
+        let consumer_lag = metrics.consumer_lag.get();
         match &status {
             Some(bar) => {
                 let millis =
@@ -299,126 +300,6 @@ async fn report_progress(pipeline: String, metrics: Arc<ProcessMetrics>) {
                 checkpoint_age_ms,
                 "progress"
             ),
-        }
-    }
-}
-
-/// Every pipeline's counters in Prometheus's terms, labelled with the pipeline.
-fn render_metrics(
-    registry: &mut prometheus_client::registry::Registry,
-    pipelines: &[(String, Arc<ProcessMetrics>)],
-) {
-    use prometheus_client::metrics::counter::ConstCounter;
-    use prometheus_client::metrics::gauge::ConstGauge;
-    use prometheus_client::registry::Unit;
-    let registry = registry.sub_registry_with_prefix("process");
-    for (pipeline, metrics) in pipelines {
-        let registry =
-            registry.sub_registry_with_label(("pipeline".into(), pipeline.clone().into()));
-        let load = |value: &std::sync::atomic::AtomicU64| value.load(Ordering::Relaxed);
-        registry.register(
-            "events",
-            "Change events read and applied, with their results in Cassandra",
-            ConstCounter::new(load(&metrics.events)),
-        );
-        registry.register(
-            "dead_letters",
-            "Events that could not be decoded, sent to the dead-letter topic",
-            ConstCounter::new(load(&metrics.dead_letters)),
-        );
-        registry.register(
-            "batches",
-            "Micro-batches written",
-            ConstCounter::new(load(&metrics.batches)),
-        );
-        registry.register(
-            "rows_written",
-            "Cassandra writes (upserts and deletes)",
-            ConstCounter::new(load(&metrics.rows_written)),
-        );
-        let errors = prometheus_client::metrics::family::Family::<
-            Vec<(String, String)>,
-            prometheus_client::metrics::counter::Counter,
-        >::default();
-        errors
-            .get_or_create(&vec![("kind".to_owned(), "cassandra_write".to_owned())])
-            .inc_by(load(&metrics.cassandra_errors));
-        errors
-            .get_or_create(&vec![("kind".to_owned(), "offset_commit".to_owned())])
-            .inc_by(load(&metrics.offset_commit_errors));
-        registry.register(
-            "errors",
-            "Errors the pipeline recovered from, by kind: cassandra_write (a batch write failed \
-             and was retried; the position holds until it succeeds), offset_commit (committing \
-             the checkpoint's offsets to the consumer group failed; the group's lag stays \
-             behind until a commit succeeds). Undecodable events are counted as dead letters",
-            errors,
-        );
-        registry.register(
-            "checkpoints",
-            "Checkpoints written",
-            ConstCounter::new(load(&metrics.checkpoints)),
-        );
-        registry.register_with_unit(
-            "last_checkpoint_timestamp",
-            "When the last checkpoint was written, Unix time",
-            Unit::Seconds,
-            ConstGauge::new(load(&metrics.last_checkpoint_unix_ms) as f64 / 1e3),
-        );
-        registry.register_with_unit(
-            "last_checkpoint_size",
-            "Size of the last checkpoint",
-            Unit::Bytes,
-            ConstGauge::new(load(&metrics.last_checkpoint_bytes) as i64),
-        );
-        registry.register_with_unit(
-            "written_commit_timestamp",
-            "Postgres commit time of the newest change whose results are in Cassandra, Unix time",
-            Unit::Seconds,
-            ConstGauge::new(load(&metrics.written_commit_time_ms) as f64 / 1e3),
-        );
-        registry.register(
-            "consumer_lag_events",
-            "Events in Kafka after the last checkpoint's offsets",
-            ConstGauge::new(load(&metrics.consumer_lag) as i64),
-        );
-        registry.register(
-            "late_events",
-            "Events too late for their window, sent to the late-events topic",
-            ConstCounter::new(load(&metrics.late_events)),
-        );
-        let watermark_ms = load(&metrics.watermark_ms);
-        if watermark_ms > 0 {
-            registry.register_with_unit(
-                "watermark_timestamp",
-                "The lowest watermark of the pipeline's windowed sources (event time up to which windows are complete), Unix time",
-                Unit::Seconds,
-                ConstGauge::new(watermark_ms as f64 / 1e3),
-            );
-        }
-        for (name, help, histogram) in [
-            (
-                "commit_to_write",
-                "Postgres commit -> the event's results written to Cassandra",
-                &metrics.commit_to_write_seconds,
-            ),
-            (
-                "batch_evaluate",
-                "Applying a micro-batch to the state and evaluating the queries over it",
-                &metrics.batch_evaluate_seconds,
-            ),
-            (
-                "batch_write",
-                "Writing a micro-batch's results to Cassandra, retries included",
-                &metrics.batch_write_seconds,
-            ),
-            (
-                "checkpoint",
-                "Writing a checkpoint (state and offsets) to disk",
-                &metrics.checkpoint_seconds,
-            ),
-        ] {
-            registry.register_with_unit(name, help, Unit::Seconds, histogram.clone());
         }
     }
 }

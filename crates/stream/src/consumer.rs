@@ -2,14 +2,13 @@
 //! librdkafka says after the fact (offset commits that failed).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::metrics::ProcessMetrics;
+use crate::metrics::{ProcessMetrics, RecoveredError};
 
 /// A pipeline's consumer.
 pub type PipelineConsumer = StreamConsumer<PipelineConsumerContext>;
@@ -32,9 +31,7 @@ impl PipelineConsumerContext {
     }
 
     fn commit_failed(&self, error: &KafkaError, offsets: &TopicPartitionList) {
-        self.metrics
-            .offset_commit_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.error(RecoveredError::OffsetCommit).inc();
         let offsets: Vec<String> = offsets
             .elements()
             .iter()
@@ -194,14 +191,14 @@ mod tests {
             .add_partition_offset("walflow.public.users", 0, Offset::Offset(42))
             .unwrap();
         context.commit_callback(Ok(()), &offsets);
-        assert_eq!(metrics.offset_commit_errors.load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.error(RecoveredError::OffsetCommit).get(), 0);
         context.commit_callback(
             Err(KafkaError::ConsumerCommit(
                 RDKafkaErrorCode::CoordinatorNotAvailable,
             )),
             &offsets,
         );
-        assert_eq!(metrics.offset_commit_errors.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.error(RecoveredError::OffsetCommit).get(), 1);
     }
 
     #[test]

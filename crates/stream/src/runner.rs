@@ -6,7 +6,6 @@
 //! [`pipeline`](crate::pipeline), the far sides are behind the traits of [`io`](crate::io).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -420,9 +419,10 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
                 .map(|watermark| watermark.current())
                 .min()
             {
-                self.metrics
-                    .watermark_ms
-                    .store((watermark / 1000).max(0) as u64, Ordering::Relaxed);
+                crate::metrics::set_unix_ms(
+                    &self.metrics.watermark,
+                    (watermark / 1000).max(0) as u64,
+                );
             }
             self.metrics
                 .batch_evaluate_seconds
@@ -463,7 +463,7 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
                     self.checkpoint(last)?;
                     self.metrics
                         .consumer_lag
-                        .store(self.source.lag(&self.state.offsets), Ordering::Relaxed);
+                        .set(self.source.lag(&self.state.offsets) as i64);
                 }
                 self.checkpoints.start_interval();
             }

@@ -3,7 +3,6 @@
 //! runner settles the batch in flight before writing, so offsets and state always match.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,13 +60,9 @@ impl CheckpointWriter {
         state.written_at_ms = unix_ms() as i64;
         let bytes = save(&self.path, state)?;
         let metrics = &self.metrics;
-        metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .last_checkpoint_unix_ms
-            .store(unix_ms(), Ordering::Relaxed);
-        metrics
-            .last_checkpoint_bytes
-            .store(bytes as u64, Ordering::Relaxed);
+        metrics.checkpoints.inc();
+        crate::metrics::set_unix_ms(&metrics.last_checkpoint, unix_ms());
+        metrics.last_checkpoint_bytes.set(bytes as i64);
         metrics
             .checkpoint_seconds
             .observe(started.elapsed().as_secs_f64());

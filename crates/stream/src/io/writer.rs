@@ -4,7 +4,6 @@
 //! do its offsets count towards a checkpoint.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +15,7 @@ use super::dead_letters::{send_dead_letters, DeadLetter};
 use super::{sleep_or_stop, BatchSink, PartitionKey, RETRY};
 use crate::checkpoint::Checkpoint;
 use crate::definition::SinkTable;
-use crate::metrics::ProcessMetrics;
+use crate::metrics::{ProcessMetrics, RecoveredError};
 use crate::runner::{ProcessError, ProcessOptions, RunSummary};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
 
@@ -67,6 +66,8 @@ impl<K: BatchSink> BatchWriter<K> {
         let writing = Instant::now();
         loop {
             let mut result: Result<u64, String> = Ok(0);
+            // What failed, when something did: each is counted under its own kind.
+            let mut failed = RecoveredError::CassandraWrite;
             for (sink_table, delta) in self.sinks.iter().zip(&batch.deltas) {
                 if delta.is_empty() {
                     continue;
@@ -89,6 +90,7 @@ impl<K: BatchSink> BatchWriter<K> {
                     .send_letters(&self.dead_letter_topic, &batch.dead_letters)
                     .await
                 {
+                    failed = RecoveredError::DeadLetterSend;
                     result = Err(format!(
                         "dead-letter topic {}: {error}",
                         self.dead_letter_topic
@@ -97,6 +99,7 @@ impl<K: BatchSink> BatchWriter<K> {
             }
             if result.is_ok() && !batch.late.is_empty() {
                 if let Err(error) = self.sink.send_letters(&self.late_topic, &batch.late).await {
+                    failed = RecoveredError::LateEventSend;
                     result = Err(format!("late-events topic {}: {error}", self.late_topic));
                 }
             }
@@ -109,16 +112,14 @@ impl<K: BatchSink> BatchWriter<K> {
                         .batch_write_seconds
                         .observe(writing.elapsed().as_secs_f64());
                     self.metrics.record_latencies(&batch.commit_times_ms);
-                    self.metrics.rows_written.fetch_add(rows, Ordering::Relaxed);
+                    self.metrics.rows_written.inc_by(rows);
                     if !batch.dead_letters.is_empty() {
                         tracing::warn!(pipeline = %name, count = batch.dead_letters.len(), topic = %self.dead_letter_topic, first_reason = %batch.dead_letters[0].reason, "events sent to the dead-letter topic");
                     }
                     return Some(batch);
                 }
                 Err(error) => {
-                    self.metrics
-                        .cassandra_errors
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.metrics.error(failed).inc();
                     let wait = backoff.next_delay();
                     tracing::warn!(pipeline = %name, %error, retry_in_ms = wait.as_millis() as u64, "writing the batch failed; holding position and retrying");
                     if sleep_or_stop(wait, &mut self.stop).await {
@@ -173,23 +174,15 @@ fn finish(
     summary.rows_written += rows;
     summary.events += written.events as u64;
     summary.dead_letters += written.dead_letters.len() as u64;
-    metrics
-        .events
-        .fetch_add(written.events as u64, Ordering::Relaxed);
+    metrics.events.inc_by(written.events as u64);
     metrics
         .dead_letters
-        .fetch_add(written.dead_letters.len() as u64, Ordering::Relaxed);
-    metrics
-        .late_events
-        .fetch_add(written.late.len() as u64, Ordering::Relaxed);
+        .inc_by(written.dead_letters.len() as u64);
+    metrics.late_events.inc_by(written.late.len() as u64);
     summary.late_events += written.late.len() as u64;
-    metrics.batches.fetch_add(1, Ordering::Relaxed);
+    metrics.batches.inc();
     state.newest_commit_ms = state.newest_commit_ms.max(written.newest_commit_ms as i64);
-    if written.newest_commit_ms > 0 {
-        metrics
-            .written_commit_time_ms
-            .fetch_max(written.newest_commit_ms, Ordering::Relaxed);
-    }
+    crate::metrics::advance_unix_ms(&metrics.written_commit_time, written.newest_commit_ms);
 }
 
 /// Cassandra for the sink tables, a Kafka producer for the dead-letter and late-events

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use super::*;
 use crate::definition::PipelineDefinition;
 use crate::io::memory::{MemorySink, MemorySource, MemoryTopics};
+use crate::metrics::RecoveredError;
 
 const TOPIC: &str = "walflow.public.users";
 const SINK: &str = "users_by_country";
@@ -194,10 +195,10 @@ async fn a_failed_write_is_retried_and_counted_once() {
     sink.refuse_writes(2);
     let run = run_once(&pipeline, &options, &topics, &sink, 2).await;
     assert_eq!(sink.refused(), 2);
-    assert_eq!(run.metrics.cassandra_errors.load(Ordering::Relaxed), 2);
+    assert_eq!(run.metrics.error(RecoveredError::CassandraWrite).get(), 2);
     assert_eq!(sink.rows(SINK), expected_after_moves_and_leaves());
     assert_eq!(run.summary.events, 5);
-    assert_eq!(run.metrics.events.load(Ordering::Relaxed), 5);
+    assert_eq!(run.metrics.events.get(), 5);
     assert_eq!(checkpointed_offsets(&options, &pipeline), offsets(5));
     assert_eq!(run.committed, offsets(5));
     let _ = std::fs::remove_dir_all(&directory);
