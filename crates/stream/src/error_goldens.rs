@@ -1,13 +1,16 @@
 //! Error goldens: every `sql/pipelines/tests/error_*.sql` is a pipeline file that walflow
-//! must refuse, with the place and the message written in its own header:
+//! must refuse, with the place and the message written at its end (where they move no line
+//! of the SQL above them):
 //!
 //! ```sql
 //! -- What the file gets wrong.
+//! CREATE TABLE ...
 //! -- error: LINE:COLUMN: the message, exactly
+//! -- error: its second line, if it has one
 //! ```
 //!
 //! `WALFLOW_BLESS=1 cargo test -p walflow-stream error_goldens` writes what walflow says into
-//! the headers, for review in the diff.
+//! those lines, for review in the diff.
 
 use std::path::{Path, PathBuf};
 
@@ -50,21 +53,34 @@ async fn every_error_golden_is_refused_at_its_place_with_its_message() {
     let mut mismatches = Vec::new();
     for path in &paths {
         let text = std::fs::read_to_string(path).unwrap();
-        let expected = text
+        let expected_lines: Vec<&str> = text
             .lines()
-            .find_map(|line| line.strip_prefix(EXPECTED))
-            .unwrap_or_else(|| panic!("{}: no `{EXPECTED}` line", path.display()));
+            .filter_map(|line| line.strip_prefix(EXPECTED))
+            .collect();
+        assert!(
+            !expected_lines.is_empty(),
+            "{}: no `{EXPECTED}` line",
+            path.display()
+        );
+        let expected = expected_lines.join("\n");
         let actual = refusal(path, &text).await;
         if actual == expected {
             continue;
         }
         if bless {
-            let blessed = text.replacen(
-                &format!("{EXPECTED}{expected}"),
-                &format!("{EXPECTED}{actual}"),
-                1,
-            );
-            std::fs::write(path, blessed).unwrap();
+            let mut blessed = Vec::new();
+            let mut written = false;
+            for line in text.lines() {
+                if line.starts_with(EXPECTED) {
+                    if !written {
+                        blessed.extend(actual.lines().map(|line| format!("{EXPECTED}{line}")));
+                        written = true;
+                    }
+                    continue;
+                }
+                blessed.push(line.to_owned());
+            }
+            std::fs::write(path, blessed.join("\n") + "\n").unwrap();
         }
         mismatches.push(format!(
             "{}\n  expected: {expected}\n  walflow:  {actual}",

@@ -1,5 +1,4 @@
 -- The SELECT gives fewer columns than the sink has.
--- error: 17:1: the SELECT gives 1 columns but sink users_by_country takes 2 (country, users)
 
 CREATE TABLE users (
     id             TEXT,
@@ -18,3 +17,5 @@ INSERT INTO users_by_country
 SELECT country
 FROM users
 GROUP BY country;
+
+-- error: 16:1: the SELECT gives 1 columns but sink users_by_country takes 2 (country, users)

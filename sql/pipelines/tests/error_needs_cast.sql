@@ -1,5 +1,4 @@
 -- A text column into a BIGINT sink column needs a CAST.
--- error: 17:1: output column 2 (country) is TEXT but sink column users_by_country.users is BIGINT: CAST it in the SELECT
 
 CREATE TABLE users (
     id             TEXT,
@@ -17,3 +16,5 @@ CREATE TABLE users_by_country (
 INSERT INTO users_by_country
 SELECT id, country
 FROM users;
+
+-- error: 16:1: output column 2 (country) is TEXT but sink column users_by_country.users is BIGINT: CAST it in the SELECT

@@ -1,5 +1,4 @@
 -- ORDER BY has no meaning over an updating table.
--- error: 17:1: ORDER BY has no meaning for a table kept up to date in Cassandra; remove it
 
 CREATE TABLE users (
     id             TEXT,
@@ -19,3 +18,5 @@ SELECT country, count(*)
 FROM users
 GROUP BY country
 ORDER BY country;
+
+-- error: 16:1: ORDER BY has no meaning for a table kept up to date in Cassandra; remove it

@@ -1,5 +1,4 @@
 -- A syntax error: the parser's own message and place.
--- error: 20:9: Expected: an expression, found: ;
 
 CREATE TABLE users (
     id             TEXT,
@@ -18,3 +17,5 @@ INSERT INTO users_by_country
 SELECT country, count(*)
 FROM users
 GROUP BY;
+
+-- error: 19:9: Expected: an expression, found: ;

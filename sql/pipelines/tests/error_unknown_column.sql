@@ -1,6 +1,4 @@
 -- A column the source does not declare: the error points at the name, with the close one.
--- error: 3:1: Expected: an SQL statement, found: Valid
-Valid fields are users.id, users.country, users.age, users.dob.
 
 CREATE TABLE users (
     id             TEXT,
@@ -19,3 +17,6 @@ INSERT INTO users_by_country
 SELECT contry, count(*)
 FROM users
 GROUP BY contry;
+
+-- error: 17:8: Schema error: No field named contry. Did you mean 'users.country'?
+-- error: Valid fields are users.id, users.country, users.age, users.dob.

@@ -1,6 +1,4 @@
 -- A function DataFusion does not know.
--- error: 3:1: Expected: an SQL statement, found: Did
-Did you mean 'contains'?
 
 CREATE TABLE users (
     id             TEXT,
@@ -19,3 +17,6 @@ INSERT INTO users_by_country
 SELECT country, count_users(*)
 FROM users
 GROUP BY country;
+
+-- error: 17:17: Error during planning: Invalid function 'count_users'.
+-- error: Did you mean 'contains'?

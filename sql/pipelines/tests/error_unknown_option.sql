@@ -1,5 +1,4 @@
 -- A source option walflow does not know is refused, not ignored.
--- error: 10:88: table users: unknown option fromat; this connector takes connector, topic, format, mode, watermark_idle_timeout
 
 CREATE TABLE users (
     id             TEXT,
@@ -18,3 +17,5 @@ INSERT INTO users_by_country
 SELECT country, count(*)
 FROM users
 GROUP BY country;
+
+-- error: 9:88: table users: unknown option fromat; this connector takes connector, topic, format, mode, watermark_idle_timeout

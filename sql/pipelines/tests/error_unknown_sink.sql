@@ -1,5 +1,4 @@
 -- INSERT INTO a table the file does not declare as a sink.
--- error: 17:1: INSERT INTO users_per_country: no sink table of that name is declared above (declare it with CREATE TABLE users_per_country (...) WITH (connector = 'cassandra', ...)); did you mean users_by_country?
 
 CREATE TABLE users (
     id             TEXT,
@@ -18,3 +17,5 @@ INSERT INTO users_per_country
 SELECT country, count(*)
 FROM users
 GROUP BY country;
+
+-- error: 16:1: INSERT INTO users_per_country: no sink table of that name is declared above (declare it with CREATE TABLE users_per_country (...) WITH (connector = 'cassandra', ...)); did you mean users_by_country?

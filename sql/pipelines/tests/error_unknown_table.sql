@@ -1,5 +1,4 @@
 -- A table the file does not declare: the error points at it and lists the sources.
--- error: 19:6: table 'people' not found; the sources this file declares (CREATE TABLE ... WITH (connector = 'kafka')) are: users
 
 CREATE TABLE users (
     id             TEXT,
@@ -18,3 +17,5 @@ INSERT INTO users_by_country
 SELECT country, count(*)
 FROM people
 GROUP BY country;
+
+-- error: 18:6: table 'people' not found; the sources this file declares (CREATE TABLE ... WITH (connector = 'kafka')) are: users

@@ -1,5 +1,4 @@
 -- now() changes without any change event: no stream can keep a result that uses it.
--- error: 17:1: CAST(users.dob AS Timestamp(ns, "UTC")) < CAST(now() AS Timestamp(ns, "UTC")) changes from one evaluation to the next (like now() or random()): a retraction would not remove what was added; use columns of the row instead
 
 CREATE TABLE users (
     id             TEXT,
@@ -19,3 +18,5 @@ SELECT country, count(*)
 FROM users
 WHERE dob < now()
 GROUP BY country;
+
+-- error: 16:1: CAST(users.dob AS Timestamp(ns, "UTC")) < CAST(now() AS Timestamp(ns, "UTC")) changes from one evaluation to the next (like now() or random()): a retraction would not remove what was added; use columns of the row instead

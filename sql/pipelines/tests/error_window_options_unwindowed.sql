@@ -1,5 +1,4 @@
 -- emit and late_events are for windowed queries only.
--- error: 17:1: sink users_by_country sets emit, late_events or allowed_lateness, which only a windowed query uses (GROUP BY tumble(...) or hop(...))
 
 CREATE TABLE users (
     id             TEXT,
@@ -18,3 +17,5 @@ INSERT INTO users_by_country
 SELECT country, count(*)
 FROM users
 GROUP BY country;
+
+-- error: 16:1: sink users_by_country sets emit, late_events or allowed_lateness, which only a windowed query uses (GROUP BY tumble(...) or hop(...))

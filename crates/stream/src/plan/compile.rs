@@ -10,6 +10,9 @@ use datafusion::execution::context::{SessionConfig, SessionContext, SessionState
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{visit_relations, ObjectName, Spanned, Statement};
 
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+
 use super::builder::PlanBuilder;
 use super::{CompiledQuery, Node};
 use crate::definition::{DefinitionError, PipelineDefinition, Position, QueryDefinition};
@@ -211,9 +214,11 @@ fn convertible(from: ColumnType, to: ColumnType) -> bool {
 fn located_error(
     definition: &PipelineDefinition,
     query: &QueryDefinition,
-    error: datafusion::error::DataFusionError,
+    error: DataFusionError,
 ) -> DefinitionError {
     let diagnostic = error.diagnostic();
+    // Where DataFusion says, else (a name it refused without a span, as in GROUP BY) the
+    // first place the query names that column.
     let position = diagnostic
         .and_then(|diagnostic| diagnostic.span)
         .map(|span| Position {
@@ -221,6 +226,15 @@ fn located_error(
             column: span.start.column,
         })
         .filter(|position| position.line > 0)
+        .or_else(|| match error.find_root() {
+            DataFusionError::SchemaError(schema_error, _) => match schema_error.as_ref() {
+                SchemaError::FieldNotFound { field, .. } => {
+                    definition.find_word(query.position, &field.name)
+                }
+                _ => None,
+            },
+            _ => None,
+        })
         .unwrap_or(query.position);
     let mut message = error.strip_backtrace();
     for help in diagnostic.iter().flat_map(|diagnostic| &diagnostic.helps) {
