@@ -5,3 +5,4 @@
 pub mod doctor;
 pub mod kafka_api_versions;
 pub mod lag;
+mod table;

@@ -25,38 +25,7 @@ pub fn render_table(report: &DoctorReport) -> String {
             })
         })
         .collect();
-    let header = ["SERVICE", "CHECK", "STATUS", "DETAIL"];
-    let width = |column: usize| {
-        rows.iter()
-            .map(|row| row[column].len())
-            .chain([header[column].len()])
-            .max()
-            .unwrap_or(0)
-    };
-    let widths = [width(0), width(1), width(2)];
-    let indent = widths.iter().sum::<usize>() + 3 * 2;
-    let mut out = String::new();
-    let mut line = |cells: [&str; 4]| {
-        let mut detail_lines = cells[3].lines();
-        let _ = writeln!(
-            out,
-            "{:w0$}  {:w1$}  {:w2$}  {}",
-            cells[0],
-            cells[1],
-            cells[2],
-            detail_lines.next().unwrap_or(""),
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-        );
-        for more in detail_lines {
-            let _ = writeln!(out, "{:indent$}{more}", "");
-        }
-    };
-    line(header);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3]]);
-    }
+    let mut out = crate::table::render(Some(["SERVICE", "CHECK", "STATUS", "DETAIL"]), &rows);
     out.push('\n');
     for service in &report.services {
         let _ = writeln!(

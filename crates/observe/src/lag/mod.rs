@@ -305,21 +305,7 @@ impl LagReport {
         for error in &self.errors {
             rows.push([error.hop.into(), "error".into(), error.message.clone()]);
         }
-        let widths: Vec<usize> = (0..2)
-            .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
-            .collect();
-        let mut table = String::new();
-        for row in rows {
-            table.push_str(&format!(
-                "{:<w0$}  {:<w1$}  {}\n",
-                row[0],
-                row[1],
-                row[2],
-                w0 = widths[0],
-                w1 = widths[1]
-            ));
-        }
-        table
+        crate::table::render(None, &rows)
     }
 }
 
