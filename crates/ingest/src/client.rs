@@ -275,19 +275,7 @@ fn describe_transport_error(error: reqwest::Error) -> String {
     if error.is_timeout() {
         return "timed out".to_owned();
     }
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        // Some layers already print their cause in their own message.
-        let cause_text = cause.to_string();
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    walflow_redact::error_chain(&error.without_url())
 }
 
 fn snippet(body: &[u8]) -> String {

@@ -7,6 +7,22 @@ use std::borrow::Cow;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use tokio_postgres::config::{Host, SslMode};
 
+/// An error and its causes on one line, as walflow shows them: each cause once (many
+/// errors already print their cause in their own message, and it is not repeated).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// What stands in for a secret, or for a whole string that cannot be parsed.
 pub const HIDDEN: &str = "***";
 

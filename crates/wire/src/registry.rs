@@ -76,7 +76,10 @@ impl SchemaRegistry {
             .build()
             .map_err(|error| RegistryError::Unreachable {
                 url: walflow_redact::url(url),
-                message: format!("cannot build an HTTP client: {}", chain(&error)),
+                message: format!(
+                    "cannot build an HTTP client: {}",
+                    walflow_redact::error_chain(&error)
+                ),
             })?;
         let base = url.trim_end_matches('/').to_owned();
         Ok(SchemaRegistry {
@@ -111,7 +114,10 @@ impl SchemaRegistry {
         }
         let unreachable = |error: reqwest::Error| RegistryError::Unreachable {
             url: self.shown.clone(),
-            message: format!("{what}: {}", chain(&error.without_url())),
+            message: format!(
+                "{what}: {}",
+                walflow_redact::error_chain(&error.without_url())
+            ),
         };
         let response = request.send().await.map_err(unreachable)?;
         let status = response.status().as_u16();
@@ -334,21 +340,6 @@ fn body_text(body: &Json) -> String {
         Json::String(text) => text.clone(),
         other => other.to_string(),
     }
-}
-
-/// An error and its causes, each said once.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A subject as one segment of a registry path: every byte but letters, digits and `-._~`

@@ -10,6 +10,7 @@ mod schema_registry;
 use std::time::Duration;
 
 use serde::Serialize;
+use walflow_redact::error_chain;
 
 pub use report::render_table;
 
@@ -136,22 +137,6 @@ pub async fn run(targets: &DoctorTargets) -> DoctorReport {
     services.extend(registry);
     let status = worst(services.iter().map(ServiceReport::status));
     DoctorReport { status, services }
-}
-
-/// An error and its causes on one line: client libraries often keep the useful part
-/// ("connection refused", "password authentication failed") in the source.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// A name for a scratch topic or keyspace that no other doctor run picks at the same time.
