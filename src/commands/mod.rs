@@ -1,7 +1,6 @@
 //! One module per subcommand.
 
 mod bench;
-mod bench_process;
 mod cdc;
 mod dashboard;
 mod doctor;
@@ -41,7 +40,7 @@ pub enum Command {
     /// Serve a live page of the pipeline: every hop's lag and throughput (loopback by default)
     Dashboard(dashboard::DashboardArgs),
     /// Measure speed against a baseline in the same run (see docs/benchmarks.md)
-    Bench(bench::BenchArgs),
+    Bench(walflow_bench::BenchArgs),
 }
 
 impl Command {
