@@ -45,9 +45,7 @@ impl MemoryReplication {
 
 impl MemoryServer {
     fn statuses_locked(&self) -> MutexGuard<'_, Vec<StandbyStatusUpdate>> {
-        self.statuses
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        locked(&self.statuses)
     }
 
     /// Sends one CopyData payload as it is (a malformed one, say).
@@ -105,10 +103,15 @@ impl ChangeStream for MemoryReplication {
     }
 
     async fn send_status(&mut self, update: StandbyStatusUpdate) -> Result<(), ReplicationError> {
-        self.statuses
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(update);
+        locked(&self.statuses).push(update);
         Ok(())
     }
+}
+
+/// The status updates cdc sent, whichever side asks (a panicking test thread leaves them
+/// readable).
+fn locked(statuses: &Mutex<Vec<StandbyStatusUpdate>>) -> MutexGuard<'_, Vec<StandbyStatusUpdate>> {
+    statuses
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

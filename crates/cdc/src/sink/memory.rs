@@ -41,6 +41,18 @@ struct Pending {
     event: ChangeEvent,
 }
 
+impl MemoryState {
+    /// Reports one event delivered, counts it, and keeps it if asked to.
+    fn deliver(&mut self, pending: Pending) {
+        self.deliveries
+            .delivered(pending.transaction, pending.bytes);
+        self.acknowledged_count += 1;
+        if self.keep_events {
+            self.acknowledged.push(pending.event);
+        }
+    }
+}
+
 impl MemorySink {
     /// A sink whose events wait for the test to acknowledge them.
     pub fn new() -> (MemorySink, MemoryKafka) {
@@ -87,13 +99,7 @@ impl MemoryKafka {
     pub fn acknowledge(&self, index: usize) {
         let mut state = self.state();
         let pending = state.pending.remove(index);
-        state
-            .deliveries
-            .delivered(pending.transaction, pending.bytes);
-        state.acknowledged_count += 1;
-        if state.keep_events {
-            state.acknowledged.push(pending.event);
-        }
+        state.deliver(pending);
     }
 
     /// Acknowledges every pending event, the newest first.
@@ -157,18 +163,15 @@ impl EventSink for MemorySink {
             .metrics()
             .record_event(&event.topic, bytes as usize);
         let transaction = self.acks.sending(bytes);
+        let pending = Pending {
+            transaction,
+            bytes,
+            event: event.clone(),
+        };
         if state.acknowledge_at_once {
-            state.deliveries.delivered(transaction, bytes);
-            state.acknowledged_count += 1;
-            if state.keep_events {
-                state.acknowledged.push(event.clone());
-            }
+            state.deliver(pending);
         } else {
-            state.pending.push(Pending {
-                transaction,
-                bytes,
-                event: event.clone(),
-            });
+            state.pending.push(pending);
         }
         Ok(())
     }
