@@ -144,7 +144,7 @@ pub fn run(
                     commit_time_ms: decoded.commit_time_ms,
                 }),
                 Ok(None) => {}
-                Err(reason) => output.dead_letters.push((event.line, reason)),
+                Err(error) => output.dead_letters.push((event.line, error.to_string())),
             }
         }
         // No wall clock: no partition goes idle, so the result depends on the input alone.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use walflow_retry::RetryPolicy;
 
-use crate::decode::DecodedEvent;
+use crate::decode::{DecodeError, DecodedEvent, EventError};
 use crate::definition::{SinkTable, SourceTable};
 use crate::pipeline::BatchChange;
 use crate::runner::ProcessError;
@@ -145,7 +145,7 @@ impl ReadBatch {
         source_index: usize,
         source: &SourceTable,
         record: &Record<'_>,
-        decoded: Result<Option<DecodedEvent>, String>,
+        decoded: Result<Option<DecodedEvent>, DecodeError>,
     ) {
         match decoded {
             Ok(Some(event)) => {
@@ -162,13 +162,17 @@ impl ReadBatch {
                 });
             }
             Ok(None) => {}
-            Err(reason) => self.dead_letters.push(DeadLetter {
+            Err(error) => self.dead_letters.push(DeadLetter {
                 topic: record.topic.to_owned(),
                 partition: record.partition,
                 offset: record.offset,
                 key: record.key.map(<[u8]>::to_vec),
                 payload: record.payload.map(<[u8]>::to_vec),
-                reason: format!("source {}: {reason}", source.name),
+                reason: EventError {
+                    table: source.name.clone(),
+                    error,
+                }
+                .to_string(),
             }),
         }
     }
