@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 use walflow_retry::RetryPolicy;
 
@@ -89,7 +90,7 @@ pub trait BatchSink: Send + Sync + 'static {
         &self,
         topic: &str,
         letters: &[DeadLetter],
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), KafkaError>> + Send;
 }
 
 /// One micro-batch as read and decoded, before any state is touched.

@@ -124,10 +124,12 @@ impl ChangeSource for KafkaSource {
                         .into(),
                 )
             })?;
-            Some(
-                crate::avro::WriterSchemas::new(url)
-                    .map_err(|error| self.fail(error.to_string()))?,
-            )
+            Some(crate::avro::WriterSchemas::new(url).map_err(|source| {
+                ProcessError::SchemaRegistry {
+                    pipeline: self.pipeline.clone(),
+                    source,
+                }
+            })?)
         } else {
             None
         };

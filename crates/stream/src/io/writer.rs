@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
@@ -19,6 +20,25 @@ use crate::definition::SinkTable;
 use crate::metrics::ProcessMetrics;
 use crate::runner::{ProcessError, ProcessOptions, RunSummary};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
+
+/// Why writing a batch failed (it is retried, holding its position).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error(transparent)]
+    Rows(#[from] SinkError),
+    #[error("dead-letter topic {topic}: {source}")]
+    DeadLetters {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("late-events topic {topic}: {source}")]
+    LateEvents {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
 
 /// One micro-batch on its way to the sink.
 pub(crate) struct BatchWrite {
@@ -66,7 +86,7 @@ impl<K: BatchSink> BatchWriter<K> {
         let mut backoff = RETRY.backoff();
         let writing = Instant::now();
         loop {
-            let mut result: Result<u64, String> = Ok(0);
+            let mut result: Result<u64, WriteError> = Ok(0);
             for (sink_table, delta) in self.sinks.iter().zip(&batch.deltas) {
                 if delta.is_empty() {
                     continue;
@@ -78,26 +98,29 @@ impl<K: BatchSink> BatchWriter<K> {
                         }
                     }
                     Err(error) => {
-                        result = Err(error.to_string());
+                        result = Err(error.into());
                         break;
                     }
                 }
             }
             if result.is_ok() && !batch.dead_letters.is_empty() {
-                if let Err(error) = self
+                if let Err(source) = self
                     .sink
                     .send_letters(&self.dead_letter_topic, &batch.dead_letters)
                     .await
                 {
-                    result = Err(format!(
-                        "dead-letter topic {}: {error}",
-                        self.dead_letter_topic
-                    ));
+                    result = Err(WriteError::DeadLetters {
+                        topic: self.dead_letter_topic.clone(),
+                        source,
+                    });
                 }
             }
             if result.is_ok() && !batch.late.is_empty() {
-                if let Err(error) = self.sink.send_letters(&self.late_topic, &batch.late).await {
-                    result = Err(format!("late-events topic {}: {error}", self.late_topic));
+                if let Err(source) = self.sink.send_letters(&self.late_topic, &batch.late).await {
+                    result = Err(WriteError::LateEvents {
+                        topic: self.late_topic.clone(),
+                        source,
+                    });
                 }
             }
             match result {
@@ -137,14 +160,11 @@ pub(crate) async fn settle(
     state: &mut Checkpoint,
     summary: &mut RunSummary,
     metrics: &ProcessMetrics,
-) -> Result<bool, String> {
+) -> Result<bool, tokio::task::JoinError> {
     let Some(handle) = in_flight else {
         return Ok(true);
     };
-    match handle
-        .await
-        .map_err(|error| format!("a write task failed: {error}"))?
-    {
+    match handle.await? {
         Some(written) => {
             finish(written, state, summary, metrics);
             Ok(true)
@@ -249,7 +269,7 @@ impl BatchSink for CassandraOutputs {
         self.tables.write(table, delta).await
     }
 
-    async fn send_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), String> {
+    async fn send_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), KafkaError> {
         send_dead_letters(&self.topics, topic, &self.pipeline, letters).await
     }
 }
