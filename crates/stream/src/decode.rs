@@ -537,6 +537,27 @@ mod tests {
     }
 
     #[test]
+    fn a_dead_letter_reason_names_the_source_and_keeps_the_cause() {
+        let error = decode(&source(), Some(b"{not json")).unwrap_err();
+        let unreadable = EventError {
+            table: "users".into(),
+            error,
+        };
+        let reason = unreadable.to_string();
+        assert!(
+            reason.starts_with("source users: not a Debezium JSON change event: "),
+            "{reason}"
+        );
+        let cause = std::error::Error::source(&unreadable).and_then(std::error::Error::source);
+        assert!(
+            cause.is_some_and(
+                |cause| cause.is::<serde_json::Error>() && reason.ends_with(&cause.to_string())
+            ),
+            "{cause:?}"
+        );
+    }
+
+    #[test]
     fn a_commit_time_beyond_the_microsecond_range_is_an_error_of_the_event() {
         let mut changelog = source();
         changelog.mode = SourceMode::Changelog;

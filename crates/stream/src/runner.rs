@@ -292,7 +292,9 @@ async fn starting_state<S: ChangeSource, K: BatchSink>(
             rebuild = true;
             None
         }
-        Err(error @ CheckpointError::Corrupt { .. }) if options.rebuild_if_changed => {
+        Err(error @ (CheckpointError::Corrupt { .. } | CheckpointError::UnknownFormat { .. }))
+            if options.rebuild_if_changed =>
+        {
             tracing::warn!(pipeline = %name, %error, "the checkpoint cannot be used: rebuilding");
             rebuild = true;
             None
