@@ -306,8 +306,9 @@ async fn run_case(case: &golden::GoldenCase, bless: bool) -> Result<&'static str
         .map_err(|error| error.to_string())?;
     let input = std::fs::read_to_string(&case.input)
         .map_err(|error| format!("cannot read {}: {error}", case.input.display()))?;
-    let events = golden::read_input(&pipeline, &case.input, &input)?;
-    let actual = golden::evaluate(&pipeline, &events)?;
+    let events =
+        golden::read_input(&pipeline, &case.input, &input).map_err(|error| error.to_string())?;
+    let actual = golden::evaluate(&pipeline, &events).map_err(|error| error.to_string())?;
     if bless {
         std::fs::write(&case.expected, &actual)
             .map_err(|error| format!("cannot write {}: {error}", case.expected.display()))?;

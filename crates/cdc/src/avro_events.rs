@@ -31,8 +31,32 @@ pub enum AvroEventError {
         changes: String,
         reasons: String,
     },
-    #[error("table {table}: {message}")]
-    Schema { table: String, message: String },
+    #[error(
+        "table {table}: columns \"{first}\" and \"{second}\" both become the Avro field \
+         {adjusted} (Avro names hold only letters, digits and _); rename one of them, or stream \
+         this table with --format json"
+    )]
+    CollidingFieldNames {
+        table: String,
+        first: String,
+        second: String,
+        adjusted: String,
+    },
+    /// The table's schemas, as walflow writes them, are not Avro apache-avro accepts.
+    #[error("table {table}: {source}")]
+    InvalidSchema {
+        table: String,
+        #[source]
+        source: apache_avro::Error,
+    },
+    #[error("table {table}: no registered schema (a change before its Relation message)")]
+    NoRegisteredSchema { table: String },
+    #[error("table {table}: {source}")]
+    Encode {
+        table: String,
+        #[source]
+        source: avro::EncodeError,
+    },
 }
 
 struct RegisteredTable {
@@ -73,20 +97,20 @@ impl AvroEvents {
         }
         let table = format!("{}.{}", relation.namespace, relation.name);
         if let Some((first, second, adjusted)) = avro::colliding_field_names(relation) {
-            return Err(AvroEventError::Schema {
+            return Err(AvroEventError::CollidingFieldNames {
                 table,
-                message: format!(
-                    "columns \"{first}\" and \"{second}\" both become the Avro field {adjusted} \
-                     (Avro names hold only letters, digits and _); rename one of them, or \
-                     stream this table with --format json"
-                ),
+                first,
+                second,
+                adjusted,
             });
         }
         // Checked here, before the registry sees it.
-        schemas.parse().map_err(|error| AvroEventError::Schema {
-            table: table.clone(),
-            message: error.to_string(),
-        })?;
+        schemas
+            .parse()
+            .map_err(|source| AvroEventError::InvalidSchema {
+                table: table.clone(),
+                source,
+            })?;
         let value_id = self
             .register(
                 &table,
@@ -159,13 +183,12 @@ impl AvroEvents {
     /// A change as an Avro event (its table must have been prepared).
     pub fn row_event(&self, change: &Change<'_>) -> Result<ChangeEvent, AvroEventError> {
         let relation = change.relation;
-        let table = self
-            .tables
-            .get(&relation.oid)
-            .ok_or_else(|| AvroEventError::Schema {
-                table: format!("{}.{}", relation.namespace, relation.name),
-                message: "no registered schema (a change before its Relation message)".into(),
-            })?;
+        let table =
+            self.tables
+                .get(&relation.oid)
+                .ok_or_else(|| AvroEventError::NoRegisteredSchema {
+                    table: format!("{}.{}", relation.namespace, relation.name),
+                })?;
         let (key, value) = avro::encode_change(
             table.ids,
             relation,
@@ -175,9 +198,9 @@ impl AvroEvents {
             &change.source,
             change.ts_ms,
         )
-        .map_err(|error| AvroEventError::Schema {
+        .map_err(|source| AvroEventError::Encode {
             table: format!("{}.{}", relation.namespace, relation.name),
-            message: error.to_string(),
+            source,
         })?;
         Ok(ChangeEvent {
             topic: topic_for(change.topic_prefix, relation),

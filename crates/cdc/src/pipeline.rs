@@ -21,7 +21,7 @@ use crate::replication::{
     ChangeStream, ReplicationConfig, ReplicationConnection, ReplicationError,
     DEFAULT_CONNECT_TIMEOUT,
 };
-use crate::sink::{EventSink, SinkError};
+use crate::sink::{DeliveryFailure, EventSink, SinkError};
 use crate::snapshot::{self, SnapshotProgress};
 use walflow_wire::topic::{self as topics, TopicError, TopicNames};
 
@@ -99,8 +99,8 @@ pub enum CdcError {
     ConnectTimedOut { waited: Duration },
     #[error("a change for relation {0} arrived before its Relation message")]
     UnknownRelation(u32),
-    #[error("{0}")]
-    Delivery(String),
+    #[error(transparent)]
+    Delivery(DeliveryFailure),
     #[error("the snapshot failed: {0}")]
     Snapshot(#[from] snapshot::SnapshotError),
     #[error(transparent)]
@@ -394,7 +394,8 @@ async fn reconnect(
 fn is_undelivered(error: &CdcError) -> bool {
     matches!(
         error,
-        CdcError::Delivery(_) | CdcError::Sink(SinkError::Undelivered(_))
+        CdcError::Delivery(_)
+            | CdcError::Sink(SinkError::Undelivered(_) | SinkError::SendRefused(_))
     )
 }
 
@@ -413,7 +414,8 @@ fn is_transient(error: &CdcError) -> bool {
         CdcError::Replication(
             ReplicationError::Io(_)
             | ReplicationError::Connect { .. }
-            | ReplicationError::Protocol(_),
+            | ReplicationError::Protocol(_)
+            | ReplicationError::InvalidLsn(_),
         ) => true,
         CdcError::Replication(replication) => replication
             .code()

@@ -230,7 +230,8 @@ async fn a_failed_delivery_ends_the_session_and_confirms_only_what_came_before()
         })
         .await;
     match ended {
-        Err(CdcError::Delivery(message)) => {
+        Err(CdcError::Delivery(failure)) => {
+            let message = failure.to_string();
             assert!(message.contains("Not enough in-sync replicas"), "{message}")
         }
         other => panic!("the session must end on the failed delivery, got {other:?}"),

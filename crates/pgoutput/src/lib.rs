@@ -28,6 +28,6 @@ pub use logical::{
     Message, OldTuple, Origin, Prepare, Relation, RelationColumn, ReplicaIdentity,
     RollbackPrepared, StreamAbort, StreamCommit, StreamStart, Truncate, TypeMessage, Update,
 };
-pub use lsn::{Lsn, PgTimestamp};
+pub use lsn::{Lsn, ParseLsnError, PgTimestamp};
 pub use replication::{PrimaryKeepalive, ReplicationMessage, StandbyStatusUpdate, XLogData};
 pub use tuple::{Column, TupleData, TupleIter};

@@ -11,11 +11,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use apache_avro::Schema;
+use walflow_wire::avro::read::SchemaError;
 use walflow_wire::avro::read::{DeclaredColumns, Reader};
 use walflow_wire::confluent;
-use walflow_wire::registry::SchemaRegistry;
+use walflow_wire::confluent::NotFramed;
+use walflow_wire::registry::{RegistryError, SchemaRegistry};
 
-use crate::decode::{decode_parts, DecodedEvent, EventParts, Image};
+use crate::decode::{decode_parts, DecodeError, DecodedEvent, EventParts, Image};
 use crate::definition::SourceTable;
 
 /// Writer schemas by registry id, compiled.
@@ -25,18 +27,16 @@ pub struct WriterSchemas {
 }
 
 impl WriterSchemas {
-    pub fn new(registry_url: &str) -> Result<WriterSchemas, String> {
+    pub fn new(registry_url: &str) -> Result<WriterSchemas, RegistryError> {
         Ok(WriterSchemas {
-            registry: SchemaRegistry::new(registry_url).map_err(|error| error.to_string())?,
+            registry: SchemaRegistry::new(registry_url)?,
             schemas: HashMap::new(),
         })
     }
 
     /// The writer schema's id of a wire-format payload.
-    pub fn schema_id(payload: &[u8]) -> Result<u32, String> {
-        confluent::split(payload)
-            .map(|(id, _)| id)
-            .map_err(|error| error.to_string())
+    pub fn schema_id(payload: &[u8]) -> Result<u32, NotFramed> {
+        confluent::split(payload).map(|(id, _)| id)
     }
 
     /// Fetches the schema of `id` unless it is known. A registry that cannot be reached or
@@ -46,49 +46,43 @@ impl WriterSchemas {
         if self.schemas.contains_key(&id) {
             return Ok(());
         }
-        let refused = |message: String| SchemaFetchError::Refused { id, message };
         let text = match self.registry.schema(id).await {
             Ok(text) => text,
-            Err(error) if error.is_transient() => {
-                return Err(SchemaFetchError::Unavailable(error.to_string()))
-            }
-            Err(error) => {
-                return Err(refused(format!(
-                    "the schema registry does not give schema {id}: {error}"
-                )))
-            }
+            Err(error) if error.is_transient() => return Err(SchemaFetchError::Unavailable(error)),
+            Err(source) => return Err(SchemaFetchError::NotGiven { id, source }),
         };
-        let schema = Schema::parse_str(&text).map_err(|error| {
-            refused(format!(
-                "schema {id} from the registry is not Avro: {error}"
-            ))
-        })?;
-        let reader = Reader::new(&schema)
-            .map_err(|error| refused(format!("schema {id} from the registry: {error}")))?;
+        let schema =
+            Schema::parse_str(&text).map_err(|source| SchemaFetchError::NotAvro { id, source })?;
+        let reader =
+            Reader::new(&schema).map_err(|source| SchemaFetchError::Unreadable { id, source })?;
         self.schemas.insert(id, reader);
         Ok(())
     }
 
     /// A wire-format change event decoded for `source` (its writer schema must have been
     /// fetched).
-    pub fn decode(&self, source: &SourceTable, payload: &[u8]) -> Result<DecodedEvent, String> {
-        let (id, mut datum) = confluent::split(payload).map_err(|error| error.to_string())?;
+    pub fn decode(
+        &self,
+        source: &SourceTable,
+        payload: &[u8],
+    ) -> Result<DecodedEvent, DecodeError> {
+        let (id, mut datum) = confluent::split(payload)?;
         let reader = self
             .schemas
             .get(&id)
-            .ok_or_else(|| format!("schema {id} was not fetched"))?;
+            .ok_or(DecodeError::SchemaNotFetched { id })?;
         let declared = DeclaredColumns {
             count: source.columns.len(),
             position_of: |name: &str| source.columns.iter().position(|column| column.name == name),
         };
         let envelope = reader
             .read_envelope(&declared, &mut datum)
-            .map_err(|error| format!("cannot read the Avro datum with schema {id}: {error}"))?;
+            .map_err(|source| DecodeError::Datum { id, source })?;
         if !datum.is_empty() {
-            return Err(format!(
-                "the Avro datum has {} bytes more than schema {id} reads",
-                datum.len()
-            ));
+            return Err(DecodeError::TrailingBytes {
+                id,
+                extra_bytes: datum.len(),
+            });
         }
         decode_parts(
             source,
@@ -107,12 +101,35 @@ impl WriterSchemas {
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaFetchError {
     /// The registry cannot be reached or failed (5xx): worth waiting for.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The registry answered and the event's schema id is of no use (unknown id, deleted
-    /// schema, not Avro): the event cannot be read, however long one waits.
-    #[error("{message}")]
-    Refused { id: u32, message: String },
+    #[error(transparent)]
+    Unavailable(RegistryError),
+    /// The registry answered and has no such schema (unknown id, deleted schema).
+    #[error("the schema registry does not give schema {id}: {source}")]
+    NotGiven {
+        id: u32,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("schema {id} from the registry is not Avro: {source}")]
+    NotAvro {
+        id: u32,
+        #[source]
+        source: apache_avro::Error,
+    },
+    #[error("schema {id} from the registry: {source}")]
+    Unreadable {
+        id: u32,
+        #[source]
+        source: SchemaError,
+    },
+}
+
+impl SchemaFetchError {
+    /// Whether waiting may mend it: only a registry that cannot be reached or failed. The
+    /// others make the event unreadable however long one waits.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SchemaFetchError::Unavailable(_))
+    }
 }
 
 #[cfg(test)]
@@ -326,7 +343,11 @@ mod tests {
         let error = schemas
             .decode(&source(SourceMode::Updating), &longer)
             .unwrap_err();
-        assert!(error.contains("1 bytes more"), "{error}");
+        assert!(
+            matches!(error, DecodeError::TrailingBytes { extra_bytes: 1, .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("1 bytes more"), "{error}");
         assert!(WriterSchemas::schema_id(b"{\"op\":\"c\"}").is_err());
     }
 }

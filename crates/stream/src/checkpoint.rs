@@ -150,8 +150,14 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("checkpoint {} is damaged or from another walflow version ({message}); remove it and run with --rebuild", path.display())]
-    Corrupt { path: PathBuf, message: String },
+    #[error("checkpoint {} is damaged or from another walflow version ({source}); remove it and run with --rebuild", path.display())]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("checkpoint {} is damaged or from another walflow version (format {format_version}, this walflow reads formats 6 and {FORMAT_VERSION}); remove it and run with --rebuild", path.display())]
+    UnknownFormat { path: PathBuf, format_version: u32 },
     #[error(
         "pipeline {pipeline} is already run by another walflow process on {} (it holds {}); \
          two processes on one pipeline would overwrite each other's checkpoint and sink \
@@ -268,15 +274,15 @@ fn read_versioned(path: &Path) -> Result<Option<(Vec<u8>, u32)>, CheckpointError
             })
         }
     };
-    let (format_version, _) = postcard::take_from_bytes::<u32>(&bytes)
-        .map_err(|error| corrupt(path, error.to_string()))?;
+    let (format_version, _) =
+        postcard::take_from_bytes::<u32>(&bytes).map_err(|source| corrupt(path, source))?;
     Ok(Some((bytes, format_version)))
 }
 
-fn corrupt(path: &Path, message: String) -> CheckpointError {
+fn corrupt(path: &Path, source: postcard::Error) -> CheckpointError {
     CheckpointError::Corrupt {
         path: path.to_owned(),
-        message,
+        source,
     }
 }
 
@@ -288,16 +294,16 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
 }
 
 fn decode(path: &Path, bytes: &[u8], format_version: u32) -> Result<Checkpoint, CheckpointError> {
-    let corrupt = |error: postcard::Error| corrupt(path, error.to_string());
+    let corrupt = |source: postcard::Error| corrupt(path, source);
     match format_version {
         FORMAT_VERSION => postcard::from_bytes(bytes).map_err(corrupt),
         6 => Ok(postcard::from_bytes::<CheckpointV6>(bytes)
             .map_err(corrupt)?
             .into()),
-        _ => Err(self::corrupt(
-            path,
-            format!("format {format_version}, this walflow reads formats 6 and {FORMAT_VERSION}"),
-        )),
+        _ => Err(CheckpointError::UnknownFormat {
+            path: path.to_owned(),
+            format_version,
+        }),
     }
 }
 
@@ -318,7 +324,7 @@ pub fn load_head(path: &Path) -> Result<Option<CheckpointHead>, CheckpointError>
         }));
     }
     let (head, _state) = postcard::take_from_bytes::<CheckpointHead>(&bytes)
-        .map_err(|error| corrupt(path, error.to_string()))?;
+        .map_err(|source| corrupt(path, source))?;
     Ok(Some(head))
 }
 
@@ -333,10 +339,7 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<usize, CheckpointErr
     };
     let mut checkpoint = checkpoint.clone();
     checkpoint.format_version = FORMAT_VERSION;
-    let bytes = postcard::to_stdvec(&checkpoint).map_err(|error| CheckpointError::Corrupt {
-        path: path.to_owned(),
-        message: error.to_string(),
-    })?;
+    let bytes = postcard::to_stdvec(&checkpoint).map_err(|source| corrupt(path, source))?;
     let directory = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(directory).map_err(io("create the directory of"))?;
     let temporary = path.with_extension("checkpoint.tmp");

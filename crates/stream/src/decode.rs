@@ -47,6 +47,91 @@ struct TransactionBlock {
 
 pub use walflow_wire::envelope::ChangePosition;
 
+/// Why a change event cannot be read for a source. Its Display is the reason the event's
+/// dead letter carries (with the source's name, [`EventError`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a Debezium JSON change event: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("`{image}` is not a JSON object of columns: {source}")]
+    ImageNotAnObject {
+        image: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("op '{op}' without an `after` row")]
+    NoAfterImage { op: String },
+    #[error("op 'd' without a `before` row")]
+    NoBeforeImage,
+    #[error("unknown op '{op}' (expected c, r, u, d or t)")]
+    UnknownOp { op: String },
+    #[error("`{image}.{column}` is {json}, which is not a {column_type} value")]
+    WrongType {
+        image: &'static str,
+        column: String,
+        json: Json,
+        column_type: &'static str,
+    },
+    #[error("`{image}.{column}` (a key column of {table}) is missing or null")]
+    NullKey {
+        image: &'static str,
+        column: String,
+        table: String,
+    },
+    #[error(
+        "source.ts_ms = {ts_ms} is no commit time: in microseconds it is beyond what \
+         {COMMIT_TIME_COLUMN} can hold"
+    )]
+    CommitTimeOutOfRange { ts_ms: i64 },
+    #[error("no event time: `{column}` is missing or null, and {table} keeps its watermark on it")]
+    NoEventTime { column: String, table: String },
+    // Postgres's infinity (or anything beyond years 1-9999) would drag the watermark to the
+    // end of time and close every window for good.
+    #[error(
+        "event time `{column}` = {value} is outside years 1-9999 (infinity?): it would move \
+         {table}'s watermark past every window"
+    )]
+    EventTimeOutOfRange {
+        column: String,
+        value: Value,
+        table: String,
+    },
+    /// An Avro source's event that is not in the Confluent wire framing.
+    #[error(transparent)]
+    NotFramed(#[from] walflow_wire::confluent::NotFramed),
+    #[error("an Avro source without a schema registry")]
+    NoSchemaRegistry,
+    /// The registry refused the event's writer schema (unknown id, not Avro).
+    #[error(transparent)]
+    WriterSchema(#[from] crate::avro::SchemaFetchError),
+    #[error("stopped while fetching writer schema {id}: {source}")]
+    StoppedFetchingSchema {
+        id: u32,
+        #[source]
+        source: walflow_wire::registry::RegistryError,
+    },
+    #[error("schema {id} was not fetched")]
+    SchemaNotFetched { id: u32 },
+    #[error("cannot read the Avro datum with schema {id}: {source}")]
+    Datum {
+        id: u32,
+        #[source]
+        source: walflow_wire::avro::read::DatumError,
+    },
+    #[error("the Avro datum has {extra_bytes} bytes more than schema {id} reads")]
+    TrailingBytes { id: u32, extra_bytes: usize },
+}
+
+/// A change event source `table` could not read: what its dead letter says (the `walflow.error`
+/// header), `source <name>: <why>`.
+#[derive(Debug, thiserror::Error)]
+#[error("source {table}: {error}")]
+pub struct EventError {
+    pub table: String,
+    #[source]
+    pub error: DecodeError,
+}
+
 /// A value the change event did not carry: a TOASTed column an update left untouched
 /// (Postgres does not send it; the event says [`UNAVAILABLE_VALUE`]), or a value computed
 /// from one. The Cassandra sink writes it as unset, so Cassandra keeps what it has.
@@ -82,12 +167,11 @@ pub struct EventParts<'a> {
 pub fn decode(
     source: &SourceTable,
     payload: Option<&[u8]>,
-) -> Result<Option<DecodedEvent>, String> {
+) -> Result<Option<DecodedEvent>, DecodeError> {
     let Some(payload) = payload else {
         return Ok(None);
     };
-    let envelope: Envelope<'_> = serde_json::from_slice(payload)
-        .map_err(|error| format!("not a Debezium JSON change event: {error}"))?;
+    let envelope: Envelope<'_> = serde_json::from_slice(payload).map_err(DecodeError::NotJson)?;
     decode_parts(
         source,
         EventParts {
@@ -111,7 +195,10 @@ pub fn decode(
 }
 
 /// A change event's parts as the source's change (or, for a changelog source, its row).
-pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<DecodedEvent, String> {
+pub fn decode_parts(
+    source: &SourceTable,
+    event: EventParts<'_>,
+) -> Result<DecodedEvent, DecodeError> {
     let commit_time_ms = event.commit_time_ms;
     let position = event.position;
     if source.mode == SourceMode::Changelog {
@@ -126,7 +213,7 @@ pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<Decod
         "c" | "r" | "u" => {
             let after = event
                 .after
-                .ok_or_else(|| format!("op '{op}' without an `after` row"))?;
+                .ok_or_else(|| DecodeError::NoAfterImage { op: op.to_string() })?;
             let (after, unavailable) = row(source, after, "after")?;
             let before = match event.before {
                 Some(before) if op == "u" => Some(row(source, before, "before")?.0),
@@ -139,15 +226,17 @@ pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<Decod
             }
         }
         "d" => {
-            let before = event
-                .before
-                .ok_or_else(|| "op 'd' without a `before` row".to_owned())?;
+            let before = event.before.ok_or(DecodeError::NoBeforeImage)?;
             SourceChange::Delete {
                 before: row(source, before, "before")?.0,
             }
         }
         "t" => SourceChange::Truncate,
-        other => return Err(format!("unknown op '{other}' (expected c, r, u, d or t)")),
+        other => {
+            return Err(DecodeError::UnknownOp {
+                op: other.to_owned(),
+            })
+        }
     };
     Ok(DecodedEvent {
         change,
@@ -158,22 +247,22 @@ pub fn decode_parts(source: &SourceTable, event: EventParts<'_>) -> Result<Decod
 
 /// A changelog source's row for one event: the after image (the before image of a delete;
 /// nothing of a truncate), and the metadata columns.
-fn changelog_row(source: &SourceTable, event: EventParts<'_>) -> Result<Row, String> {
+fn changelog_row(source: &SourceTable, event: EventParts<'_>) -> Result<Row, DecodeError> {
     let commit_time_ms = event.commit_time_ms;
     let op = event.op.as_ref();
     let image = match op {
         "c" | "r" | "u" => Some(
             event
                 .after
-                .ok_or_else(|| format!("op '{op}' without an `after` row"))?,
+                .ok_or_else(|| DecodeError::NoAfterImage { op: op.to_owned() })?,
         ),
-        "d" => Some(
-            event
-                .before
-                .ok_or_else(|| "op 'd' without a `before` row".to_owned())?,
-        ),
+        "d" => Some(event.before.ok_or(DecodeError::NoBeforeImage)?),
         "t" => None,
-        other => return Err(format!("unknown op '{other}' (expected c, r, u, d or t)")),
+        other => {
+            return Err(DecodeError::UnknownOp {
+                op: other.to_owned(),
+            })
+        }
     };
     let mut row = match image {
         Some(image) => row(source, image, if op == "d" { "before" } else { "after" })?.0,
@@ -185,12 +274,10 @@ fn changelog_row(source: &SourceTable, event: EventParts<'_>) -> Result<Row, Str
             COMMIT_TIME_COLUMN => {
                 row[index] = match commit_time_ms {
                     None => Value::Null,
-                    Some(ms) => Value::Timestamp(ms.checked_mul(1000).ok_or_else(|| {
-                        format!(
-                            "source.ts_ms = {ms} is no commit time: in microseconds it is \
-                             beyond what {COMMIT_TIME_COLUMN} can hold"
-                        )
-                    })?),
+                    Some(ms) => Value::Timestamp(
+                        ms.checked_mul(1000)
+                            .ok_or(DecodeError::CommitTimeOutOfRange { ts_ms: ms })?,
+                    ),
                 }
             }
             _ => {}
@@ -199,21 +286,19 @@ fn changelog_row(source: &SourceTable, event: EventParts<'_>) -> Result<Row, Str
     if let Some(watermark) = &source.watermark {
         match &row[watermark.column] {
             Value::Null => {
-                return Err(format!(
-                    "no event time: `{}` is missing or null, and {} keeps its watermark on it",
-                    source.columns[watermark.column].name, source.name
-                ))
+                return Err(DecodeError::NoEventTime {
+                    column: source.columns[watermark.column].name.clone(),
+                    table: source.name.clone(),
+                })
             }
-            // Postgres's infinity (or anything beyond years 1-9999) would drag the watermark
-            // to the end of time and close every window for good.
             Value::Timestamp(micros)
                 if !(EVENT_TIME_MIN_US..=EVENT_TIME_MAX_US).contains(micros) =>
             {
-                return Err(format!(
-                    "event time `{}` = {} is outside years 1-9999 (infinity?): it would move \
-                     {}'s watermark past every window",
-                    source.columns[watermark.column].name, row[watermark.column], source.name
-                ))
+                return Err(DecodeError::EventTimeOutOfRange {
+                    column: source.columns[watermark.column].name.clone(),
+                    value: row[watermark.column].clone(),
+                    table: source.name.clone(),
+                })
             }
             _ => {}
         }
@@ -235,8 +320,8 @@ fn image(raw: Option<&RawValue>) -> Option<&RawValue> {
 fn row(
     source: &SourceTable,
     image: Image<'_>,
-    image_name: &str,
-) -> Result<(Row, Vec<usize>), String> {
+    image_name: &'static str,
+) -> Result<(Row, Vec<usize>), DecodeError> {
     let found = match image {
         Image::Columns(found) => found,
         Image::Json(image) => {
@@ -249,7 +334,10 @@ fn row(
                     found: &mut found,
                 },
             )
-            .map_err(|error| format!("`{image_name}` is not a JSON object of columns: {error}"))?;
+            .map_err(|source| DecodeError::ImageNotAnObject {
+                image: image_name,
+                source,
+            })?;
             found
         }
     };
@@ -262,18 +350,20 @@ fn row(
             row.push(Value::Text(UNAVAILABLE_VALUE.to_owned()));
             continue;
         }
-        let value = json_to_value(&json, column.column_type).ok_or_else(|| {
-            format!(
-                "`{image_name}.{}` is {json}, which is not a {} value",
-                column.name,
-                column.column_type.sql()
-            )
-        })?;
+        let Some(value) = json_to_value(&json, column.column_type) else {
+            return Err(DecodeError::WrongType {
+                image: image_name,
+                column: column.name.clone(),
+                json,
+                column_type: column.column_type.sql(),
+            });
+        };
         if value.is_null() && source.primary_key.contains(&index) {
-            return Err(format!(
-                "`{image_name}.{}` (a key column of {}) is missing or null",
-                column.name, source.name
-            ));
+            return Err(DecodeError::NullKey {
+                image: image_name,
+                column: column.name.clone(),
+                table: source.name.clone(),
+            });
         }
         row.push(value);
     }
@@ -421,6 +511,8 @@ mod tests {
     fn tombstones_are_skipped_and_bad_events_say_why() {
         assert_eq!(decode(&source(), None).unwrap(), None);
         let error = decode(&source(), Some(b"{not json")).unwrap_err();
+        assert!(matches!(error, DecodeError::NotJson(_)), "{error}");
+        let error = error.to_string();
         assert!(
             error.contains("not a Debezium JSON change event"),
             "{error}"
@@ -430,11 +522,39 @@ mod tests {
             Some(br#"{"after":{"id":"a","age":"old"},"op":"c"}"#),
         )
         .unwrap_err();
-        assert_eq!(error, r#"`after.age` is "old", which is not a INT value"#);
-        let error = decode(&source(), Some(br#"{"after":{"age":3},"op":"c"}"#)).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"`after.age` is "old", which is not a INT value"#
+        );
+        let error = decode(&source(), Some(br#"{"after":{"age":3},"op":"c"}"#))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("key column"), "{error}");
-        let error = decode(&source(), Some(br#"{"after":{"id":"a"},"op":"x"}"#)).unwrap_err();
+        let error = decode(&source(), Some(br#"{"after":{"id":"a"},"op":"x"}"#))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown op 'x'"), "{error}");
+    }
+
+    #[test]
+    fn a_dead_letter_reason_names_the_source_and_keeps_the_cause() {
+        let error = decode(&source(), Some(b"{not json")).unwrap_err();
+        let unreadable = EventError {
+            table: "users".into(),
+            error,
+        };
+        let reason = unreadable.to_string();
+        assert!(
+            reason.starts_with("source users: not a Debezium JSON change event: "),
+            "{reason}"
+        );
+        let cause = std::error::Error::source(&unreadable).and_then(std::error::Error::source);
+        assert!(
+            cause.is_some_and(
+                |cause| cause.is::<serde_json::Error>() && reason.ends_with(&cause.to_string())
+            ),
+            "{cause:?}"
+        );
     }
 
     #[test]
@@ -456,7 +576,9 @@ mod tests {
         };
         assert_eq!(row[4], Value::Timestamp(1_700_000_000_000_000));
         for ts_ms in [i64::MAX, i64::MIN, i64::MAX / 999] {
-            let error = decode(&changelog, Some(event(ts_ms).as_bytes())).unwrap_err();
+            let error = decode(&changelog, Some(event(ts_ms).as_bytes()))
+                .unwrap_err()
+                .to_string();
             assert!(
                 error.contains("source.ts_ms") && error.contains(&ts_ms.to_string()),
                 "{error}"

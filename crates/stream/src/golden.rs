@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode;
-use crate::pipeline::{BatchChange, Pipeline};
+use crate::pipeline::{BatchChange, EvaluateError, Pipeline};
 use crate::value::{Row, Value};
 
 /// One golden case: a pipeline file, its input and its expected output.
@@ -57,8 +57,52 @@ pub struct InputEvent {
     pub payload: Option<Vec<u8>>,
 }
 
+/// Why a golden case cannot be run: its input file (errors name the file and line), or the
+/// pipeline over it.
+#[derive(Debug, thiserror::Error)]
+pub enum GoldenError {
+    #[error("{}:{line}: not a JSON object: {source}", file.display())]
+    NotJson {
+        file: PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}:{line}: no \"topic\"", file.display())]
+    NoTopic { file: PathBuf, line: usize },
+    #[error(
+        "{}:{line}: topic {topic} is not a source of {} (its topics: {})",
+        file.display(),
+        pipeline.display(),
+        topics.join(", ")
+    )]
+    UnknownTopic {
+        file: PathBuf,
+        line: usize,
+        topic: String,
+        pipeline: PathBuf,
+        topics: Vec<String>,
+    },
+    #[error("{}:{line}: no \"value\" (use null for a tombstone)", file.display())]
+    NoValue { file: PathBuf, line: usize },
+    #[error(transparent)]
+    Evaluate(#[from] EvaluateError),
+    #[error(
+        "the result depends on how the events are cut into batches (a walflow bug):\n--- one \
+         event per batch\n{one_by_one}--- all events in one batch\n{all_at_once}"
+    )]
+    DependsOnBatching {
+        one_by_one: String,
+        all_at_once: String,
+    },
+}
+
 /// Reads an input file; errors name the file and line.
-pub fn read_input(pipeline: &Pipeline, path: &Path, text: &str) -> Result<Vec<InputEvent>, String> {
+pub fn read_input(
+    pipeline: &Pipeline,
+    path: &Path,
+    text: &str,
+) -> Result<Vec<InputEvent>, GoldenError> {
     let mut events = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
@@ -66,34 +110,44 @@ pub fn read_input(pipeline: &Pipeline, path: &Path, text: &str) -> Result<Vec<In
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let at = || format!("{}:{number}", path.display());
-        let json: serde_json::Value = serde_json::from_str(trimmed)
-            .map_err(|error| format!("{}: not a JSON object: {error}", at()))?;
+        let file = || path.to_owned();
+        let json: serde_json::Value =
+            serde_json::from_str(trimmed).map_err(|source| GoldenError::NotJson {
+                file: file(),
+                line: number,
+                source,
+            })?;
         let topic = json
             .get("topic")
             .and_then(|topic| topic.as_str())
-            .ok_or_else(|| format!("{}: no \"topic\"", at()))?;
+            .ok_or_else(|| GoldenError::NoTopic {
+                file: file(),
+                line: number,
+            })?;
         let source = pipeline
             .definition
             .sources
             .iter()
             .position(|source| source.topic == topic)
-            .ok_or_else(|| {
-                let topics: Vec<&str> = pipeline
+            .ok_or_else(|| GoldenError::UnknownTopic {
+                file: file(),
+                line: number,
+                topic: topic.to_owned(),
+                pipeline: pipeline.definition.path.clone(),
+                topics: pipeline
                     .definition
                     .sources
                     .iter()
-                    .map(|source| source.topic.as_str())
-                    .collect();
-                format!(
-                    "{}: topic {topic} is not a source of {} (its topics: {})",
-                    at(),
-                    pipeline.definition.path.display(),
-                    topics.join(", ")
-                )
+                    .map(|source| source.topic.clone())
+                    .collect(),
             })?;
         let payload = match json.get("value") {
-            None => return Err(format!("{}: no \"value\" (use null for a tombstone)", at())),
+            None => {
+                return Err(GoldenError::NoValue {
+                    file: file(),
+                    line: number,
+                })
+            }
             Some(serde_json::Value::Null) => None,
             // A string is the payload as it was on the wire (it may be undecodable on purpose).
             Some(serde_json::Value::String(raw)) => Some(raw.clone().into_bytes()),
@@ -124,7 +178,7 @@ pub fn run(
     pipeline: &Pipeline,
     events: &[InputEvent],
     batch_size: usize,
-) -> Result<GoldenOutput, String> {
+) -> Result<GoldenOutput, GoldenError> {
     let mut state: Checkpoint = pipeline.fresh_checkpoint();
     let mut output = GoldenOutput {
         tables: vec![HashMap::new(); pipeline.queries.len()],
@@ -144,7 +198,7 @@ pub fn run(
                     commit_time_ms: decoded.commit_time_ms,
                 }),
                 Ok(None) => {}
-                Err(reason) => output.dead_letters.push((event.line, reason)),
+                Err(error) => output.dead_letters.push((event.line, error.to_string())),
             }
         }
         // No wall clock: no partition goes idle, so the result depends on the input alone.
@@ -227,14 +281,14 @@ pub fn sorted_rows(table: &HashMap<Row, Row>) -> Vec<String> {
 
 /// Runs a case both ways (one event per batch, one batch for all) and returns the rendered
 /// output; an error when the two differ or the input cannot be read.
-pub fn evaluate(pipeline: &Pipeline, events: &[InputEvent]) -> Result<String, String> {
+pub fn evaluate(pipeline: &Pipeline, events: &[InputEvent]) -> Result<String, GoldenError> {
     let one_by_one = render(pipeline, &run(pipeline, events, 1)?);
     let all_at_once = render(pipeline, &run(pipeline, events, events.len().max(1))?);
     if one_by_one != all_at_once {
-        return Err(format!(
-            "the result depends on how the events are cut into batches (a walflow bug):\n\
-             --- one event per batch\n{one_by_one}--- all events in one batch\n{all_at_once}"
-        ));
+        return Err(GoldenError::DependsOnBatching {
+            one_by_one,
+            all_at_once,
+        });
     }
     Ok(one_by_one)
 }

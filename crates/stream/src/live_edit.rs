@@ -68,8 +68,57 @@ fn modified(path: &Path) -> Option<(SystemTime, u64)> {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
+/// Why an edited pipeline cannot take over the running one's state (the running version keeps
+/// going).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EditRefused {
+    #[error("its sources are declared differently")]
+    SourcesChanged,
+    #[error("its sinks are declared differently")]
+    SinksChanged,
+    #[error("it has {edited} queries instead of {running}")]
+    QueryCount { running: usize, edited: usize },
+    #[error("query {query} now writes {edited} instead of {running}")]
+    SinkChanged {
+        query: usize,
+        running: String,
+        edited: String,
+    },
+    #[error(
+        "query {query} into {sink} keeps state (an aggregate, join or window), and its rows in \
+         Cassandra were computed by the old text"
+    )]
+    StatefulQueryChanged { query: usize, sink: String },
+    #[error("query {query} into {sink}: {why}")]
+    StatelessQueryChanged {
+        query: usize,
+        sink: String,
+        #[source]
+        why: StatelessEditRefused,
+    },
+}
+
+/// Why a query without state cannot take over from its old text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatelessEditRefused {
+    #[error("its shape changed")]
+    ShapeChanged,
+    #[error(
+        "its FROM or WHERE changed: rows written under the old text would no longer be deleted \
+         or replaced"
+    )]
+    InputChanged,
+    #[error("its columns changed")]
+    ColumnsChanged,
+    #[error(
+        "the key column {column} is computed differently: rows written under the old key would \
+         stay"
+    )]
+    KeyChanged { column: String },
+}
+
 /// `Ok` when `edited` can take over `running`'s state; else why not.
-pub fn state_fits(running: &Pipeline, edited: &Pipeline) -> Result<(), String> {
+pub fn state_fits(running: &Pipeline, edited: &Pipeline) -> Result<(), EditRefused> {
     let sources = |pipeline: &Pipeline| -> Vec<String> {
         pipeline
             .definition
@@ -79,43 +128,42 @@ pub fn state_fits(running: &Pipeline, edited: &Pipeline) -> Result<(), String> {
             .collect()
     };
     if sources(running) != sources(edited) {
-        return Err("its sources are declared differently".into());
+        return Err(EditRefused::SourcesChanged);
     }
     let sinks = |pipeline: &Pipeline| -> Vec<String> {
         pipeline.definition.sinks.iter().map(sink_shape).collect()
     };
     if sinks(running) != sinks(edited) {
-        return Err("its sinks are declared differently".into());
+        return Err(EditRefused::SinksChanged);
     }
     if running.queries.len() != edited.queries.len() {
-        return Err(format!(
-            "it has {} queries instead of {}",
-            edited.queries.len(),
-            running.queries.len()
-        ));
+        return Err(EditRefused::QueryCount {
+            running: running.queries.len(),
+            edited: edited.queries.len(),
+        });
     }
     for (index, (old, new)) in running.queries.iter().zip(&edited.queries).enumerate() {
         if old.sink.name != new.sink.name {
-            return Err(format!(
-                "query {} now writes {} instead of {}",
-                index + 1,
-                new.sink.name,
-                old.sink.name
-            ));
+            return Err(EditRefused::SinkChanged {
+                query: index + 1,
+                running: old.sink.name.clone(),
+                edited: new.sink.name.clone(),
+            });
         }
         if old.is_stateful() || new.is_stateful() {
             if format!("{:?}", old.root) != format!("{:?}", new.root) {
-                return Err(format!(
-                    "query {} into {} keeps state (an aggregate, join or window), and its rows in \
-                     Cassandra were computed by the old text",
-                    index + 1,
-                    new.sink.name
-                ));
+                return Err(EditRefused::StatefulQueryChanged {
+                    query: index + 1,
+                    sink: new.sink.name.clone(),
+                });
             }
             continue;
         }
-        stateless_edit_fits(old, new)
-            .map_err(|why| format!("query {} into {}: {why}", index + 1, new.sink.name))?;
+        stateless_edit_fits(old, new).map_err(|why| EditRefused::StatelessQueryChanged {
+            query: index + 1,
+            sink: new.sink.name.clone(),
+            why,
+        })?;
     }
     Ok(())
 }
@@ -149,7 +197,10 @@ fn sink_shape(sink: &SinkTable) -> String {
 }
 
 /// A query without state may change the expressions of its non-key output columns only.
-fn stateless_edit_fits(old: &CompiledQuery, new: &CompiledQuery) -> Result<(), String> {
+fn stateless_edit_fits(
+    old: &CompiledQuery,
+    new: &CompiledQuery,
+) -> Result<(), StatelessEditRefused> {
     let (
         Node::Step {
             input: old_input,
@@ -165,28 +216,22 @@ fn stateless_edit_fits(old: &CompiledQuery, new: &CompiledQuery) -> Result<(), S
         },
     ) = (&old.root, &new.root)
     else {
-        return Err("its shape changed".into());
+        return Err(StatelessEditRefused::ShapeChanged);
     };
     if format!("{old_input:?}") != format!("{new_input:?}") {
-        return Err(
-            "its FROM or WHERE changed: rows written under the old text would no longer be \
-             deleted or replaced"
-                .into(),
-        );
+        return Err(StatelessEditRefused::InputChanged);
     }
     if old_exprs.len() != new_exprs.len()
         || old.sink_columns_from_output != new.sink_columns_from_output
     {
-        return Err("its columns changed".into());
+        return Err(StatelessEditRefused::ColumnsChanged);
     }
     for &key in &new.sink.primary_key {
         let output = new.sink_columns_from_output[key];
         if format!("{:?}", old_exprs[output]) != format!("{:?}", new_exprs[output]) {
-            return Err(format!(
-                "the key column {} is computed differently: rows written under the old key \
-                 would stay",
-                new.sink.columns[key].name
-            ));
+            return Err(StatelessEditRefused::KeyChanged {
+                column: new.sink.columns[key].name.clone(),
+            });
         }
     }
     Ok(())
@@ -244,9 +289,12 @@ mod tests {
         let above =
             pipeline("SELECT upper(country), count(*) FROM users WHERE age > 18 GROUP BY country")
                 .await;
-        assert!(state_fits(&running, &above)
-            .unwrap_err()
-            .contains("keeps state"));
+        let refused = state_fits(&running, &above).unwrap_err();
+        assert!(
+            matches!(refused, EditRefused::StatefulQueryChanged { query: 1, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("keeps state"));
         // Below it (the filter the counts were built with): neither.
         let below =
             pipeline("SELECT country, count(*) FROM users WHERE age > 21 GROUP BY country").await;
@@ -264,6 +312,7 @@ mod tests {
         let new_key = pipeline("SELECT upper(id), age FROM users").await;
         assert!(state_fits(&mirror, &new_key)
             .unwrap_err()
+            .to_string()
             .contains("key column"));
         let new_filter = pipeline("SELECT id, age FROM users WHERE age > 1").await;
         assert!(state_fits(&mirror, &new_filter).is_err());

@@ -11,6 +11,16 @@ use crate::operators::{evaluate, BatchInput, QueryState};
 use crate::plan::{compile, CompiledQuery};
 use crate::sink::SinkDelta;
 
+/// A query's operators failed on a batch (DataFusion evaluating an expression): the batch
+/// cannot be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("query into {sink}: {source}")]
+pub struct EvaluateError {
+    pub sink: String,
+    #[source]
+    pub source: datafusion::error::DataFusionError,
+}
+
 /// A pipeline ready to run: its file, its compiled queries and its state.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -46,7 +56,7 @@ impl Pipeline {
         state: &mut Checkpoint,
         changes: Vec<BatchChange>,
         now_ms: Option<u64>,
-    ) -> Result<BatchOutput, String> {
+    ) -> Result<BatchOutput, EvaluateError> {
         let mut outputs: Vec<SourceOutput> = self
             .definition
             .sources
@@ -168,7 +178,10 @@ impl Pipeline {
                 let mut query_late = Vec::new();
                 let changes = evaluate(&query.root, &input, query_state, &mut query_late)
                     .and_then(|changes| changes.to_rows())
-                    .map_err(|error| format!("query into {}: {error}", query.sink.name))?;
+                    .map_err(|source| EvaluateError {
+                        sink: query.sink.name.clone(),
+                        source,
+                    })?;
                 delta.add(query, changes);
                 late.extend(
                     query_late

@@ -27,7 +27,7 @@ use crate::sink::{SinkDelta, SinkError};
 
 pub use crate::io::reader::consumer_config;
 pub use crate::metrics::{ProcessMetrics, LATENCY_BUCKETS};
-pub use crate::pipeline::{BatchChange, BatchOutput, Pipeline};
+pub use crate::pipeline::{BatchChange, BatchOutput, EvaluateError, Pipeline};
 
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
@@ -86,6 +86,28 @@ pub enum ProcessError {
     Sink(#[from] SinkError),
     #[error("Kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A query's operators failed on a batch.
+    #[error("pipeline {pipeline}: {source}")]
+    Evaluate {
+        pipeline: String,
+        #[source]
+        source: EvaluateError,
+    },
+    /// The task writing a batch panicked or was cancelled.
+    #[error("pipeline {pipeline}: a write task failed: {source}")]
+    WriteTask {
+        pipeline: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// An Avro source's schema registry client could not be made.
+    #[error("pipeline {pipeline}: {source}")]
+    SchemaRegistry {
+        pipeline: String,
+        #[source]
+        source: walflow_wire::registry::RegistryError,
+    },
+    /// Why the pipeline cannot go on, for a person: what is wrong and what to run.
     #[error("pipeline {pipeline}: {message}")]
     Pipeline { pipeline: String, message: String },
 }
@@ -269,7 +291,9 @@ async fn starting_state<S: ChangeSource, K: BatchSink>(
             rebuild = true;
             None
         }
-        Err(error @ CheckpointError::Corrupt { .. }) if options.rebuild_if_changed => {
+        Err(error @ (CheckpointError::Corrupt { .. } | CheckpointError::UnknownFormat { .. }))
+            if options.rebuild_if_changed =>
+        {
             tracing::warn!(pipeline = %name, %error, "the checkpoint cannot be used: rebuilding");
             rebuild = true;
             None
@@ -402,7 +426,10 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
             } = self
                 .pipeline
                 .apply_batch(&mut self.state, changes, Some(unix_ms()))
-                .map_err(|message| self.fail(message))?;
+                .map_err(|source| ProcessError::Evaluate {
+                    pipeline: self.name.clone(),
+                    source,
+                })?;
             if duplicates > 0 {
                 self.summary.duplicates += duplicates;
                 tracing::info!(pipeline = %self.name, duplicates, "dropped changelog events already counted (cdc sent them again)");
@@ -486,7 +513,10 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
             &self.metrics,
         )
         .await
-        .map_err(|message| self.fail(message))
+        .map_err(|source| ProcessError::WriteTask {
+            pipeline: self.name.clone(),
+            source,
+        })
     }
 
     /// Writes the checkpoint and reports its offsets to the source.

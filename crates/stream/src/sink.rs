@@ -9,6 +9,10 @@ use std::sync::Arc;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{
+    DeserializationError, ExecutionError, IntoRowsResultError, NewSessionError, PrepareError,
+    RowsError,
+};
 use scylla::policies::timestamp_generator::MonotonicTimestampGenerator;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlDate, CqlTimestamp, CqlValue, MaybeUnset};
@@ -20,20 +24,54 @@ use crate::value::{Row, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("cannot reach Cassandra at {nodes}: {message}")]
-    Connect { nodes: String, message: String },
+    #[error("cannot reach Cassandra at {nodes}: {source}")]
+    Connect {
+        nodes: String,
+        #[source]
+        source: Box<NewSessionError>,
+    },
     #[error("Cassandra table {keyspace}.{table} exists with another shape: {difference}; drop it (its rows are rebuilt from Kafka) or change the pipeline's declaration")]
     Shape {
         keyspace: String,
         table: String,
         difference: String,
     },
+    /// A statement Cassandra did not run: a write, a schema change, a read of the schema.
+    // The driver's errors are large: boxed, so every Result of the sink stays small.
     #[error("Cassandra: {0}")]
-    Cassandra(String),
+    Execution(#[source] Box<ExecutionError>),
+    #[error("Cassandra: {0}")]
+    Prepare(#[source] Box<PrepareError>),
+    /// An existing table's columns, as `system_schema` gives them, could not be read.
+    #[error("Cassandra: {0}")]
+    SchemaResult(#[source] Box<IntoRowsResultError>),
+    #[error("Cassandra: {0}")]
+    SchemaRows(#[source] Box<RowsError>),
+    #[error("Cassandra: {0}")]
+    SchemaRow(#[source] Box<DeserializationError>),
+    #[error("Cassandra: sink {sink} is not prepared")]
+    NotPrepared { sink: String },
+    /// The memory sink of the run loop's tests, told to refuse writes.
+    #[error("Cassandra: the memory sink refused a write to {table}")]
+    Refused { table: String },
 }
 
-fn cassandra<E: std::fmt::Display>(error: E) -> SinkError {
-    SinkError::Cassandra(error.to_string())
+macro_rules! boxed_from {
+    ($($error:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$error> for SinkError {
+            fn from(error: $error) -> SinkError {
+                SinkError::$variant(Box::new(error))
+            }
+        })*
+    };
+}
+
+boxed_from! {
+    ExecutionError => Execution,
+    PrepareError => Prepare,
+    IntoRowsResultError => SchemaResult,
+    RowsError => SchemaRows,
+    DeserializationError => SchemaRow,
 }
 
 /// The pending writes of one sink: per key, the row to write or `None` to delete.
@@ -176,9 +214,9 @@ impl CassandraSink {
             .timestamp_generator(Arc::new(MonotonicTimestampGenerator::new()))
             .build()
             .await
-            .map_err(|error| SinkError::Connect {
+            .map_err(|source| SinkError::Connect {
                 nodes: nodes.join(","),
-                message: error.to_string(),
+                source: Box::new(source),
             })?;
         Ok(CassandraSink {
             session: Arc::new(session),
@@ -203,14 +241,12 @@ impl CassandraSink {
                 ),
                 (),
             )
-            .await
-            .map_err(cassandra)?;
+            .await?;
         let existing = self.existing_columns(sink).await?;
         if existing.is_empty() {
             self.session
                 .query_unpaged(create_table_cql(sink), ())
-                .await
-                .map_err(cassandra)?;
+                .await?;
         } else {
             check_shape(sink, &existing)?;
         }
@@ -241,8 +277,8 @@ impl CassandraSink {
                 .join(" AND ")
         );
         let prepared = PreparedSink {
-            upsert: self.session.prepare(upsert).await.map_err(cassandra)?,
-            delete: self.session.prepare(delete).await.map_err(cassandra)?,
+            upsert: self.session.prepare(upsert).await?,
+            delete: self.session.prepare(delete).await?,
             truncate: format!("TRUNCATE {}.{}", sink.keyspace, sink.table),
         };
         self.prepared.insert(sink.name.clone(), Arc::new(prepared));
@@ -261,16 +297,11 @@ impl CassandraSink {
                  WHERE keyspace_name = ? AND table_name = ?",
                 (sink.keyspace.as_str(), sink.table.as_str()),
             )
-            .await
-            .map_err(cassandra)?
-            .into_rows_result()
-            .map_err(cassandra)?;
+            .await?
+            .into_rows_result()?;
         let mut columns = HashMap::new();
-        for row in result
-            .rows::<(String, String, String)>()
-            .map_err(cassandra)?
-        {
-            let (name, cql_type, kind) = row.map_err(cassandra)?;
+        for row in result.rows::<(String, String, String)>()? {
+            let (name, cql_type, kind) = row?;
             columns.insert(name, (cql_type, kind));
         }
         Ok(columns)
@@ -280,14 +311,16 @@ impl CassandraSink {
     /// caller retries the whole delta, which is harmless).
     pub async fn write(&self, sink: &SinkTable, delta: &SinkDelta) -> Result<(), SinkError> {
         let prepared =
-            self.prepared.get(&sink.name).cloned().ok_or_else(|| {
-                SinkError::Cassandra(format!("sink {} is not prepared", sink.name))
-            })?;
+            self.prepared
+                .get(&sink.name)
+                .cloned()
+                .ok_or_else(|| SinkError::NotPrepared {
+                    sink: sink.name.clone(),
+                })?;
         if delta.truncate_first {
             self.session
                 .query_unpaged(prepared.truncate.as_str(), ())
-                .await
-                .map_err(cassandra)?;
+                .await?;
         }
         let writes: Vec<(bool, Vec<MaybeUnset<Option<CqlValue>>>)> = delta
             .pending
@@ -327,7 +360,7 @@ impl CassandraSink {
                         .execute_unpaged(statement, values)
                         .await
                         .map(|_| ())
-                        .map_err(cassandra)
+                        .map_err(SinkError::from)
                 }
             })
             .buffer_unordered(self.concurrency)

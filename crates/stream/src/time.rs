@@ -12,9 +12,24 @@ use crate::definition::Position;
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 
+/// Why a duration in a pipeline file is not one walflow reads.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntervalError {
+    #[error("'{text}' is not an interval like '5 seconds' or '1 minute'")]
+    NotANumber { text: String },
+    #[error("'{text}' has no unit: write '{text} seconds', '{text} minutes', ...")]
+    NoUnit { text: String },
+    #[error("'{text}': unknown unit '{unit}'; use milliseconds, seconds, minutes, hours or days")]
+    UnknownUnit { text: String, unit: String },
+    #[error("'{text}' is not a positive interval")]
+    NotPositive { text: String },
+    #[error("{expr} is not an interval; write INTERVAL '5' SECOND or INTERVAL '1 minute'")]
+    NotAnInterval { expr: String },
+}
+
 /// `value` with an optional separate `unit` (`'5' SECOND`), or with the unit inside
 /// (`'5 seconds'`, `'1.5 hours'`), in microseconds. Positive durations only.
-pub fn interval_micros(value: &str, unit: Option<&str>) -> Result<i64, String> {
+pub fn interval_micros(value: &str, unit: Option<&str>) -> Result<i64, IntervalError> {
     let text = match unit {
         Some(unit) => format!("{} {unit}", value.trim()),
         None => value.trim().to_owned(),
@@ -23,15 +38,12 @@ pub fn interval_micros(value: &str, unit: Option<&str>) -> Result<i64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not an interval like '5 seconds' or '1 minute'"))?;
+    // The number's own parse error says nothing the message does not.
+    let Ok(number) = number.parse::<f64>() else {
+        return Err(IntervalError::NotANumber { text });
+    };
     let per_unit: f64 = match unit.trim().to_lowercase().as_str() {
-        "" => {
-            return Err(format!(
-                "'{text}' has no unit: write '{text} seconds', '{text} minutes', ..."
-            ))
-        }
+        "" => return Err(IntervalError::NoUnit { text }),
         "microsecond" | "microseconds" | "us" => 1.0,
         "millisecond" | "milliseconds" | "ms" => 1e3,
         "second" | "seconds" | "sec" | "secs" | "s" => 1e6,
@@ -39,14 +51,15 @@ pub fn interval_micros(value: &str, unit: Option<&str>) -> Result<i64, String> {
         "hour" | "hours" | "h" => 3_600e6,
         "day" | "days" | "d" => 86_400e6,
         other => {
-            return Err(format!(
-            "'{text}': unknown unit '{other}'; use milliseconds, seconds, minutes, hours or days"
-        ))
+            return Err(IntervalError::UnknownUnit {
+                unit: other.to_owned(),
+                text,
+            })
         }
     };
     let micros = (number * per_unit).round();
     if micros <= 0.0 {
-        return Err(format!("'{text}' is not a positive interval"));
+        return Err(IntervalError::NotPositive { text });
     }
     Ok(micros as i64)
 }
@@ -68,7 +81,7 @@ pub fn human_micros(micros: i64) -> String {
 }
 
 /// An interval expression as sqlparser reads it: `INTERVAL '5' SECOND`, `INTERVAL '5 seconds'`.
-pub fn interval_expr_micros(expr: &Expr) -> Result<i64, String> {
+pub fn interval_expr_micros(expr: &Expr) -> Result<i64, IntervalError> {
     match expr {
         Expr::Interval(interval) => {
             let value = interval.value.to_string();
@@ -83,9 +96,9 @@ pub fn interval_expr_micros(expr: &Expr) -> Result<i64, String> {
             )
         }
         Expr::Nested(inner) => interval_expr_micros(inner),
-        other => Err(format!(
-            "{other} is not an interval; write INTERVAL '5' SECOND or INTERVAL '1 minute'"
-        )),
+        other => Err(IntervalError::NotAnInterval {
+            expr: other.to_string(),
+        }),
     }
 }
 
@@ -232,7 +245,9 @@ fn read_clause(clause: &str, at: Position) -> Result<WatermarkClause, (Position,
             left,
             op: BinaryOperator::Minus,
             right,
-        } if names_column(left) => interval_expr_micros(right).map_err(fail)?,
+        } if names_column(left) => {
+            interval_expr_micros(right).map_err(|error| fail(error.to_string()))?
+        }
         other => {
             return Err(fail(format!(
                 "the watermark must be {column} - INTERVAL '...' (how late events may arrive), not {other}"
@@ -257,15 +272,27 @@ mod tests {
         assert_eq!(interval_micros("90 seconds", None), Ok(90_000_000));
         assert_eq!(interval_micros("1.5 hours", None), Ok(5_400_000_000));
         assert_eq!(interval_micros("250 milliseconds", None), Ok(250_000));
-        assert!(interval_micros("5", None).unwrap_err().contains("no unit"));
+        assert!(interval_micros("5", None)
+            .unwrap_err()
+            .to_string()
+            .contains("no unit"));
         assert!(interval_micros("5m", None)
             .unwrap_err()
+            .to_string()
             .contains("unknown unit"));
         assert_eq!(interval_micros("5 ms", None), Ok(5_000));
         assert_eq!(interval_micros("2 min", None), Ok(120_000_000));
         assert!(interval_micros("5 fortnights", None)
             .unwrap_err()
+            .to_string()
             .contains("unknown unit"));
+        assert_eq!(
+            interval_micros("5 fortnights", None),
+            Err(IntervalError::UnknownUnit {
+                text: "5 fortnights".into(),
+                unit: "fortnights".into()
+            })
+        );
     }
 
     #[test]

@@ -77,6 +77,33 @@ pub fn functions() -> Vec<ScalarUDF> {
     ]
 }
 
+/// Why a window in a query cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error("{function}(): months vary in length; give the window in days or less")]
+    Months { function: String },
+    #[error("{function}(): a window must be longer than zero")]
+    NotPositive { function: String },
+    #[error("{function}(): {expr} is not a constant interval; write INTERVAL '1' MINUTE")]
+    NotAConstantInterval { function: String, expr: String },
+    #[error(
+        "hop(): the size must be a whole number of slides (every event then belongs to size / \
+         slide windows)"
+    )]
+    HopSizeNotSlides,
+    #[error(
+        "window_start and window_end need a window in GROUP BY: tumble(time, size), hop(time, \
+         slide, size) or session(time, gap)"
+    )]
+    WindowColumnWithoutWindow,
+    #[error("{function}() needs arguments")]
+    NoArguments { function: String },
+    #[error("{function}(): the last argument is the window's size")]
+    NoSize { function: String },
+    #[error("session(): the first argument is event time")]
+    NoSessionTime,
+}
+
 /// A window call as planned: its kind, event-time expression and sizes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowCall {
@@ -89,31 +116,35 @@ pub struct WindowCall {
 }
 
 /// The window of a planned group expression, if it is one.
-pub fn window_call(expr: &Expr) -> Result<Option<WindowCall>, String> {
+pub fn window_call(expr: &Expr) -> Result<Option<WindowCall>, WindowError> {
     let Expr::ScalarFunction(function) = expr else {
         return Ok(None);
     };
     let name = function.func.name();
-    let interval = |expr: &Expr| -> Result<i64, String> {
+    let function_name = || name.to_owned();
+    let interval = |expr: &Expr| -> Result<i64, WindowError> {
         match expr {
             Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(value)), _) => {
                 if value.months != 0 {
-                    return Err(format!(
-                        "{name}(): months vary in length; give the window in days or less"
-                    ));
+                    return Err(WindowError::Months {
+                        function: function_name(),
+                    });
                 }
                 let micros = i64::from(value.days) * 86_400_000_000 + value.nanoseconds / 1_000;
                 if micros <= 0 {
-                    return Err(format!("{name}(): a window must be longer than zero"));
+                    return Err(WindowError::NotPositive {
+                        function: function_name(),
+                    });
                 }
                 Ok(micros)
             }
             Expr::Literal(ScalarValue::IntervalDayTime(Some(value)), _) => {
                 Ok(i64::from(value.days) * 86_400_000_000 + i64::from(value.milliseconds) * 1_000)
             }
-            other => Err(format!(
-                "{name}(): {other} is not a constant interval; write INTERVAL '1' MINUTE"
-            )),
+            other => Err(WindowError::NotAConstantInterval {
+                function: function_name(),
+                expr: other.to_string(),
+            }),
         }
     };
     match (name, function.args.as_slice()) {
@@ -129,11 +160,7 @@ pub fn window_call(expr: &Expr) -> Result<Option<WindowCall>, String> {
         (HOP, [time, slide, size]) => {
             let (slide_us, size_us) = (interval(slide)?, interval(size)?);
             if size_us % slide_us != 0 {
-                return Err(
-                    "hop(): the size must be a whole number of slides (every event \
-                            then belongs to size / slide windows)"
-                        .to_owned(),
-                );
+                return Err(WindowError::HopSizeNotSlides);
             }
             Ok(Some(WindowCall {
                 time: time.clone(),
@@ -159,7 +186,7 @@ pub fn window_call(expr: &Expr) -> Result<Option<WindowCall>, String> {
 /// GROUP BY has a window call: `window_start` becomes the call, `window_end` the call plus
 /// its size. Returns an error for `session()` (not supported yet) or a window name used
 /// without a window in GROUP BY.
-pub fn rewrite_window_columns(query: &mut sql::Query) -> Result<(), String> {
+pub fn rewrite_window_columns(query: &mut sql::Query) -> Result<(), WindowError> {
     let SetExpr::Select(select) = query.body.as_mut() else {
         return Ok(());
     };
@@ -184,23 +211,19 @@ pub fn rewrite_window_columns(query: &mut sql::Query) -> Result<(), String> {
             std::ops::ControlFlow::<()>::Continue(())
         });
         if uses {
-            return Err(
-                "window_start and window_end need a window in GROUP BY: tumble(time, size), \
-                 hop(time, slide, size) or session(time, gap)"
-                    .into(),
-            );
+            return Err(WindowError::WindowColumnWithoutWindow);
         }
         return Ok(());
     };
     let FunctionArguments::List(arguments) = &function.args else {
-        return Err(format!("{name}() needs arguments"));
+        return Err(WindowError::NoArguments { function: name });
     };
     let size = arguments.args.last().and_then(|argument| match argument {
         FunctionArg::Unnamed(FunctionArgExpr::Expr(expr)) => Some(expr.clone()),
         _ => None,
     });
     let Some(size) = size else {
-        return Err(format!("{name}(): the last argument is the window's size"));
+        return Err(WindowError::NoSize { function: name });
     };
     let start = sql::Expr::Function(function.clone());
     // A session ends a gap after its last event: max(time) + gap, an aggregate of the group.
@@ -210,7 +233,7 @@ pub fn rewrite_window_columns(query: &mut sql::Query) -> Result<(), String> {
             _ => None,
         });
         let Some(time) = time else {
-            return Err("session(): the first argument is event time".into());
+            return Err(WindowError::NoSessionTime);
         };
         let mut max = function.clone();
         max.name = sql::ObjectName::from(vec![Ident::new("max")]);

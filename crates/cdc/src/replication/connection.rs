@@ -48,9 +48,7 @@ impl ReplicationConfig {
     /// From a `postgres://` URL or key/value string. TCP hosts only; TLS is not spoken yet,
     /// so the server must accept the connection without it.
     pub fn from_url(url: &str) -> Result<ReplicationConfig, ReplicationError> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|error| ReplicationError::Config(format!("{error}")))?;
+        let config: tokio_postgres::Config = url.parse().map_err(ReplicationError::InvalidUrl)?;
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(_) => {
@@ -333,9 +331,7 @@ impl ReplicationConnection {
             timeline: column(1)
                 .and_then(|timeline| timeline.parse().ok())
                 .unwrap_or_default(),
-            current_wal_lsn: lsn
-                .parse()
-                .map_err(|error| ReplicationError::Protocol(format!("{error}")))?,
+            current_wal_lsn: lsn.parse()?,
             database: column(3),
         })
     }
@@ -385,9 +381,7 @@ impl ReplicationConnection {
             column(1).ok_or_else(|| ReplicationError::Protocol("no consistent point".into()))?;
         Ok(CreatedSlot {
             slot_name: column(0).unwrap_or_else(|| slot_name.to_owned()),
-            consistent_point: consistent_point
-                .parse()
-                .map_err(|error| ReplicationError::Protocol(format!("{error}")))?,
+            consistent_point: consistent_point.parse()?,
             snapshot_name: column(2),
         })
     }

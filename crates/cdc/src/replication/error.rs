@@ -17,8 +17,15 @@ pub enum ReplicationError {
     Authentication(String),
     #[error("unexpected message from Postgres: {0}")]
     Protocol(String),
+    /// A position in a replication command's answer that is not an LSN.
+    #[error("unexpected message from Postgres: {0}")]
+    InvalidLsn(#[from] walflow_pgoutput::ParseLsnError),
     #[error("cannot decode the replication stream: {0}")]
     Decode(#[from] walflow_pgoutput::DecodeError),
+    /// The URL (or key/value string) as tokio-postgres reads it.
+    #[error("invalid connection URL: {0}")]
+    InvalidUrl(#[source] tokio_postgres::Error),
+    /// A URL tokio-postgres reads that the replication connection cannot use.
     #[error("invalid connection URL: {0}")]
     Config(String),
 }

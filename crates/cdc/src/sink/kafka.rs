@@ -11,7 +11,7 @@ use rdkafka::ClientConfig;
 use walflow_pgoutput::Lsn;
 
 use super::ledger::{Acks, Deliveries};
-use super::{EventSink, SinkError};
+use super::{DeliveryFailure, EventSink, SinkError};
 use crate::envelope::ChangeEvent;
 use crate::metrics::CdcMetrics;
 
@@ -33,7 +33,9 @@ impl ProducerContext for AckContext {
         let bytes = (message.payload_len() + message.key_len()) as u64;
         match result {
             Ok(_) => self.deliveries.delivered(transaction as u64, bytes),
-            Err((error, _)) => self.deliveries.failed(transaction as u64, bytes, error),
+            Err((error, _)) => self
+                .deliveries
+                .failed(transaction as u64, bytes, error.clone()),
         }
     }
 }
@@ -202,7 +204,7 @@ impl EventSink for KafkaSink {
         self.acks.metrics()
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<DeliveryFailure> {
         self.acks.failure()
     }
 
@@ -304,10 +306,7 @@ async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), S
                     .iter()
                     .any(|known| known.name() == topic && known.error().is_none());
                 if !exists {
-                    return Err(SinkError::TopicRefused {
-                        topic,
-                        reason: code.to_string(),
-                    });
+                    return Err(SinkError::TopicRefused { topic, code });
                 }
                 tracing::warn!(%topic, error = %code, "could not create the topic, but it exists");
             }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use walflow_pgoutput::Lsn;
 
+use super::DeliveryFailure;
 use crate::metrics::CdcMetrics;
 
 /// A count per transaction, not a handle per message, so memory stays the same whatever a
@@ -17,7 +18,7 @@ pub(crate) struct AckLedger {
     /// Events handed over and not yet acknowledged or failed, and their bytes.
     queued_events: u64,
     queued_bytes: u64,
-    failure: Option<String>,
+    failure: Option<DeliveryFailure>,
     /// Commit-to-acknowledgement times of the most recent transactions, in microseconds.
     latencies_us: VecDeque<u64>,
 }
@@ -154,7 +155,7 @@ impl Acks {
         }
     }
 
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<DeliveryFailure> {
         lock(&self.ledger).failure.clone()
     }
 
@@ -189,17 +190,22 @@ impl Deliveries {
     }
 
     /// The first failure is kept: from it on nothing is confirmed to Postgres.
-    pub(crate) fn failed(&self, transaction: u64, bytes: u64, error: &dyn std::fmt::Display) {
+    pub(crate) fn failed(
+        &self,
+        transaction: u64,
+        bytes: u64,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) {
         let mut ledger = lock(&self.ledger);
         ledger.queued_events = ledger.queued_events.saturating_sub(1);
         ledger.queued_bytes = ledger.queued_bytes.saturating_sub(bytes);
         if ledger.failure.is_none() {
-            let message = format!(
-                "Kafka did not acknowledge an event of transaction #{transaction}: {error}; \
-                 nothing from it on is confirmed to Postgres"
-            );
-            tracing::warn!(%message, "delivery failed");
-            ledger.failure = Some(message);
+            let failure = DeliveryFailure {
+                transaction,
+                source: Arc::from(error.into()),
+            };
+            tracing::warn!(message = %failure, "delivery failed");
+            ledger.failure = Some(failure);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use walflow_pgoutput::Lsn;
 
 use super::ledger::{Acks, Deliveries};
-use super::{EventSink, SinkError};
+use super::{DeliveryFailure, EventSink, SinkError};
 use crate::envelope::ChangeEvent;
 use crate::metrics::CdcMetrics;
 
@@ -115,7 +115,7 @@ impl MemoryKafka {
         let pending = state.pending.remove(index);
         state
             .deliveries
-            .failed(pending.transaction, pending.bytes, &reason);
+            .failed(pending.transaction, pending.bytes, reason);
     }
 
     /// Acknowledged events, in the order they were acknowledged (none kept after
@@ -157,7 +157,7 @@ impl EventSink for MemorySink {
             + event.value.as_ref().map_or(0, Vec::len)) as u64;
         let mut state = self.kafka.state();
         if let Some(reason) = &state.refuse_sends {
-            return Err(SinkError::Undelivered(reason.clone()));
+            return Err(SinkError::SendRefused(reason.clone()));
         }
         self.acks
             .metrics()
@@ -194,7 +194,7 @@ impl EventSink for MemorySink {
         Ok(())
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<DeliveryFailure> {
         self.acks.failure()
     }
 

@@ -28,10 +28,29 @@ pub enum SinkError {
     Kafka(#[from] KafkaError),
     #[error("cannot write to stdout: {0}")]
     Stdout(#[from] std::io::Error),
+    #[error(transparent)]
+    Undelivered(DeliveryFailure),
+    /// The memory sink, told to refuse every send (a Kafka that takes nothing).
     #[error("{0}")]
-    Undelivered(String),
-    #[error("Kafka refused to create topic {topic}: {reason}; create it by hand, or give walflow the right to create topics")]
-    TopicRefused { topic: String, reason: String },
+    SendRefused(String),
+    #[error("Kafka refused to create topic {topic}: {code}; create it by hand, or give walflow the right to create topics")]
+    TopicRefused {
+        topic: String,
+        code: rdkafka::types::RDKafkaErrorCode,
+    },
+}
+
+/// Kafka gave up on an event: from its transaction on, nothing is confirmed to Postgres.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "Kafka did not acknowledge an event of transaction #{transaction}: {source}; nothing from \
+     it on is confirmed to Postgres"
+)]
+pub struct DeliveryFailure {
+    pub transaction: u64,
+    /// Why, as the producer's delivery report (or a test double) said.
+    #[source]
+    pub source: Arc<dyn std::error::Error + Send + Sync>,
 }
 
 /// What cdc's loop needs of a destination. Events are sent transaction by transaction and
@@ -62,7 +81,7 @@ pub trait EventSink: Send {
     fn reset(&mut self) -> Result<(), SinkError>;
 
     /// Set when an acknowledgement failed: the loop must stop without confirming more.
-    fn failure(&self) -> Option<String>;
+    fn failure(&self) -> Option<DeliveryFailure>;
 
     /// The destination is behind: the loop stops reading changes (but goes on sending status
     /// updates, so Postgres does not take the silence for a dead link) until it catches up.

@@ -53,7 +53,7 @@ impl EventSink for StdoutSink {
         Ok(())
     }
 
-    fn failure(&self) -> Option<String> {
+    fn failure(&self) -> Option<super::DeliveryFailure> {
         None
     }
 

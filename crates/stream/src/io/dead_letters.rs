@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -66,7 +67,7 @@ pub async fn send_dead_letters(
     topic: &str,
     pipeline: &str,
     letters: &[DeadLetter],
-) -> Result<(), String> {
+) -> Result<(), KafkaError> {
     let mut deliveries = Vec::new();
     for letter in letters {
         let partition = letter.partition.to_string();
@@ -102,7 +103,7 @@ pub async fn send_dead_letters(
         deliveries.push(producer.send(record, Duration::from_secs(30)));
     }
     for delivery in futures_util::future::join_all(deliveries).await {
-        delivery.map_err(|(error, _)| error.to_string())?;
+        delivery.map_err(|(error, _)| error)?;
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ use crate::definition::{SinkTable, SourceTable};
 use crate::runner::ProcessError;
 use crate::sink::{SinkDelta, SinkError};
 use crate::value::Row;
+use rdkafka::error::KafkaError;
 
 fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -224,17 +225,16 @@ impl BatchSink for MemorySink {
             .is_ok();
         if refuse {
             self.refused.fetch_add(1, Ordering::SeqCst);
-            return Err(SinkError::Cassandra(format!(
-                "the memory sink refused a write to {}",
-                table.name
-            )));
+            return Err(SinkError::Refused {
+                table: table.name.clone(),
+            });
         }
         let mut tables = locked(&self.tables);
         delta.apply_to(tables.entry(table.name.clone()).or_default());
         Ok(())
     }
 
-    async fn send_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), String> {
+    async fn send_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), KafkaError> {
         locked(&self.letters).extend(
             letters
                 .iter()

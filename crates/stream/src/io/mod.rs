@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 use walflow_retry::RetryPolicy;
 
-use crate::decode::DecodedEvent;
+use crate::decode::{DecodeError, DecodedEvent, EventError};
 use crate::definition::{SinkTable, SourceTable};
 use crate::pipeline::BatchChange;
 use crate::runner::ProcessError;
@@ -89,7 +90,7 @@ pub trait BatchSink: Send + Sync + 'static {
         &self,
         topic: &str,
         letters: &[DeadLetter],
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), KafkaError>> + Send;
 }
 
 /// One micro-batch as read and decoded, before any state is touched.
@@ -145,7 +146,7 @@ impl ReadBatch {
         source_index: usize,
         source: &SourceTable,
         record: &Record<'_>,
-        decoded: Result<Option<DecodedEvent>, String>,
+        decoded: Result<Option<DecodedEvent>, DecodeError>,
     ) {
         match decoded {
             Ok(Some(event)) => {
@@ -162,13 +163,17 @@ impl ReadBatch {
                 });
             }
             Ok(None) => {}
-            Err(reason) => self.dead_letters.push(DeadLetter {
+            Err(error) => self.dead_letters.push(DeadLetter {
                 topic: record.topic.to_owned(),
                 partition: record.partition,
                 offset: record.offset,
                 key: record.key.map(<[u8]>::to_vec),
                 payload: record.payload.map(<[u8]>::to_vec),
-                reason: format!("source {}: {reason}", source.name),
+                reason: EventError {
+                    table: source.name.clone(),
+                    error,
+                }
+                .to_string(),
             }),
         }
     }

@@ -15,8 +15,9 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::{sleep_or_stop, BatchRead, ChangeSource, PartitionKey, ReadBatch, Record, RETRY};
+use crate::avro::SchemaFetchError;
 use crate::consumer::{commit_offsets, PipelineConsumer, PipelineConsumerContext};
-use crate::decode::decode;
+use crate::decode::{decode, DecodeError};
 use crate::definition::{SourceFormat, SourceTable};
 use crate::metrics::ProcessMetrics;
 use crate::pipeline::Pipeline;
@@ -123,7 +124,12 @@ impl ChangeSource for KafkaSource {
                         .into(),
                 )
             })?;
-            Some(crate::avro::WriterSchemas::new(url).map_err(|message| self.fail(message))?)
+            Some(crate::avro::WriterSchemas::new(url).map_err(|source| {
+                ProcessError::SchemaRegistry {
+                    pipeline: self.pipeline.clone(),
+                    source,
+                }
+            })?)
         } else {
             None
         };
@@ -182,9 +188,9 @@ impl KafkaReader {
         &mut self,
         source: &SourceTable,
         payload: &[u8],
-    ) -> Result<Option<crate::decode::DecodedEvent>, String> {
+    ) -> Result<Option<crate::decode::DecodedEvent>, DecodeError> {
         let Some(schemas) = self.avro.as_mut() else {
-            return Err("an Avro source without a schema registry".into());
+            return Err(DecodeError::NoSchemaRegistry);
         };
         let id = crate::avro::WriterSchemas::schema_id(payload)?;
         let mut backoff = RETRY.backoff();
@@ -193,17 +199,13 @@ impl KafkaReader {
                 Ok(()) => break,
                 // Waiting never mends an unknown id or a schema that is not Avro: the event
                 // goes to the dead letters and the partition flows on.
-                Err(refused @ crate::avro::SchemaFetchError::Refused { .. }) => {
-                    return Err(refused.to_string())
-                }
-                Err(crate::avro::SchemaFetchError::Unavailable(error)) => error,
+                Err(SchemaFetchError::Unavailable(error)) => error,
+                Err(refused) => return Err(refused.into()),
             };
             let wait = backoff.next_delay();
             tracing::warn!(pipeline = %self.pipeline, %error, retry_in_ms = wait.as_millis() as u64, "cannot fetch an Avro writer schema; retrying");
             if sleep_or_stop(wait, &mut self.stop).await {
-                return Err(format!(
-                    "stopped while fetching writer schema {id}: {error}"
-                ));
+                return Err(DecodeError::StoppedFetchingSchema { id, source: error });
             }
         }
         schemas.decode(source, payload).map(Some)

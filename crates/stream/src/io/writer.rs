@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use tokio::sync::watch;
@@ -18,6 +19,36 @@ use crate::definition::SinkTable;
 use crate::metrics::{ProcessMetrics, RecoveredError};
 use crate::runner::{ProcessError, ProcessOptions, RunSummary};
 use crate::sink::{CassandraSink, SinkDelta, SinkError};
+
+/// Why writing a batch failed (it is retried, holding its position).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WriteError {
+    #[error(transparent)]
+    Rows(#[from] SinkError),
+    #[error("dead-letter topic {topic}: {source}")]
+    DeadLetters {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("late-events topic {topic}: {source}")]
+    LateEvents {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+impl WriteError {
+    /// The kind it is counted under.
+    fn kind(&self) -> RecoveredError {
+        match self {
+            WriteError::Rows(_) => RecoveredError::CassandraWrite,
+            WriteError::DeadLetters { .. } => RecoveredError::DeadLetterSend,
+            WriteError::LateEvents { .. } => RecoveredError::LateEventSend,
+        }
+    }
+}
 
 /// One micro-batch on its way to the sink.
 pub(crate) struct BatchWrite {
@@ -65,9 +96,7 @@ impl<K: BatchSink> BatchWriter<K> {
         let mut backoff = RETRY.backoff();
         let writing = Instant::now();
         loop {
-            let mut result: Result<u64, String> = Ok(0);
-            // What failed, when something did: each is counted under its own kind.
-            let mut failed = RecoveredError::CassandraWrite;
+            let mut result: Result<u64, WriteError> = Ok(0);
             for (sink_table, delta) in self.sinks.iter().zip(&batch.deltas) {
                 if delta.is_empty() {
                     continue;
@@ -79,28 +108,29 @@ impl<K: BatchSink> BatchWriter<K> {
                         }
                     }
                     Err(error) => {
-                        result = Err(error.to_string());
+                        result = Err(error.into());
                         break;
                     }
                 }
             }
             if result.is_ok() && !batch.dead_letters.is_empty() {
-                if let Err(error) = self
+                if let Err(source) = self
                     .sink
                     .send_letters(&self.dead_letter_topic, &batch.dead_letters)
                     .await
                 {
-                    failed = RecoveredError::DeadLetterSend;
-                    result = Err(format!(
-                        "dead-letter topic {}: {error}",
-                        self.dead_letter_topic
-                    ));
+                    result = Err(WriteError::DeadLetters {
+                        topic: self.dead_letter_topic.clone(),
+                        source,
+                    });
                 }
             }
             if result.is_ok() && !batch.late.is_empty() {
-                if let Err(error) = self.sink.send_letters(&self.late_topic, &batch.late).await {
-                    failed = RecoveredError::LateEventSend;
-                    result = Err(format!("late-events topic {}: {error}", self.late_topic));
+                if let Err(source) = self.sink.send_letters(&self.late_topic, &batch.late).await {
+                    result = Err(WriteError::LateEvents {
+                        topic: self.late_topic.clone(),
+                        source,
+                    });
                 }
             }
             match result {
@@ -119,7 +149,7 @@ impl<K: BatchSink> BatchWriter<K> {
                     return Some(batch);
                 }
                 Err(error) => {
-                    self.metrics.error(failed).inc();
+                    self.metrics.error(error.kind()).inc();
                     let wait = backoff.next_delay();
                     tracing::warn!(pipeline = %name, %error, retry_in_ms = wait.as_millis() as u64, "writing the batch failed; holding position and retrying");
                     if sleep_or_stop(wait, &mut self.stop).await {
@@ -138,14 +168,11 @@ pub(crate) async fn settle(
     state: &mut Checkpoint,
     summary: &mut RunSummary,
     metrics: &ProcessMetrics,
-) -> Result<bool, String> {
+) -> Result<bool, tokio::task::JoinError> {
     let Some(handle) = in_flight else {
         return Ok(true);
     };
-    match handle
-        .await
-        .map_err(|error| format!("a write task failed: {error}"))?
-    {
+    match handle.await? {
         Some(written) => {
             finish(written, state, summary, metrics);
             Ok(true)
@@ -242,7 +269,7 @@ impl BatchSink for CassandraOutputs {
         self.tables.write(table, delta).await
     }
 
-    async fn send_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), String> {
+    async fn send_letters(&self, topic: &str, letters: &[DeadLetter]) -> Result<(), KafkaError> {
         send_dead_letters(&self.topics, topic, &self.pipeline, letters).await
     }
 }

@@ -30,7 +30,7 @@ pub(super) struct PlanBuilder<'a> {
 }
 
 impl PlanBuilder<'_> {
-    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, String> {
+    fn physical(&self, expr: &Expr, schema: &DFSchema) -> Result<Arc<dyn PhysicalExpr>, PlanError> {
         let volatile = expr
             .exists(|node| {
                 Ok(matches!(node, Expr::ScalarFunction(function)
@@ -38,10 +38,9 @@ impl PlanBuilder<'_> {
             })
             .unwrap_or(false);
         if volatile {
-            return Err(format!(
-                "{expr} changes from one evaluation to the next (like now() or random()): \
-                 a retraction would not remove what was added; use columns of the row instead"
-            ));
+            return Err(PlanError::Volatile {
+                expr: expr.to_string(),
+            });
         }
         // Some functions (coalesce, nvl, ...) exist only to be rewritten by DataFusion's
         // simplifier before execution.
@@ -50,10 +49,10 @@ impl PlanBuilder<'_> {
             .build();
         let simplified = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(context)
             .simplify(expr.clone())
-            .map_err(|error| error.to_string())?;
+            .map_err(PlanError::Expression)?;
         self.state
             .create_physical_expr(simplified, schema)
-            .map_err(|error| error.to_string())
+            .map_err(PlanError::Expression)
     }
 
     /// The changelog source a window reads, checking that its time is that source's
@@ -63,7 +62,7 @@ impl PlanBuilder<'_> {
         input: &Node,
         call: &crate::windows::WindowCall,
         input_schema: &DFSchema,
-    ) -> Result<String, String> {
+    ) -> Result<String, PlanError> {
         let mut sources = Vec::new();
         let mut joined = false;
         input.visit(&mut |node| match node {
@@ -72,20 +71,16 @@ impl PlanBuilder<'_> {
             Node::Step { .. } => {}
         });
         if joined || sources.len() != 1 {
-            return Err(
-                "a window reads one changelog source directly (not a join or an aggregate)".into(),
-            );
+            return Err(PlanError::WindowInput);
         }
         let source = self
             .definition
             .source(&sources[0])
             .expect("a planned source is declared");
         let Some(watermark) = source.watermark else {
-            return Err(format!(
-                "a window needs event time: declare WATERMARK FOR <timestamp column> AS \
-                 <column> - INTERVAL '...' in source {} (with mode = 'changelog')",
-                source.name
-            ));
+            return Err(PlanError::NoEventTime {
+                source_table: source.name.clone(),
+            });
         };
         let event_time = &source.columns[watermark.column].name;
         let names_event_time = match &call.time {
@@ -93,11 +88,11 @@ impl PlanBuilder<'_> {
             _ => false,
         };
         if !names_event_time {
-            return Err(format!(
-                "the window's time must be {}'s event time {event_time} (its WATERMARK column), \
-                 not {}",
-                source.name, call.time
-            ));
+            return Err(PlanError::WindowTimeNotEventTime {
+                source_table: source.name.clone(),
+                event_time: event_time.clone(),
+                time: call.time.to_string(),
+            });
         }
         let _ = input_schema;
         Ok(source.name.clone())
@@ -119,7 +114,7 @@ impl PlanBuilder<'_> {
         }
     }
 
-    pub(super) fn build(&mut self, plan: &LogicalPlan) -> Result<Node, String> {
+    pub(super) fn build(&mut self, plan: &LogicalPlan) -> Result<Node, PlanError> {
         match plan {
             LogicalPlan::Projection(projection) => {
                 let exprs = projection
@@ -143,7 +138,7 @@ impl PlanBuilder<'_> {
                 for (index, expr) in aggregate.group_expr.iter().enumerate() {
                     if let Some(call) = crate::windows::window_call(expr)? {
                         if window.is_some() {
-                            return Err("one window per GROUP BY".into());
+                            return Err(PlanError::SecondWindow);
                         }
                         window = Some((index, call));
                     }
@@ -153,9 +148,7 @@ impl PlanBuilder<'_> {
                     .iter()
                     .enumerate()
                     .map(|(index, expr)| match expr {
-                        Expr::GroupingSet(_) => {
-                            Err("GROUPING SETS, CUBE and ROLLUP are not supported".to_owned())
-                        }
+                        Expr::GroupingSet(_) => Err(PlanError::GroupingSets),
                         // A session groups by event time itself (the operator turns it into
                         // the session's start).
                         _ if window
@@ -284,14 +277,12 @@ impl PlanBuilder<'_> {
             LogicalPlan::Join(join) => self.join(join),
             LogicalPlan::TableScan(scan) => {
                 if !scan.filters.is_empty() || scan.fetch.is_some() {
-                    return Err(
-                        "the table scan carries filters or a limit walflow cannot stream".into(),
-                    );
+                    return Err(PlanError::FilteredScan);
                 }
                 let name = scan.table_name.table().to_owned();
-                let schema = source_schema(self.definition, &name).ok_or_else(|| {
-                    format!("{name} is not a Kafka source of this file (a sink cannot be read)")
-                })?;
+                let Some(schema) = source_schema(self.definition, &name) else {
+                    return Err(PlanError::NotASource { name });
+                };
                 let mut node = Node::Source {
                     name,
                     schema: schema.clone(),
@@ -311,34 +302,23 @@ impl PlanBuilder<'_> {
                 }
                 Ok(node)
             }
-            LogicalPlan::Sort(_) => Err(
-                "ORDER BY has no meaning for a table kept up to date in Cassandra; remove it"
-                    .into(),
-            ),
-            LogicalPlan::Limit(_) => {
-                Err("LIMIT over an updating table is not supported; remove it".into())
-            }
-            LogicalPlan::Window(_) => {
-                Err("window functions (OVER) are not supported in a streaming pipeline".into())
-            }
-            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
-                Err("the SELECT reads no source table: add FROM <source>".into())
-            }
-            other => Err(format!(
-                "{} is not supported in a streaming pipeline",
-                other.display()
-            )),
+            LogicalPlan::Sort(_) => Err(PlanError::OrderBy),
+            LogicalPlan::Limit(_) => Err(PlanError::Limit),
+            LogicalPlan::Window(_) => Err(PlanError::WindowFunction),
+            LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => Err(PlanError::NoSource),
+            other => Err(PlanError::UnsupportedPlan {
+                plan: other.display().to_string(),
+            }),
         }
     }
 
     /// An inner join on equalities between the two sides; any other condition of its ON
     /// becomes a filter over the joined rows (the same thing for an inner join).
-    fn join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Node, String> {
+    fn join(&mut self, join: &datafusion::logical_expr::Join) -> Result<Node, PlanError> {
         if join.join_type != JoinType::Inner {
-            return Err(format!(
-                "{} joins are not supported yet; use an inner JOIN ... ON",
-                join.join_type
-            ));
+            return Err(PlanError::OuterJoin {
+                join_type: join.join_type.to_string(),
+            });
         }
         let (left_schema, right_schema) = (join.left.schema(), join.right.schema());
         let mut pairs: Vec<(Expr, Expr)> = join.on.clone();
@@ -377,11 +357,7 @@ impl PlanBuilder<'_> {
             residual.push(conjunct.clone());
         }
         if pairs.is_empty() {
-            return Err(
-                "a join needs an equality between columns of its two sides, like \
-                 JOIN countries c ON u.country = c.name (cross joins are not supported)"
-                    .into(),
-            );
+            return Err(PlanError::NoJoinEquality);
         }
         let left_keys = pairs
             .iter()
@@ -418,13 +394,15 @@ impl PlanBuilder<'_> {
         expr: &Expr,
         input_schema: &DFSchema,
         output_field: &Field,
-    ) -> Result<AggregateCall, String> {
+    ) -> Result<AggregateCall, PlanError> {
         let expr = match expr {
             Expr::Alias(alias) => alias.expr.as_ref(),
             other => other,
         };
         let Expr::AggregateFunction(function) = expr else {
-            return Err(format!("{expr} is not an aggregate walflow knows"));
+            return Err(PlanError::NotAnAggregate {
+                expr: expr.to_string(),
+            });
         };
         let name = function.func.name().to_lowercase();
         let kind = match name.as_str() {
@@ -434,15 +412,14 @@ impl PlanBuilder<'_> {
             "min" => AggregateKind::Min,
             "max" => AggregateKind::Max,
             other => {
-                return Err(format!(
-                    "aggregate {other}() cannot retract rows yet; use count, sum, avg, min, max \
-                     or count(DISTINCT ...)"
-                ))
+                return Err(PlanError::NotRetractable {
+                    function: other.to_owned(),
+                })
             }
         };
         let params = &function.params;
         if params.args.len() > 1 {
-            return Err(format!("{name}() takes one argument here"));
+            return Err(PlanError::TooManyArguments { function: name });
         }
         // count(*) arrives as count(1): a literal counts every row.
         let argument = match params.args.first() {
@@ -458,11 +435,10 @@ impl PlanBuilder<'_> {
             .map(|filter| self.physical(filter, input_schema))
             .transpose()?;
         let output_type = ColumnType::from_arrow(output_field.data_type()).ok_or_else(|| {
-            format!(
-                "{name}() gives {} here, which walflow does not keep; CAST the argument to \
-                 BIGINT or DOUBLE",
-                output_field.data_type()
-            )
+            PlanError::UnkeptType {
+                function: name.clone(),
+                data_type: output_field.data_type().to_string(),
+            }
         })?;
         Ok(AggregateCall {
             kind,

@@ -65,7 +65,8 @@ async fn compile_query(
     let planning_error = |error| located_error(definition, query, error);
     refuse_undeclared_tables(definition, query)?;
     let mut sql_query = query.query.clone();
-    crate::windows::rewrite_window_columns(&mut sql_query).map_err(fail)?;
+    crate::windows::rewrite_window_columns(&mut sql_query)
+        .map_err(|error| fail(error.to_string()))?;
     let statement = DFStatement::Statement(Box::new(Statement::Query(Box::new(sql_query))));
     let plan = state
         .statement_to_plan(statement)
@@ -90,7 +91,9 @@ async fn compile_query(
         sessions: 0,
         windows: 0,
     };
-    let root = builder.build(&plan).map_err(fail)?;
+    let root = builder
+        .build(&plan)
+        .map_err(|error| fail(error.to_string()))?;
     let (aggregates, joins, sessions, windows) = (
         builder.aggregates,
         builder.joins,

@@ -15,10 +15,12 @@ use crate::value::ColumnType;
 
 mod builder;
 mod compile;
+mod error;
 #[cfg(test)]
 mod tests;
 
 pub use compile::{compile, source_schema};
+pub use error::PlanError;
 
 /// A stateless step over a batch of changes.
 #[derive(Debug, Clone)]
