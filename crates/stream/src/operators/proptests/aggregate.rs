@@ -1,0 +1,91 @@
+//! The changelog aggregate (and its retractable accumulators) against DataFusion: every
+//! aggregate walflow keeps, over integers, floats and NULLs, grouped by a key that may be
+//! NULL (those rows Cassandra cannot store) and whose groups empty and come back.
+
+use proptest::prelude::*;
+
+use super::{assert_same_table, batch_sizes, replay, step, Harness, Step};
+use crate::value::{Row, Value};
+
+const ITEMS_BY_GROUP: &str = "
+    CREATE TABLE items (id BIGINT, grp TEXT, n BIGINT, x DOUBLE, PRIMARY KEY (id))
+      WITH (connector = 'kafka', topic = 'walflow.public.items', format = 'debezium_json');
+    CREATE TABLE items_by_group (
+        grp TEXT PRIMARY KEY, rows_in BIGINT, n_count BIGINT, n_sum BIGINT, x_sum DOUBLE,
+        n_min BIGINT, n_max BIGINT, x_min DOUBLE, x_max DOUBLE, n_avg DOUBLE, x_avg DOUBLE,
+        n_distinct BIGINT, x_distinct BIGINT
+    ) WITH (connector = 'cassandra', keyspace = 'ks');
+    INSERT INTO items_by_group
+    SELECT grp, count(*), count(n), sum(n), sum(x), min(n), max(n), min(x), max(x), avg(n),
+           avg(x), count(DISTINCT n), count(DISTINCT x)
+    FROM items GROUP BY grp;";
+
+/// `grp`, `n`, `x` of an item: few groups (one NULL), small integers and two-decimal
+/// floats, each NULL now and then.
+fn item() -> impl Strategy<Value = Row> {
+    let group = prop_oneof![
+        4 => prop::sample::select(vec!["a", "b", "c"]).prop_map(|g| Value::Text(g.to_owned())),
+        1 => Just(Value::Null),
+    ];
+    let integer = prop_oneof![4 => (-20i64..20).prop_map(Value::Int64), 1 => Just(Value::Null)];
+    let float = prop_oneof![
+        4 => (-100_000i64..100_000).prop_map(|cents| Value::Float64(cents as f64 / 100.0)),
+        1 => Just(Value::Null),
+    ];
+    (group, integer, float).prop_map(|(group, integer, float)| vec![group, integer, float])
+}
+
+fn history() -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(step(1, 8, item()), 0..60)
+}
+
+fn aggregates_equal_datafusion(
+    harness: &Harness,
+    (steps, sizes): (Vec<Step>, Vec<usize>),
+) -> Result<(), TestCaseError> {
+    let (events, rows) = replay(harness, &steps);
+    let outcome = harness.run_in_batches(&events, &sizes);
+    let oracle = harness.oracle(&rows, &harness.select(0));
+    assert_same_table(harness.sink(0), &outcome.tables[0], oracle)
+}
+
+#[test]
+fn grouped_aggregates_over_a_changelog_equal_datafusion_over_the_final_table() {
+    Harness::new(ITEMS_BY_GROUP).check((history(), batch_sizes()), aggregates_equal_datafusion);
+}
+
+/// The cases the property must meet, pinned: a group that empties (its row disappears), one
+/// that empties and comes back, NULLs in every aggregated column and in the group.
+#[test]
+fn a_group_that_empties_disappears_and_nulls_are_skipped() {
+    let harness = Harness::new(ITEMS_BY_GROUP);
+    let text = |text: &str| Value::Text(text.to_owned());
+    let upsert = |id: i64, row: Row| Step {
+        source: 0,
+        id,
+        row: Some(row),
+    };
+    let delete = |id: i64| Step {
+        source: 0,
+        id,
+        row: None,
+    };
+    let steps = vec![
+        upsert(1, vec![text("a"), Value::Int64(3), Value::Float64(1.5)]),
+        upsert(2, vec![text("b"), Value::Null, Value::Null]),
+        upsert(3, vec![text("b"), Value::Int64(-4), Value::Float64(0.25)]),
+        upsert(4, vec![Value::Null, Value::Int64(7), Value::Float64(2.0)]),
+        upsert(5, vec![text("c"), Value::Int64(1), Value::Null]),
+        upsert(3, vec![text("a"), Value::Int64(-4), Value::Float64(0.25)]),
+        delete(2),
+        delete(5),
+        upsert(5, vec![text("c"), Value::Null, Value::Float64(-3.0)]),
+        upsert(6, vec![text("a"), Value::Int64(3), Value::Float64(9.75)]),
+        delete(1),
+    ];
+    for sizes in [vec![1], vec![3], vec![100]] {
+        if let Err(failure) = aggregates_equal_datafusion(&harness, (steps.clone(), sizes)) {
+            panic!("{failure}");
+        }
+    }
+}
