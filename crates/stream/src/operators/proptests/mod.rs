@@ -68,10 +68,17 @@ impl Harness {
         strategy: S,
         property: impl Fn(&Harness, S::Value) -> Result<(), TestCaseError>,
     ) {
-        let config = if std::env::var_os("PROPTEST_CASES").is_some() {
-            Config::default()
-        } else {
-            Config::with_cases(DEFAULT_CASES)
+        let config = Config {
+            cases: if std::env::var_os("PROPTEST_CASES").is_some() {
+                Config::default().cases
+            } else {
+                DEFAULT_CASES
+            },
+            // A failure shrinks to a few steps (proptest's default of 256 tries stops early).
+            max_shrink_iters: 4096,
+            // The runner is not the macro: it knows no source file to keep failures beside.
+            failure_persistence: None,
+            ..Config::default()
         };
         let mut runner = TestRunner::new(config);
         if let Err(failure) = runner.run(&strategy, |value| property(self, value)) {
@@ -196,12 +203,26 @@ struct Outcome {
 
 /// One step of a keyed history: the row with key `id` of `source` becomes `row` (inserted
 /// or updated), or is deleted (`None`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Step {
     source: usize,
     id: i64,
     /// Every column but the key (column 0).
     row: Option<Row>,
+}
+
+/// One line per step in a counterexample: `source 1, id 3 := ["a", 7, NULL]` or `... deleted`.
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "source {}, id {}", self.source, self.id)?;
+        match &self.row {
+            Some(row) => {
+                let values: Vec<String> = row.iter().map(ToString::to_string).collect();
+                write!(f, " := [{}]", values.join(", "))
+            }
+            None => f.write_str(" deleted"),
+        }
+    }
 }
 
 fn step(
