@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use super::{assert_same_table, batch_sizes, replay, step, Harness, Step};
+use super::{assert_same_table, batch_sizes, replay, step, Edit, Harness, Step};
 use crate::value::{Row, Value};
 
 const ORDERS_AND_SHIPMENTS: &str = "
@@ -41,7 +41,7 @@ fn history() -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step(2, 6, side()), 0..60).prop_map(|mut steps| {
         // shipments' value column is a DOUBLE.
         for step in &mut steps {
-            if let (1, Some(row)) = (step.source, &mut step.row) {
+            if let (1, Edit::Put(row)) = (step.source, &mut step.edit) {
                 if let Some(Value::Int64(value)) = row.get(1) {
                     row[1] = Value::Float64(*value as f64 / 4.0);
                 }

@@ -86,7 +86,9 @@ impl Harness {
         }
     }
 
-    /// The events through the pipeline, cut into batches of the given sizes (cycled).
+    /// The events through the pipeline, cut into batches of the given sizes (cycled); one
+    /// empty batch when there are none (the runner applies every batch it reads, empty or
+    /// not, so a global aggregate's row exists from the start).
     fn run_in_batches(&self, events: &[Event], batch_sizes: &[usize]) -> Outcome {
         let pipeline = &self.pipeline;
         let mut state: Checkpoint = pipeline.fresh_checkpoint();
@@ -96,10 +98,7 @@ impl Harness {
         };
         let mut rest = events;
         for &size in batch_sizes.iter().cycle() {
-            if rest.is_empty() {
-                break;
-            }
-            let (batch, after) = rest.split_at(size.clamp(1, rest.len()));
+            let (batch, after) = rest.split_at(size.max(1).min(rest.len()));
             rest = after;
             let changes: Vec<BatchChange> = batch
                 .iter()
@@ -125,6 +124,9 @@ impl Harness {
                 delta.apply_to(table);
             }
             outcome.late += output.late.len();
+            if rest.is_empty() {
+                break;
+            }
         }
         outcome
     }
@@ -201,41 +203,52 @@ struct Outcome {
     late: usize,
 }
 
-/// One step of a keyed history: the row with key `id` of `source` becomes `row` (inserted
-/// or updated), or is deleted (`None`).
+/// One step of a keyed history: the row with key `id` of `source` is written or deleted,
+/// or the whole source is truncated.
 #[derive(Clone)]
 struct Step {
     source: usize,
     id: i64,
-    /// Every column but the key (column 0).
-    row: Option<Row>,
+    edit: Edit,
 }
 
-/// One line per step in a counterexample: `source 1, id 3 := ["a", 7, NULL]` or `... deleted`.
+#[derive(Debug, Clone)]
+enum Edit {
+    /// Inserted or updated to these values of every column but the key (column 0).
+    Put(Row),
+    Delete,
+    Truncate,
+}
+
+/// One line per step in a counterexample: `source 1, id 3 := ["a", 7, NULL]`,
+/// `source 1, id 3 deleted`, `source 1 truncated`.
 impl std::fmt::Debug for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "source {}, id {}", self.source, self.id)?;
-        match &self.row {
-            Some(row) => {
+        match &self.edit {
+            Edit::Put(row) => {
                 let values: Vec<String> = row.iter().map(ToString::to_string).collect();
-                write!(f, " := [{}]", values.join(", "))
+                let (source, id) = (self.source, self.id);
+                write!(f, "source {source}, id {id} := [{}]", values.join(", "))
             }
-            None => f.write_str(" deleted"),
+            Edit::Delete => write!(f, "source {}, id {} deleted", self.source, self.id),
+            Edit::Truncate => write!(f, "source {} truncated", self.source),
         }
     }
 }
 
+/// Steps over `sources` tables with keys `0..ids`: mostly writes, some deletes, a rare
+/// truncate (shrinking turns steps into deletes, of missing keys: no event).
 fn step(
     sources: usize,
     ids: i64,
     columns: impl Strategy<Value = Row>,
 ) -> impl Strategy<Value = Step> {
-    (
-        0..sources,
-        0..ids,
-        prop_oneof![1 => Just(None), 3 => columns.prop_map(Some)],
-    )
-        .prop_map(|(source, id, row)| Step { source, id, row })
+    let edit = prop_oneof![
+        10 => Just(Edit::Delete),
+        30 => columns.prop_map(Edit::Put),
+        1 => Just(Edit::Truncate),
+    ];
+    (0..sources, 0..ids, edit).prop_map(|(source, id, edit)| Step { source, id, edit })
 }
 
 /// Batch sizes to cut a history with (cycled until it is consumed).
@@ -244,7 +257,8 @@ fn batch_sizes() -> impl Strategy<Value = Vec<usize>> {
 }
 
 /// A history's events, as Postgres would send them (an update carries its old row, deleting
-/// a missing key sends nothing), and each source's rows at the end. Every source's key is
+/// a missing key sends nothing, a truncate carries no row), and each source's rows at the
+/// end. Every source's key is
 /// its column 0, a BIGINT.
 fn replay(harness: &Harness, steps: &[Step]) -> (Vec<Event>, Vec<Vec<Row>>) {
     let sources = &harness.pipeline.definition.sources;
@@ -262,19 +276,27 @@ fn replay(harness: &Harness, steps: &[Step]) -> (Vec<Event>, Vec<Vec<Row>>) {
         };
         let table = &mut tables[step.source];
         let before = table.get(&step.id).map(&image);
-        let (op, after) = match &step.row {
-            Some(rest) => {
+        let (op, before, after) = match &step.edit {
+            Edit::Put(rest) => {
                 let mut row = vec![Value::Int64(step.id)];
                 row.extend(rest.iter().cloned());
                 let after = image(&row);
                 table.insert(step.id, row);
-                (if before.is_some() { "u" } else { "c" }, Some(after))
+                (
+                    if before.is_some() { "u" } else { "c" },
+                    before,
+                    Some(after),
+                )
             }
-            None if before.is_some() => {
+            Edit::Delete if before.is_some() => {
                 table.remove(&step.id);
-                ("d", None)
+                ("d", before, None)
             }
-            None => continue,
+            Edit::Delete => continue,
+            Edit::Truncate => {
+                table.clear();
+                ("t", None, None)
+            }
         };
         events.push(Event {
             source: step.source,
