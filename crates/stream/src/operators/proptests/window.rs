@@ -56,15 +56,17 @@ impl std::fmt::Debug for Change {
     }
 }
 
-fn history() -> impl Strategy<Value = Vec<Change>> {
+/// Changes whose commit times lie from `earliest_offset_ms` behind the newest so far to
+/// 25 s ahead of it.
+fn history(earliest_offset_ms: i64) -> impl Strategy<Value = Vec<Change>> {
     let change = (
         prop::sample::select(vec!["c", "u", "d"]),
         0i64..5,
         prop::option::weighted(0.8, -20i64..20),
         // Whole 5 s steps put events and the watermark exactly on window boundaries.
         prop_oneof![
-            -45_000i64..25_000,
-            (-9i64..5).prop_map(|steps| steps * 5_000),
+            earliest_offset_ms..25_000,
+            (earliest_offset_ms.div_euclid(5_000)..5).prop_map(|steps| steps * 5_000),
         ],
     )
         .prop_map(|(op, id, v, offset_ms)| Change {
@@ -134,19 +136,22 @@ fn expected(changes: &[Change]) -> Expected {
     expected
 }
 
+/// The sink equals `oracle` (its first column a window's start) over the events on time;
+/// with `closed_windows_of_us`, only the windows of that size the watermark has closed.
 fn windows_equal_datafusion(
     harness: &Harness,
     changes: &[Change],
     sizes: &[usize],
-    closed_only: bool,
+    oracle: &str,
+    closed_windows_of_us: Option<i64>,
 ) -> Result<(), TestCaseError> {
     let expected = expected(changes);
     let outcome = harness.run_in_batches(&expected.events, sizes);
     prop_assert_eq!(outcome.late, expected.late, "events sent to the late topic");
-    let mut oracle = harness.oracle(&[expected.on_time], ORACLE);
-    if closed_only {
+    let mut oracle = harness.oracle(&[expected.on_time], oracle);
+    if let Some(size_us) = closed_windows_of_us {
         oracle.retain(|row| match (&row[0], expected.watermark_us) {
-            (Value::Timestamp(start), Some(watermark)) => start + WINDOW_US <= watermark,
+            (Value::Timestamp(start), Some(watermark)) => start + size_us <= watermark,
             _ => false,
         });
     }
@@ -155,16 +160,55 @@ fn windows_equal_datafusion(
 
 #[test]
 fn closed_tumbling_windows_equal_datafusion_over_the_events_on_time() {
-    Harness::new(&changes_per_minute(""))
-        .check((history(), batch_sizes()), |harness, (changes, sizes)| {
-            windows_equal_datafusion(harness, &changes, &sizes, true)
-        });
+    Harness::new(&changes_per_minute("")).check(
+        (history(-45_000), batch_sizes()),
+        |harness, (changes, sizes)| {
+            windows_equal_datafusion(harness, &changes, &sizes, ORACLE, Some(WINDOW_US))
+        },
+    );
 }
 
 #[test]
 fn updating_tumbling_windows_equal_datafusion_over_the_events_on_time() {
-    Harness::new(&changes_per_minute(", emit = 'updating'"))
-        .check((history(), batch_sizes()), |harness, (changes, sizes)| {
-            windows_equal_datafusion(harness, &changes, &sizes, false)
-        });
+    Harness::new(&changes_per_minute(", emit = 'updating'")).check(
+        (history(-45_000), batch_sizes()),
+        |harness, (changes, sizes)| {
+            windows_equal_datafusion(harness, &changes, &sizes, ORACLE, None)
+        },
+    );
+}
+
+/// Hopping windows of 3 minutes every minute: DataFusion gives each event its three windows
+/// by `date_bin` and its two predecessors. No event is late here (none lies further behind
+/// the newest than the watermark's delay), so lateness stays the tumbling tests' matter.
+const HOP_SQL: &str = "
+    CREATE TABLE changes (id BIGINT, v BIGINT, _op TEXT, _commit_time TIMESTAMP,
+      WATERMARK FOR _commit_time AS _commit_time - INTERVAL '10' SECOND)
+      WITH (connector = 'kafka', topic = 'walflow.public.items', mode = 'changelog');
+    CREATE TABLE per_3_minutes (
+        window_start TIMESTAMP PRIMARY KEY, changes BIGINT, v_sum BIGINT, window_end TIMESTAMP
+    ) WITH (connector = 'cassandra', keyspace = 'ks');
+    INSERT INTO per_3_minutes
+    SELECT window_start, count(*), sum(v), window_end FROM changes
+    GROUP BY hop(_commit_time, INTERVAL '1' MINUTE, INTERVAL '3' MINUTE);";
+
+const HOP_ORACLE: &str = "
+    SELECT window_start, count(*), sum(v), window_start + INTERVAL '3 minutes'
+    FROM (
+        SELECT date_bin(INTERVAL '1 minute', _commit_time) AS window_start, v FROM changes
+        UNION ALL
+        SELECT date_bin(INTERVAL '1 minute', _commit_time) - INTERVAL '1 minute', v FROM changes
+        UNION ALL
+        SELECT date_bin(INTERVAL '1 minute', _commit_time) - INTERVAL '2 minutes', v FROM changes
+    ) AS windows
+    GROUP BY window_start";
+
+#[test]
+fn closed_hopping_windows_equal_datafusion_over_the_events() {
+    Harness::new(HOP_SQL).check(
+        (history(-DELAY_US / 1000), batch_sizes()),
+        |harness, (changes, sizes)| {
+            windows_equal_datafusion(harness, &changes, &sizes, HOP_ORACLE, Some(3 * WINDOW_US))
+        },
+    );
 }
