@@ -329,11 +329,7 @@ fn assert_same_table(
             .zip(&sink.columns)
             .map(|(value, column)| value.convert(column.column_type).unwrap_or(Value::Null))
             .collect();
-        let key: Row = sink
-            .primary_key
-            .iter()
-            .map(|&index| row[index].clone())
-            .collect();
+        let key = sink.key_of(&row);
         if key.iter().any(Value::is_null) {
             continue;
         }
