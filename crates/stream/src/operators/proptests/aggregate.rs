@@ -6,7 +6,10 @@
 
 use proptest::prelude::*;
 
-use super::{assert_same_table, batch_sizes, replay, step, Edit, Harness, Step};
+use super::{
+    assert_same_table, batch_sizes, replay, replica_identity, step, Edit, Harness, ReplicaIdentity,
+    Step,
+};
 use crate::value::{Row, Value};
 
 const ITEMS_BY_GROUP: &str = "
@@ -58,9 +61,9 @@ fn history() -> impl Strategy<Value = Vec<Step>> {
 
 fn sinks_equal_datafusion(
     harness: &Harness,
-    (steps, sizes): (Vec<Step>, Vec<usize>),
+    (steps, sizes, identity): (Vec<Step>, Vec<usize>, ReplicaIdentity),
 ) -> Result<(), TestCaseError> {
-    let (events, rows) = replay(harness, &steps);
+    let (events, rows) = replay(harness, &steps, identity);
     let outcome = harness.run_in_batches(&events, &sizes);
     for (query, table) in outcome.tables.iter().enumerate() {
         let oracle = harness.oracle(&rows, &harness.select(query));
@@ -71,12 +74,31 @@ fn sinks_equal_datafusion(
 
 #[test]
 fn grouped_aggregates_over_a_changelog_equal_datafusion_over_the_final_table() {
-    Harness::new(ITEMS_BY_GROUP).check((history(), batch_sizes()), sinks_equal_datafusion);
+    Harness::new(ITEMS_BY_GROUP).check(
+        (history(), batch_sizes(), replica_identity()),
+        sinks_equal_datafusion,
+    );
 }
 
 #[test]
 fn a_filtered_projection_over_a_changelog_equals_datafusion_over_the_final_table() {
-    Harness::new(POSITIVE_ITEMS).check((history(), batch_sizes()), sinks_equal_datafusion);
+    Harness::new(POSITIVE_ITEMS).check(
+        (history(), batch_sizes(), Just(ReplicaIdentity::Full)),
+        sinks_equal_datafusion,
+    );
+}
+
+/// Without state, walflow retracts what the events' before images hold; under the default
+/// replica identity an update has none, so a row that an update moves out of the WHERE stays
+/// in the sink.
+#[test]
+#[ignore = "defect: a query without state keeps a row an update moves out of its WHERE \
+            when the table has the default replica identity (updates carry no before image)"]
+fn a_filtered_projection_under_the_default_replica_identity_equals_datafusion() {
+    Harness::new(POSITIVE_ITEMS).check(
+        (history(), batch_sizes(), Just(ReplicaIdentity::Default)),
+        sinks_equal_datafusion,
+    );
 }
 
 /// The cases the property must meet, pinned: no change at all (the global row is there),
@@ -109,11 +131,13 @@ fn a_group_that_empties_disappears_and_nulls_are_skipped() {
         upsert(6, vec![text("a"), Value::Int64(3), Value::Float64(9.75)]),
         delete(1),
     ];
-    if let Err(failure) = sinks_equal_datafusion(&harness, (Vec::new(), vec![1])) {
+    let no_changes = (Vec::new(), vec![1], ReplicaIdentity::Full);
+    if let Err(failure) = sinks_equal_datafusion(&harness, no_changes) {
         panic!("no changes at all: {failure}");
     }
     for sizes in [vec![1], vec![3], vec![100]] {
-        if let Err(failure) = sinks_equal_datafusion(&harness, (steps.clone(), sizes)) {
+        let case = (steps.clone(), sizes, ReplicaIdentity::Full);
+        if let Err(failure) = sinks_equal_datafusion(&harness, case) {
             panic!("{failure}");
         }
     }

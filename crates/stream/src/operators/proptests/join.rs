@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use super::{assert_same_table, batch_sizes, replay, step, Edit, Harness, Step};
+use super::{assert_same_table, batch_sizes, replay, replica_identity, step, Edit, Harness, Step};
 use crate::value::{Row, Value};
 
 const ORDERS_AND_SHIPMENTS: &str = "
@@ -54,9 +54,9 @@ fn history() -> impl Strategy<Value = Vec<Step>> {
 #[test]
 fn an_updating_join_equals_datafusion_over_the_final_tables() {
     Harness::new(ORDERS_AND_SHIPMENTS).check(
-        (history(), batch_sizes()),
-        |harness, (steps, sizes)| {
-            let (events, rows) = replay(harness, &steps);
+        (history(), batch_sizes(), replica_identity()),
+        |harness, (steps, sizes, identity)| {
+            let (events, rows) = replay(harness, &steps, identity);
             let outcome = harness.run_in_batches(&events, &sizes);
             for query in 0..2 {
                 let oracle = harness.oracle(&rows, &harness.select(query));

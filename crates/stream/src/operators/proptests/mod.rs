@@ -256,44 +256,72 @@ fn batch_sizes() -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(1usize..12, 1..8)
 }
 
-/// A history's events, as Postgres would send them (an update carries its old row, deleting
-/// a missing key sends nothing, a truncate carries no row), and each source's rows at the
-/// end. Every source's key is
-/// its column 0, a BIGINT.
-fn replay(harness: &Harness, steps: &[Step]) -> (Vec<Event>, Vec<Vec<Row>>) {
+/// What Postgres logs of a row's old version (the table's REPLICA IDENTITY).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReplicaIdentity {
+    /// The whole old row, for updates and deletes.
+    Full,
+    /// The key alone (other columns NULL) for deletes; nothing for updates.
+    Default,
+}
+
+fn replica_identity() -> impl Strategy<Value = ReplicaIdentity> {
+    prop_oneof![Just(ReplicaIdentity::Full), Just(ReplicaIdentity::Default)]
+}
+
+/// A history's events, as Postgres would send them under `identity` (deleting a missing key
+/// sends nothing, a truncate carries no row), and each source's rows at the end. Every
+/// source's key is its column 0, a BIGINT.
+fn replay(
+    harness: &Harness,
+    steps: &[Step],
+    identity: ReplicaIdentity,
+) -> (Vec<Event>, Vec<Vec<Row>>) {
     let sources = &harness.pipeline.definition.sources;
     let mut tables: Vec<BTreeMap<i64, Row>> = vec![BTreeMap::new(); sources.len()];
     let mut events = Vec::new();
     for (index, step) in steps.iter().enumerate() {
         let columns = &sources[step.source].columns;
-        let image = |row: &Row| -> serde_json::Value {
+        // The columns Postgres logs of `row`: all of them, or the key's (column 0) alone.
+        let image = |row: &Row, key_only: bool| -> serde_json::Value {
             columns
                 .iter()
                 .zip(row)
-                .map(|(column, value)| (column.name.clone(), value_to_json(value)))
+                .enumerate()
+                .map(|(index, (column, value))| {
+                    let value = if key_only && index > 0 {
+                        serde_json::Value::Null
+                    } else {
+                        value_to_json(value)
+                    };
+                    (column.name.clone(), value)
+                })
                 .collect::<serde_json::Map<_, _>>()
                 .into()
         };
         let table = &mut tables[step.source];
-        let before = table.get(&step.id).map(&image);
-        let (op, before, after) = match &step.edit {
-            Edit::Put(rest) => {
+        let old = table.get(&step.id).cloned();
+        let (op, before, after) = match (&step.edit, old) {
+            (Edit::Put(rest), old) => {
                 let mut row = vec![Value::Int64(step.id)];
                 row.extend(rest.iter().cloned());
-                let after = image(&row);
+                let after = image(&row, false);
                 table.insert(step.id, row);
-                (
-                    if before.is_some() { "u" } else { "c" },
-                    before,
-                    Some(after),
-                )
+                match old {
+                    None => ("c", None, Some(after)),
+                    Some(old) if identity == ReplicaIdentity::Full => {
+                        ("u", Some(image(&old, false)), Some(after))
+                    }
+                    Some(_) => ("u", None, Some(after)),
+                }
             }
-            Edit::Delete if before.is_some() => {
+            (Edit::Delete, Some(old)) => {
                 table.remove(&step.id);
-                ("d", before, None)
+                let key_only = identity == ReplicaIdentity::Default;
+                ("d", Some(image(&old, key_only)), None)
             }
-            Edit::Delete => continue,
-            Edit::Truncate => {
+            (Edit::Delete, None) => continue,
+            (Edit::Truncate, _) => {
                 table.clear();
                 ("t", None, None)
             }
