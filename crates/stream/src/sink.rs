@@ -143,11 +143,7 @@ impl SinkDelta {
                         .unwrap_or(Value::Null)
                 })
                 .collect();
-            let key: Row = sink
-                .primary_key
-                .iter()
-                .map(|&index| row[index].clone())
-                .collect();
+            let key = sink.key_of(&row);
             if key.iter().any(Value::is_null) {
                 self.null_keys += 1;
                 continue;

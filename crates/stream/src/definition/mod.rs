@@ -17,7 +17,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 
-use crate::value::ColumnType;
+use crate::value::{ColumnType, Row};
 
 mod options;
 mod table;
@@ -145,6 +145,16 @@ pub struct SinkTable {
     /// something for a windowed query only).
     pub window_options_given: bool,
     pub position: Position,
+}
+
+impl SinkTable {
+    /// The primary-key columns of one of the sink's rows (in its columns' order).
+    pub fn key_of(&self, row: &Row) -> Row {
+        self.primary_key
+            .iter()
+            .map(|&index| row[index].clone())
+            .collect()
+    }
 }
 
 /// `INSERT INTO sink [(columns)] SELECT ...`.

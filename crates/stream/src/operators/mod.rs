@@ -11,6 +11,9 @@ pub mod stateless;
 pub mod watermark;
 pub mod window;
 
+#[cfg(test)]
+mod proptests;
+
 use std::collections::HashMap;
 
 use datafusion::arrow::datatypes::SchemaRef;
