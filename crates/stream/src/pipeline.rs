@@ -38,11 +38,12 @@ impl Pipeline {
         })
     }
 
-    /// Sources read by a stateful query (an aggregate or a join) are kept per key.
+    /// Sources read by a stateful query (an aggregate or a join), or by one that filters,
+    /// are kept per key ([`CompiledQuery::keeps_sources_keyed`]).
     fn keyed_sources(&self) -> Vec<&str> {
         self.queries
             .iter()
-            .filter(|query| query.is_stateful())
+            .filter(|query| query.keeps_sources_keyed())
             .flat_map(|query| query.sources.iter().map(String::as_str))
             .collect()
     }

@@ -323,6 +323,27 @@ impl CompiledQuery {
         self.aggregates + self.joins + self.sessions > 0
     }
 
+    /// Whether the query's sources must be kept per key: a stateful query needs it, and so
+    /// does one that filters. A row an update moves out of the WHERE must leave the sink,
+    /// and under the default replica identity the update's event does not carry the old row
+    /// to retract: only the source's own copy of it does.
+    pub fn keeps_sources_keyed(&self) -> bool {
+        if self.is_stateful() {
+            return true;
+        }
+        let mut filters = false;
+        self.root.visit(&mut |node| {
+            filters |= matches!(
+                node,
+                Node::Step {
+                    step: Step::Filter(_),
+                    ..
+                }
+            );
+        });
+        filters
+    }
+
     pub fn reads(&self, source: &str) -> bool {
         self.sources.iter().any(|name| name == source)
     }
