@@ -367,6 +367,32 @@ async fn windows_equal_the_batch_query_over_the_event_log_and_late_events_are_ro
     assert!(stderr(&output).contains("too late"), "{}", stderr(&output));
 }
 
+/// Waits (at most 60 s) until the log holds `started` "processing" lines: every pipeline of
+/// the running process has connected and started reading.
+fn wait_for_processing(
+    log_path: &std::path::Path,
+    child: &mut std::process::Child,
+    trial: usize,
+    started: usize,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        if log.matches(" processing pipeline=").count() >= started {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "process exited before processing in trial {trial}: {log}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pipelines did not start within 60 s in trial {trial}: {log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[tokio::test]
 async fn kill_9_during_windowed_processing_still_gives_the_batch_answer() {
     let database = TestDatabase::create().await;
@@ -379,6 +405,7 @@ async fn kill_9_during_windowed_processing_still_gives_the_batch_answer() {
     let pipelines = windowed_pipelines(directory.path(), &topic, &keyspace.name);
     let log_path = directory.path().join("process.log");
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut started_before = 0;
     for trial in 0..10 {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -396,10 +423,20 @@ async fn kill_9_during_windowed_processing_still_gives_the_batch_answer() {
             .stderr(log)
             .spawn()
             .unwrap();
+        // The kill falls while the pipelines process: once all three have started (how
+        // long connecting takes depends on the machine's load, which is not what this
+        // test is about), at a pseudo-random moment 0.1 to 0.8 s later.
+        wait_for_processing(
+            &log_path,
+            &mut child,
+            trial,
+            started_before + pipelines.len(),
+        );
+        started_before += pipelines.len();
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        std::thread::sleep(std::time::Duration::from_millis(200 + seed % 700));
+        std::thread::sleep(std::time::Duration::from_millis(100 + seed % 700));
         assert!(
             child.try_wait().unwrap().is_none(),
             "process exited early in trial {trial}"
