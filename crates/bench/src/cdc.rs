@@ -129,9 +129,7 @@ async fn bench_cdc_in_database(
     use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
     use walflow_cdc::sink::{self, EventSink, KafkaSink};
 
-    let mut url = url::Url::parse(config.postgres_url.as_str())
-        .context("the Postgres URL must be a URL for bench")?;
-    url.set_path(&format!("/{database}"));
+    let url = config.database_url(database)?;
     let client = connect(url.as_str()).await?;
     let walflow_slot = format!("{database}_walflow");
     let baseline_slot = format!("{database}_recvlogical");
@@ -342,9 +340,7 @@ async fn bench_cdc_latency(
     use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode};
     use walflow_cdc::sink::{self, KafkaSink};
 
-    let mut url = url::Url::parse(config.postgres_url.as_str())
-        .context("the Postgres URL must be a URL for bench")?;
-    url.set_path(&format!("/{database}"));
+    let url = config.database_url(database)?;
     let client = connect(url.as_str()).await?;
     client
         .batch_execute(

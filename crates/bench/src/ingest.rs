@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
 use serde::Serialize;
 
@@ -85,9 +85,7 @@ async fn bench_in_database(
     config: &Services,
     database: &str,
 ) -> anyhow::Result<IngestBenchReport> {
-    let mut url = url::Url::parse(config.postgres_url.as_str())
-        .context("the Postgres URL must be a URL for bench")?;
-    url.set_path(&format!("/{database}"));
+    let url = config.database_url(database)?;
     let mut client = connect(url.as_str()).await?;
     schema::migrate(&mut client).await?;
 

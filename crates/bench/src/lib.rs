@@ -26,6 +26,17 @@ pub struct Services {
     pub schema_registry_url: Option<String>,
 }
 
+impl Services {
+    /// The Postgres URL pointed at `database` (a benchmark's scratch database).
+    pub(crate) fn database_url(&self, database: &str) -> anyhow::Result<url::Url> {
+        use anyhow::Context;
+        let mut url = url::Url::parse(&self.postgres_url)
+            .context("the Postgres URL must be a URL for bench")?;
+        url.set_path(&format!("/{database}"));
+        Ok(url)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     #[command(subcommand)]

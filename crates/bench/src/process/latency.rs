@@ -41,8 +41,7 @@ pub(super) async fn steady(
     let database = create_scratch_database(&admin, "walflow_bench_process").await?;
     let keyspace = database.clone();
     let result: anyhow::Result<SteadyReport> = async {
-        let mut url = url::Url::parse(config.postgres_url.as_str())?;
-        url.set_path(&format!("/{database}"));
+        let url = config.database_url(&database)?;
         let mut client = connect(url.as_str()).await?;
         walflow_ingest::schema::migrate(&mut client).await?;
         let options = CdcOptions {
