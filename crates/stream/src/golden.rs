@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode;
-use crate::pipeline::{BatchChange, EvaluateError, Pipeline};
+use crate::pipeline::{BatchChange, EvaluateError, Pipeline, Replay};
 use crate::value::{Row, Value};
 
 /// One golden case: a pipeline file, its input and its expected output.
@@ -202,7 +202,7 @@ pub fn run(
             }
         }
         // No wall clock: no partition goes idle, so the result depends on the input alone.
-        let batch_output = pipeline.apply_batch(&mut state, changes, None)?;
+        let batch_output = pipeline.apply_batch(&mut state, changes, None, Replay::No)?;
         for (table, delta) in output.tables.iter_mut().zip(&batch_output.deltas) {
             delta.apply_to(table);
         }
@@ -388,7 +388,9 @@ mod tests {
                 commit_time_ms: None,
             })
             .collect();
-        pipeline.apply_batch(&mut state, changes, None).unwrap();
+        pipeline
+            .apply_batch(&mut state, changes, None, Replay::No)
+            .unwrap();
         assert_eq!(state.queries[0].aggregates[0].groups(), 2);
     }
 
@@ -423,13 +425,14 @@ mod tests {
                 &mut state,
                 vec![change(1, 5), change(0, 5), change(0, 70)],
                 Some(1_000),
+                Replay::No,
             )
             .unwrap();
         assert!(first.deltas[0].is_empty());
         // 31 s later, nothing new: both partitions are idle, the newest leads, minute 0
         // closes and is written although the batch has no rows.
         let second = pipeline
-            .apply_batch(&mut state, Vec::new(), Some(32_000))
+            .apply_batch(&mut state, Vec::new(), Some(32_000), Replay::No)
             .unwrap();
         let mut table = HashMap::new();
         second.deltas[0].apply_to(&mut table);

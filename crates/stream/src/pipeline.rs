@@ -3,10 +3,13 @@
 //! Kafka and writing Cassandra, golden tests and `walflow sql test` between an input file and
 //! tables in memory, and live edit compares two of them.
 
+use std::collections::HashMap;
+
 use crate::checkpoint::{self, Checkpoint};
 use crate::definition::{DefinitionError, PipelineDefinition};
 use crate::operators::normalize::{SourceChange, SourceOutput, SourceState};
 use crate::operators::window::LateEvent;
+pub use crate::operators::Replay;
 use crate::operators::{evaluate, BatchInput, QueryState};
 use crate::plan::{compile, CompiledQuery};
 use crate::sink::SinkDelta;
@@ -50,6 +53,7 @@ impl Pipeline {
 
     /// One micro-batch through the pipeline: its changes applied to the sources' state, then
     /// every query evaluated over them; returns the writes each sink needs, in query order.
+    /// A batch that replays events after a crash is evaluated as [`Replay::AfterCrash`] says.
     /// No I/O: the runner calls it between reading Kafka and writing Cassandra, and
     /// `walflow sql test` between an input file and an in-memory table.
     pub fn apply_batch(
@@ -57,6 +61,7 @@ impl Pipeline {
         state: &mut Checkpoint,
         changes: Vec<BatchChange>,
         now_ms: Option<u64>,
+        replay: Replay,
     ) -> Result<BatchOutput, EvaluateError> {
         let mut outputs: Vec<SourceOutput> = self
             .definition
@@ -66,7 +71,18 @@ impl Pipeline {
             .collect();
         let mut arrivals: Vec<Vec<i64>> = vec![Vec::new(); self.definition.sources.len()];
         let mut duplicates = 0u64;
-        let watermarks_before: std::collections::HashMap<String, i64> = state
+        // The batch's changes as runs of consecutive changes of one source, in their order.
+        let mut runs: Vec<SourceRun> = Vec::new();
+        let self_joined: Vec<bool> = self
+            .definition
+            .sources
+            .iter()
+            .map(|source| {
+                let reads = |query: &CompiledQuery| query.root.reads_of(&source.name);
+                replay == Replay::AfterCrash && self.queries.iter().any(|query| reads(query) > 1)
+            })
+            .collect();
+        let watermarks_before: HashMap<String, i64> = state
             .watermarks
             .iter()
             .map(|(name, watermark)| (name.clone(), watermark.current()))
@@ -110,43 +126,89 @@ impl Pipeline {
                         .push(watermark.observe(spec, partition, *event_us, now_ms));
                 }
             }
+            let output = &mut outputs[source_index];
+            let rows_before = output.changes.len();
             state
                 .sources
                 .get_mut(&source.name)
                 .expect("every source has a state")
-                .apply(&source.primary_key, change, &mut outputs[source_index]);
+                .apply(&source.primary_key, change, output);
+            if output.changes.len() < rows_before {
+                // A source read in images mode starts again after a truncate.
+                runs.retain(|run| run.source != source_index);
+            }
+            let rows = output.changes.len();
+            if self_joined[source_index] {
+                // A join of the source with itself meets both sides' changes one by one.
+                runs.extend((rows_before.min(rows)..rows).map(|row| SourceRun {
+                    source: source_index,
+                    rows: row..row + 1,
+                }));
+            } else {
+                match runs.last_mut() {
+                    Some(run) if run.source == source_index => run.rows.end = rows,
+                    _ => runs.push(SourceRun {
+                        source: source_index,
+                        rows: rows_before.min(rows)..rows,
+                    }),
+                }
+            }
         }
 
-        // Run the queries over the batch.
+        // Run the queries over the batch: over all of it at once, or, replaying after a
+        // crash, run by run.
         let mut deltas: Vec<SinkDelta> = Vec::with_capacity(self.queries.len());
         let mut late = Vec::new();
-        let input = BatchInput {
-            changes: self
-                .definition
-                .sources
-                .iter()
-                .zip(&outputs)
-                .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
-                .collect(),
-            arrivals: self
-                .definition
-                .sources
-                .iter()
-                .zip(&arrivals)
-                .filter(|(source, _)| source.watermark.is_some())
-                .map(|(source, arrivals)| (source.name.as_str(), arrivals.as_slice()))
-                .collect(),
-            watermarks: state
-                .watermarks
-                .iter()
-                .filter(|(_, watermark)| watermark.is_set())
-                .map(|(name, watermark)| (name.as_str(), watermark.current()))
-                .collect(),
+        let watermarks: HashMap<&str, i64> = state
+            .watermarks
+            .iter()
+            .filter(|(_, watermark)| watermark.is_set())
+            .map(|(name, watermark)| (name.as_str(), watermark.current()))
+            .collect();
+        let watermarked = |index: usize| self.definition.sources[index].watermark.is_some();
+        let inputs: Vec<BatchInput<'_>> = if replay == Replay::AfterCrash && !runs.is_empty() {
+            runs.iter()
+                .map(|run| {
+                    let name = self.definition.sources[run.source].name.as_str();
+                    let rows = &outputs[run.source].changes[run.rows.clone()];
+                    let mut input = BatchInput::of_changes(HashMap::from([(name, rows)]));
+                    if watermarked(run.source) {
+                        let arrivals = &arrivals[run.source];
+                        // An appended row arrives with one watermark: rows and arrivals pair up.
+                        if let Some(arrivals) = arrivals.get(run.rows.clone()) {
+                            input.arrivals.insert(name, arrivals);
+                        }
+                    }
+                    input.watermarks = watermarks.clone();
+                    input.replay = Replay::AfterCrash;
+                    input
+                })
+                .collect()
+        } else {
+            vec![BatchInput {
+                changes: self
+                    .definition
+                    .sources
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(source, output)| (source.name.as_str(), output.changes.as_slice()))
+                    .collect(),
+                arrivals: self
+                    .definition
+                    .sources
+                    .iter()
+                    .enumerate()
+                    .zip(&arrivals)
+                    .filter(|((index, _), _)| watermarked(*index))
+                    .map(|((_, source), arrivals)| (source.name.as_str(), arrivals.as_slice()))
+                    .collect(),
+                watermarks: watermarks.clone(),
+                replay,
+            }]
         };
-        let inputs = &input.changes;
         // A watermark that moved (a partition went idle) closes windows even without rows.
         let watermark_moved = |source: &str| {
-            input.watermarks.get(source).is_some_and(|now| {
+            watermarks.get(source).is_some_and(|now| {
                 watermarks_before
                     .get(source)
                     .is_none_or(|before| before != now)
@@ -166,18 +228,22 @@ impl Pipeline {
             if truncated_first {
                 delta.truncate();
             }
-            let changed = query.sources.iter().any(|source| {
-                inputs
-                    .get(source.as_str())
-                    .is_some_and(|rows| !rows.is_empty())
-            });
             let windows_due = query
                 .sources
                 .iter()
                 .any(|source| watermark_moved(source.as_str()));
-            if changed || windows_due || query_state.awaits_first_row(query) {
+            for input in &inputs {
+                let changed = query.sources.iter().any(|source| {
+                    input
+                        .changes
+                        .get(source.as_str())
+                        .is_some_and(|rows| !rows.is_empty())
+                });
+                if !(changed || windows_due || query_state.awaits_first_row(query)) {
+                    continue;
+                }
                 let mut query_late = Vec::new();
-                let changes = evaluate(&query.root, &input, query_state, &mut query_late)
+                let changes = evaluate(&query.root, input, query_state, &mut query_late)
                     .and_then(|changes| changes.to_rows())
                     .map_err(|source| EvaluateError {
                         sink: query.sink.name.clone(),
@@ -221,6 +287,12 @@ impl Pipeline {
             ..Checkpoint::default()
         }
     }
+}
+
+/// Consecutive changes of one source in a batch: their rows in the source's output.
+struct SourceRun {
+    source: usize,
+    rows: std::ops::Range<usize>,
 }
 
 /// One decoded change of a batch, with where it came from.

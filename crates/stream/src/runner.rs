@@ -27,7 +27,7 @@ use crate::sink::{SinkDelta, SinkError};
 
 pub use crate::io::reader::consumer_config;
 pub use crate::metrics::{ProcessMetrics, LATENCY_BUCKETS};
-pub use crate::pipeline::{BatchChange, BatchOutput, EvaluateError, Pipeline};
+pub use crate::pipeline::{BatchChange, BatchOutput, EvaluateError, Pipeline, Replay};
 
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
@@ -176,7 +176,11 @@ pub(crate) async fn run_with<S: ChangeSource, K: BatchSink>(
         }
     }
     let checkpoint_path = checkpoint::path_for(&options.checkpoint_dir, &name);
-    let state = starting_state(
+    let Start {
+        mut state,
+        resumed,
+        ends,
+    } = starting_state(
         pipeline,
         options,
         &source,
@@ -185,22 +189,29 @@ pub(crate) async fn run_with<S: ChangeSource, K: BatchSink>(
         &checkpoint_path,
     )
     .await?;
+    let mut checkpoints = CheckpointWriter::new(
+        checkpoint_path,
+        options.checkpoint_interval,
+        metrics.clone(),
+    );
+    if !resumed {
+        // From now on the sink may hold what this run writes: a run started after it is
+        // killed resumes from this checkpoint, and replays (below).
+        checkpoints.write(&mut state)?;
+    }
+    // A run that resumes may replay what a killed run wrote past its checkpoint, as far as
+    // the topics reached when this one started (`Replay`).
+    let replaying_until = resumed.then(|| ends.clone());
+    if resumed {
+        tracing::info!(pipeline = %name, "replaying from the checkpoint up to where the topics end now, writing every result the events pass through (a run killed after the checkpoint may have written any of them)");
+    }
 
     let from: BTreeMap<PartitionKey, Option<i64>> = partitions
         .iter()
         .map(|key| (key.clone(), state.offsets.get(key).copied()))
         .collect();
     let reader = source.reader(&from)?;
-    let stop_at: Option<BTreeMap<PartitionKey, i64>> = if options.stop_when_caught_up {
-        let mut ends = BTreeMap::new();
-        for (topic, partition) in &partitions {
-            let (_, high) = source.offsets_held(topic, *partition).await?;
-            ends.insert((topic.clone(), *partition), high);
-        }
-        Some(ends)
-    } else {
-        None
-    };
+    let stop_at = options.stop_when_caught_up.then_some(ends);
     let dead_letter_topic = options
         .dead_letter_topic
         .clone()
@@ -231,13 +242,10 @@ pub(crate) async fn run_with<S: ChangeSource, K: BatchSink>(
         read_positions: state.offsets.clone(),
         state,
         summary: RunSummary::default(),
-        checkpoints: CheckpointWriter::new(
-            checkpoint_path,
-            options.checkpoint_interval,
-            metrics.clone(),
-        ),
+        checkpoints,
         in_flight: None,
         stop_at,
+        replaying_until,
         source,
         writer: BatchWriter {
             sink: Arc::new(sink),
@@ -265,7 +273,7 @@ async fn starting_state<S: ChangeSource, K: BatchSink>(
     sink: &mut K,
     partitions: &[PartitionKey],
     checkpoint_path: &std::path::Path,
-) -> Result<Checkpoint, ProcessError> {
+) -> Result<Start, ProcessError> {
     let name = &pipeline.definition.name;
     let fail = |message: String| ProcessError::Pipeline {
         pipeline: name.clone(),
@@ -332,7 +340,8 @@ async fn starting_state<S: ChangeSource, K: BatchSink>(
     if rebuild {
         checkpoint::remove(checkpoint_path)?;
     }
-    Ok(match saved {
+    let resumed = saved.is_some();
+    let state = match saved {
         Some(saved) => {
             tracing::info!(pipeline = %name, offsets = ?saved.offsets, "resuming from the checkpoint");
             saved
@@ -351,7 +360,25 @@ async fn starting_state<S: ChangeSource, K: BatchSink>(
             }
             pipeline.fresh_checkpoint()
         }
+    };
+    let ends = retained
+        .into_iter()
+        .map(|(key, (_, high))| (key, high))
+        .collect();
+    Ok(Start {
+        state,
+        resumed,
+        ends,
     })
+}
+
+/// What a run starts from.
+struct Start {
+    state: Checkpoint,
+    /// From a saved checkpoint (else fresh, the sink tables new or emptied).
+    resumed: bool,
+    /// Where each partition ends now: nothing past it can have been read before.
+    ends: BTreeMap<PartitionKey, i64>,
 }
 
 /// Aborts a task when the run ends, however it ends.
@@ -380,6 +407,8 @@ struct RunLoop<S, K> {
     read_positions: BTreeMap<PartitionKey, i64>,
     /// Where every partition ended at start, when the run stops once caught up.
     stop_at: Option<BTreeMap<PartitionKey, i64>>,
+    /// Where every partition ended at start, while a resumed run replays up to there.
+    replaying_until: Option<BTreeMap<PartitionKey, i64>>,
     source: S,
     /// A template: each batch's write task gets a copy.
     writer: BatchWriter<K>,
@@ -408,6 +437,7 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
             if !self.switch_if_edited().await? {
                 return Ok(self.summary);
             }
+            let replay = self.replay_of_next_batch();
             let evaluating = Instant::now();
             let ReadBatch {
                 changes,
@@ -425,7 +455,7 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
                 duplicates,
             } = self
                 .pipeline
-                .apply_batch(&mut self.state, changes, Some(unix_ms()))
+                .apply_batch(&mut self.state, changes, Some(unix_ms()), replay)
                 .map_err(|source| ProcessError::Evaluate {
                     pipeline: self.name.clone(),
                     source,
@@ -501,6 +531,23 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
         let summary = &self.summary;
         tracing::info!(pipeline = %self.name, events = summary.events, rows_written = summary.rows_written, dead_letters = summary.dead_letters, duplicates_dropped = summary.duplicates, "stopped");
         Ok(self.summary)
+    }
+
+    /// Whether the next batch replays events a killed run may have written: while any
+    /// partition is read short of where it ended when this run started.
+    fn replay_of_next_batch(&mut self) -> Replay {
+        let Some(ends) = &self.replaying_until else {
+            return Replay::No;
+        };
+        let short = |(key, end): (&PartitionKey, &i64)| {
+            self.read_positions.get(key).copied().unwrap_or(0) < *end
+        };
+        if ends.iter().any(short) {
+            return Replay::AfterCrash;
+        }
+        self.replaying_until = None;
+        tracing::info!(pipeline = %self.name, "past where the topics ended at start: writing only what changes");
+        Replay::No
     }
 
     /// Waits for the batch in flight, if any, and books it; false when it was never written

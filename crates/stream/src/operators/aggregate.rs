@@ -2,7 +2,9 @@
 //! of rows and one retractable accumulator per aggregate call. A batch touches some groups;
 //! for each, the group's row as it was before the batch is retracted and its row after the
 //! batch is added, so downstream (and Cassandra) always hold the current result. The work
-//! per batch grows with the batch, never with the history.
+//! per batch grows with the batch, never with the history. A batch replayed after a crash
+//! ([`Replay::AfterCrash`]) writes the groups after every row instead, each result the rows
+//! pass through, so that no row a killed run wrote in between outlives the replay.
 //!
 //! Over event-time windows (one group column is a window's start), the watermark decides
 //! the rest: with `emit = 'on_close'` a window's rows are held back until the watermark
@@ -17,7 +19,7 @@ use datafusion::error::DataFusionError;
 use serde::{Deserialize, Serialize};
 
 use super::accumulator::{cell, Accumulator, CallInputs};
-use super::Changes;
+use super::{Changes, Replay};
 use crate::definition::EmitMode;
 use crate::plan::{AggregatePlan, WindowedAggregate};
 use crate::value::{Row, Value};
@@ -49,8 +51,9 @@ impl AggregateState {
         plan: &AggregatePlan,
         input: &Changes,
         watermark: Option<i64>,
+        replay: Replay,
     ) -> Result<Changes, DataFusionError> {
-        let mut changes = self.apply_rows(plan, input, watermark)?;
+        let mut changes = self.apply_rows(plan, input, watermark, replay)?;
         if let (Some(window), Some(watermark)) = (&plan.window, watermark) {
             changes.extend(self.close_windows(plan, window, watermark));
         }
@@ -93,6 +96,7 @@ impl AggregateState {
         plan: &AggregatePlan,
         input: &Changes,
         watermark: Option<i64>,
+        replay: Replay,
     ) -> Result<Vec<(Row, i8)>, DataFusionError> {
         // With emit on close, a window's row is written only once the window is closed.
         let held_back = |key: &Row| -> bool {
@@ -129,24 +133,14 @@ impl AggregateState {
             touched_index.insert(Vec::new(), 0);
             touched.push((Vec::new(), None));
         }
+        let mut output = Vec::new();
         for row in 0..rows {
             let key = group_arrays
                 .iter()
                 .map(|array| cell(array.as_ref(), row))
                 .collect::<Result<Row, _>>()?;
             if !touched_index.contains_key(&key) {
-                let before = self
-                    .groups
-                    .get(&key)
-                    .filter(|group| plan.global || group.rows > 0)
-                    // Emit on close: only a written row can be retracted.
-                    .filter(|group| {
-                        plan.window
-                            .as_ref()
-                            .is_none_or(|w| w.emit == EmitMode::Updating)
-                            || group.emitted
-                    })
-                    .map(|group| output_row(plan, &key, group));
+                let before = self.visible_row(plan, &key);
                 touched_index.insert(key.clone(), touched.len());
                 touched.push((key.clone(), before));
             }
@@ -154,8 +148,39 @@ impl AggregateState {
             let group = self.groups.entry(key).or_insert_with(|| new_group(plan));
             group.rows += i64::from(weight);
             inputs.accumulate(&mut group.accumulators, row, weight)?;
+            if replay == Replay::AfterCrash {
+                // Every row's result is written: a killed run may have written any of them.
+                touched_index.clear();
+                output.extend(self.write_touched(plan, touched.drain(..), &held_back));
+            }
         }
+        output.extend(self.write_touched(plan, touched.drain(..), &held_back));
+        Ok(output)
+    }
 
+    /// A group's row as the sink holds it, if it holds one.
+    fn visible_row(&self, plan: &AggregatePlan, key: &Row) -> Option<Row> {
+        self.groups
+            .get(key)
+            .filter(|group| plan.global || group.rows > 0)
+            // Emit on close: only a written row can be retracted.
+            .filter(|group| {
+                plan.window
+                    .as_ref()
+                    .is_none_or(|w| w.emit == EmitMode::Updating)
+                    || group.emitted
+            })
+            .map(|group| output_row(plan, key, group))
+    }
+
+    /// The changes that bring the sink from each touched group's row before (if any) to its
+    /// row now: the retractions first, then the new rows. Groups left empty are freed.
+    fn write_touched(
+        &mut self,
+        plan: &AggregatePlan,
+        touched: impl Iterator<Item = (Row, Option<Row>)>,
+        held_back: &dyn Fn(&Row) -> bool,
+    ) -> Vec<(Row, i8)> {
         let mut retractions = Vec::new();
         let mut insertions = Vec::new();
         for (key, before) in touched {
@@ -184,7 +209,7 @@ impl AggregateState {
             }
         }
         retractions.extend(insertions);
-        Ok(retractions)
+        retractions
     }
 }
 

@@ -50,6 +50,29 @@ impl QueryState {
     }
 }
 
+/// Whether a batch replays events that a crashed run may already have written.
+///
+/// A batch normally writes only what changed since the batch before it: the sink holds the
+/// results of every earlier batch. After a crash that is not so. The run restarts from its
+/// last checkpoint, but the killed run may have written batches past it, cut elsewhere. An
+/// aggregate writes a group only when the batch changed it, so a group the killed run wrote
+/// mid-way (a count that went up and came back, a region whose last user moved away) would
+/// keep that stale row. A replay therefore writes every result the events pass through, in
+/// their order: the queries run over each run of consecutive changes of one source (a join
+/// meets its two sides' changes in the order they happened), and an aggregate writes its
+/// groups after every row it takes ([`aggregate`]), a session window takes
+/// back every session it merges. Whatever the killed run wrote, the replay writes that key
+/// again, last with its current result. The runner replays until it has read past where the
+/// topics ended when it started, beyond which no killed run can have read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replay {
+    /// The sink holds the results of the batches before this one.
+    #[default]
+    No,
+    /// The batch may hold events a killed run wrote results of.
+    AfterCrash,
+}
+
 /// What one batch gives a query's dataflow.
 #[derive(Debug, Default)]
 pub struct BatchInput<'a> {
@@ -59,6 +82,7 @@ pub struct BatchInput<'a> {
     pub arrivals: HashMap<&'a str, &'a [i64]>,
     /// For a source with a watermark: its watermark after the batch (Unix microseconds).
     pub watermarks: HashMap<&'a str, i64>,
+    pub replay: Replay,
 }
 
 impl<'a> BatchInput<'a> {
@@ -108,7 +132,7 @@ pub fn evaluate(
                 .window
                 .as_ref()
                 .and_then(|window| input.watermarks.get(window.source.as_str()).copied());
-            state.aggregates[*slot].apply(plan, &changes, watermark)?
+            state.aggregates[*slot].apply(plan, &changes, watermark, input.replay)?
         }
         Node::Session {
             input: inner,
@@ -118,7 +142,7 @@ pub fn evaluate(
         } => {
             let changes = evaluate(inner, input, state, late)?;
             let watermark = input.watermarks.get(session.source.as_str()).copied();
-            state.sessions[*slot].apply(plan, session, &changes, watermark, late)?
+            state.sessions[*slot].apply(plan, session, &changes, watermark, input.replay, late)?
         }
         Node::Join {
             left,

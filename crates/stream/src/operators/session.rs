@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::accumulator::{cell, Accumulator, CallInputs};
 use super::window::LateEvent;
-use super::Changes;
+use super::{Changes, Replay};
 use crate::definition::EmitMode;
 use crate::plan::{AggregatePlan, SessionWindow};
 use crate::value::{Row, Value};
@@ -51,6 +51,7 @@ impl SessionState {
         session: &SessionWindow,
         input: &Changes,
         watermark: Option<i64>,
+        replay: Replay,
         late: &mut Vec<LateEvent>,
     ) -> Result<Changes, DataFusionError> {
         let rows = input.len();
@@ -134,10 +135,11 @@ impl SessionState {
                 emitted: false,
                 touched: true,
             };
-            // Merged sessions leave; their rows leave the sink with them.
+            // Merged sessions leave; their rows leave the sink with them. Replaying after a
+            // crash, a session this run has not written may be one the killed run wrote.
             for index in overlapping.into_iter().rev() {
                 let old = sessions.swap_remove(index);
-                if old.emitted {
+                if old.emitted || replay == Replay::AfterCrash {
                     output.push((output_row(plan, session, &key, &old), -1));
                 }
                 merged.start_us = merged.start_us.min(old.start_us);

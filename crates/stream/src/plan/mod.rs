@@ -153,6 +153,17 @@ pub enum Node {
 }
 
 impl Node {
+    /// How many times the tree reads the source `name` (twice for a join of it with itself).
+    pub fn reads_of(&self, name: &str) -> usize {
+        match self {
+            Node::Source { name: source, .. } => usize::from(source == name),
+            Node::Step { input, .. }
+            | Node::Aggregate { input, .. }
+            | Node::Session { input, .. } => input.reads_of(name),
+            Node::Join { left, right, .. } => left.reads_of(name) + right.reads_of(name),
+        }
+    }
+
     /// A compact picture of the tree, leaves last: `filter(aggregate(scan users))`.
     pub fn describe(&self) -> String {
         match self {

@@ -328,3 +328,36 @@ async fn an_undecodable_event_goes_to_the_dead_letter_topic_and_the_run_goes_on(
     );
     let _ = std::fs::remove_dir_all(&directory);
 }
+
+#[tokio::test]
+async fn a_run_resumed_after_a_kill_takes_back_what_the_killed_run_wrote_past_its_checkpoint() {
+    let pipeline = users_by_country().await;
+    let directory = checkpoint_dir("killed");
+    let options = caught_up_options(&directory);
+    let path = checkpoint::path_for(&options.checkpoint_dir, &pipeline.definition.name);
+    let topics = MemoryTopics::default();
+    let sink = MemorySink::default();
+    append(&topics, &[created("u1", "Brazil")]);
+    run_once(&pipeline, &options, &topics, &sink, 1).await;
+    let last_checkpoint = std::fs::read(&path).expect("the checkpoint reads");
+
+    // The killed run wrote u2's arrival in Chile, then died before its next checkpoint.
+    append(&topics, &[created("u2", "Chile")]);
+    run_once(&pipeline, &options, &topics, &sink, 1).await;
+    assert_eq!(
+        sink.rows(SINK),
+        vec!["\"Brazil\" | 1".to_owned(), "\"Chile\" | 1".to_owned()]
+    );
+    std::fs::write(&path, last_checkpoint).expect("the checkpoint writes");
+
+    // Resumed, it reads u2's arrival and move in one batch: Chile comes and goes within it.
+    append(&topics, &[moved("u2", "Chile", "Peru")]);
+    let resumed = run_once(&pipeline, &options, &topics, &sink, 2).await;
+    assert_eq!(resumed.summary.events, 2);
+    assert_eq!(
+        sink.rows(SINK),
+        vec!["\"Brazil\" | 1".to_owned(), "\"Peru\" | 1".to_owned()],
+        "Chile's row, written by the killed run past its checkpoint, is taken back"
+    );
+    let _ = std::fs::remove_dir_all(&directory);
+}

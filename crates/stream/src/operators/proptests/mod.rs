@@ -27,7 +27,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use crate::checkpoint::Checkpoint;
 use crate::decode::decode;
 use crate::definition::{PipelineDefinition, SinkTable};
-use crate::pipeline::{BatchChange, Pipeline};
+use crate::pipeline::{BatchChange, Pipeline, Replay};
 use crate::value::{column_to_array, value_at, value_to_json, Row, Value};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
@@ -90,16 +90,77 @@ impl Harness {
     /// empty batch when there are none (the runner applies every batch it reads, empty or
     /// not, so a global aggregate's row exists from the start).
     fn run_in_batches(&self, events: &[Event], batch_sizes: &[usize]) -> Outcome {
+        let mut state: Checkpoint = self.pipeline.fresh_checkpoint();
+        let mut outcome = Outcome::new(self.pipeline.queries.len());
+        self.feed(&mut state, events, batch_sizes, usize::MAX, 0, &mut outcome);
+        outcome
+    }
+
+    /// A run killed (kill -9) and started again, as the runner does it: the first run
+    /// checkpoints after `crash.checkpointed` batches and dies after `crash.written` (its
+    /// writes up to there are in the sink); the second resumes from the checkpoint and cuts
+    /// the rest of the events its own way, replaying after a crash until it has passed
+    /// everything the first run read.
+    fn run_with_crash(&self, events: &[Event], crash: &Crash) -> Outcome {
+        let mut state: Checkpoint = self.pipeline.fresh_checkpoint();
+        let mut outcome = Outcome::new(self.pipeline.queries.len());
+        let sizes = &crash.first_sizes;
+        let checkpointed = self.feed(
+            &mut state,
+            events,
+            sizes,
+            crash.checkpointed,
+            0,
+            &mut outcome,
+        );
+        let checkpoint = state.clone();
+        let read_after = self.feed(
+            &mut state,
+            &events[checkpointed..],
+            sizes,
+            crash.written - crash.checkpointed,
+            0,
+            &mut outcome,
+        );
+        let mut state = checkpoint;
+        // The late events the first run sent past its checkpoint are sent again.
+        outcome.late = 0;
+        self.feed(
+            &mut state,
+            &events[checkpointed..],
+            &crash.second_sizes,
+            usize::MAX,
+            read_after,
+            &mut outcome,
+        );
+        outcome
+    }
+
+    /// Applies up to `max_batches` batches of `events`, cut by `batch_sizes` (cycled), to
+    /// `state` and their writes to `outcome`'s tables; a batch that starts before event
+    /// `replaying_before` replays events a crashed run may have written. At least one batch
+    /// (empty when there are no events) unless `max_batches` is 0. Returns how many events
+    /// it applied.
+    fn feed(
+        &self,
+        state: &mut Checkpoint,
+        events: &[Event],
+        batch_sizes: &[usize],
+        max_batches: usize,
+        replaying_before: usize,
+        outcome: &mut Outcome,
+    ) -> usize {
         let pipeline = &self.pipeline;
-        let mut state: Checkpoint = pipeline.fresh_checkpoint();
-        let mut outcome = Outcome {
-            tables: vec![HashMap::new(); pipeline.queries.len()],
-            late: 0,
-        };
-        let mut rest = events;
-        for &size in batch_sizes.iter().cycle() {
-            let (batch, after) = rest.split_at(size.max(1).min(rest.len()));
-            rest = after;
+        let mut applied = 0;
+        for &size in batch_sizes.iter().cycle().take(max_batches) {
+            let rest = &events[applied..];
+            let batch = &rest[..size.max(1).min(rest.len())];
+            let replay = if applied < replaying_before {
+                Replay::AfterCrash
+            } else {
+                Replay::No
+            };
+            applied += batch.len();
             let changes: Vec<BatchChange> = batch
                 .iter()
                 .map(|event| {
@@ -118,17 +179,17 @@ impl Harness {
                 })
                 .collect();
             let output = pipeline
-                .apply_batch(&mut state, changes, None)
+                .apply_batch(state, changes, None, replay)
                 .unwrap_or_else(|error| panic!("the batch applies: {error}"));
             for (table, delta) in outcome.tables.iter_mut().zip(&output.deltas) {
                 delta.apply_to(table);
             }
             outcome.late += output.late.len();
-            if rest.is_empty() {
+            if applied == events.len() {
                 break;
             }
         }
-        outcome
+        applied
     }
 
     /// DataFusion's answer to `sql` over the sources holding `rows` (per source, in file
@@ -201,6 +262,39 @@ struct Event {
 struct Outcome {
     tables: Vec<HashMap<Row, Row>>,
     late: usize,
+}
+
+impl Outcome {
+    fn new(queries: usize) -> Outcome {
+        Outcome {
+            tables: vec![HashMap::new(); queries],
+            late: 0,
+        }
+    }
+}
+
+/// Where a run is killed and how the run after it cuts its batches
+/// ([`Harness::run_with_crash`]).
+#[derive(Debug, Clone)]
+struct Crash {
+    first_sizes: Vec<usize>,
+    /// Batches of the first run before its last checkpoint.
+    checkpointed: usize,
+    /// Batches of the first run written before it dies (at least `checkpointed`).
+    written: usize,
+    second_sizes: Vec<usize>,
+}
+
+/// A crash anywhere in the first few batches, each run cutting batches its own way.
+fn crash() -> impl Strategy<Value = Crash> {
+    (batch_sizes(), 0usize..6, 0usize..6, batch_sizes()).prop_map(
+        |(first_sizes, a, b, second_sizes)| Crash {
+            first_sizes,
+            checkpointed: a.min(b),
+            written: a.max(b),
+            second_sizes,
+        },
+    )
 }
 
 /// One step of a keyed history: the row with key `id` of `source` is written or deleted,

@@ -8,7 +8,7 @@
 
 use proptest::prelude::*;
 
-use super::{assert_same_table, batch_sizes, Event, Harness, EPOCH_MS};
+use super::{assert_same_table, batch_sizes, crash, Crash, Event, Harness, EPOCH_MS};
 use crate::value::{Row, Value};
 
 const WINDOW_US: i64 = 60_000_000;
@@ -136,18 +136,31 @@ fn expected(changes: &[Change]) -> Expected {
     expected
 }
 
+/// How a test runs the events: in batches, or killed and resumed.
+enum Cut {
+    Batches(Vec<usize>),
+    Crash(Crash),
+}
+
 /// The sink equals `oracle` (its first column a window's start) over the events on time;
 /// with `closed_windows_of_us`, only the windows of that size the watermark has closed.
 fn windows_equal_datafusion(
     harness: &Harness,
     changes: &[Change],
-    sizes: &[usize],
+    cut: &Cut,
     oracle: &str,
     closed_windows_of_us: Option<i64>,
 ) -> Result<(), TestCaseError> {
     let expected = expected(changes);
-    let outcome = harness.run_in_batches(&expected.events, sizes);
-    prop_assert_eq!(outcome.late, expected.late, "events sent to the late topic");
+    let outcome = match cut {
+        Cut::Batches(sizes) => {
+            let outcome = harness.run_in_batches(&expected.events, sizes);
+            prop_assert_eq!(outcome.late, expected.late, "events sent to the late topic");
+            outcome
+        }
+        // The late events the killed run sent are not counted again.
+        Cut::Crash(crash) => harness.run_with_crash(&expected.events, crash),
+    };
     let mut oracle = harness.oracle(&[expected.on_time], oracle);
     if let Some(size_us) = closed_windows_of_us {
         oracle.retain(|row| match (&row[0], expected.watermark_us) {
@@ -163,7 +176,13 @@ fn closed_tumbling_windows_equal_datafusion_over_the_events_on_time() {
     Harness::new(&changes_per_minute("")).check(
         (history(-45_000), batch_sizes()),
         |harness, (changes, sizes)| {
-            windows_equal_datafusion(harness, &changes, &sizes, ORACLE, Some(WINDOW_US))
+            windows_equal_datafusion(
+                harness,
+                &changes,
+                &Cut::Batches(sizes),
+                ORACLE,
+                Some(WINDOW_US),
+            )
         },
     );
 }
@@ -173,9 +192,22 @@ fn updating_tumbling_windows_equal_datafusion_over_the_events_on_time() {
     Harness::new(&changes_per_minute(", emit = 'updating'")).check(
         (history(-45_000), batch_sizes()),
         |harness, (changes, sizes)| {
-            windows_equal_datafusion(harness, &changes, &sizes, ORACLE, None)
+            windows_equal_datafusion(harness, &changes, &Cut::Batches(sizes), ORACLE, None)
         },
     );
+}
+
+#[test]
+fn closed_and_updating_windows_equal_datafusion_after_a_crash_and_a_replay() {
+    for emit in ["", ", emit = 'updating'"] {
+        let closed = emit.is_empty().then_some(WINDOW_US);
+        Harness::new(&changes_per_minute(emit)).check(
+            (history(-45_000), crash()),
+            |harness, (changes, crash)| {
+                windows_equal_datafusion(harness, &changes, &Cut::Crash(crash), ORACLE, closed)
+            },
+        );
+    }
 }
 
 /// Hopping windows of 3 minutes every minute: DataFusion gives each event its three windows
@@ -208,7 +240,13 @@ fn closed_hopping_windows_equal_datafusion_over_the_events() {
     Harness::new(HOP_SQL).check(
         (history(-DELAY_US / 1000), batch_sizes()),
         |harness, (changes, sizes)| {
-            windows_equal_datafusion(harness, &changes, &sizes, HOP_ORACLE, Some(3 * WINDOW_US))
+            windows_equal_datafusion(
+                harness,
+                &changes,
+                &Cut::Batches(sizes),
+                HOP_ORACLE,
+                Some(3 * WINDOW_US),
+            )
         },
     );
 }
