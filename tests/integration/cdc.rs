@@ -1,5 +1,9 @@
 //! `walflow cdc` against the real Postgres and Kafka, checked with kcat, a consumer that
 //! shares no code with walflow's producer.
+//!
+//! Longer than walflow's ~600-line rule on purpose: each test is one scenario spelled out
+//! step by step against the services, and docs/operations.md and the trial scripts name
+//! them as `cdc::<test>`; the helpers they share sit at the top.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,6 +1,10 @@
 //! walflow process against the real services: users ingested with churn flow through cdc and
 //! Kafka into Cassandra, and every shipped sink table must equal the same SQL evaluated by
 //! Postgres on the source table (the oracle), row by row, also after kill -9.
+//!
+//! Longer than walflow's ~600-line rule on purpose: each test is one scenario spelled out
+//! step by step against the services, and docs/operations.md and the trial scripts name
+//! them as `process::<test>`; the helpers they share sit at the top.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -879,8 +883,9 @@ pub(crate) fn run_within(
 /// One pipeline that cannot write its checkpoint (a directory squats the path of its
 /// temporary file) must bring `walflow process` down with an error naming it, after the
 /// other pipeline has stopped cleanly, instead of leaving the process up with a dead pipeline
-/// inside. The failing pipeline's topic gets its first event only once the healthy pipeline
-/// has checkpointed its own, so the failure always meets a pipeline at work.
+/// inside. The failing pipeline's topic gets its first event (and its checkpoint stops being
+/// writable) only once the healthy pipeline has written its rows, so the failure always
+/// meets a pipeline at work.
 #[tokio::test]
 async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
     let topics = TestTopics::new();
@@ -907,7 +912,6 @@ async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
         ],
     );
     let checkpoints = directory.path().join("checkpoints");
-    std::fs::create_dir_all(checkpoints.join("items.checkpoint.tmp")).unwrap();
 
     let log_path = directory.path().join("process.log");
     let mut child = walflow("postgres://unused@127.0.0.1/unused")
@@ -924,19 +928,26 @@ async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
         .unwrap();
-    let healthy_checkpoint = checkpoints.join("prices.checkpoint");
+    // Both pipelines at work: the failing one has written its first checkpoint (at start),
+    // the healthy one its rows.
+    let session = cassandra_session(&services().cassandra_nodes).await;
+    let copied_query = format!("SELECT JSON * FROM {}.item_prices_copy", keyspace.name);
     let started = Instant::now();
-    while !healthy_checkpoint.exists() {
+    while !checkpoints.join("items.checkpoint").exists()
+        || cassandra_rows_by_int(&session, &copied_query).await.len() < 2
+    {
         if started.elapsed() > Duration::from_secs(60) || child.try_wait().unwrap().is_some() {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "the healthy pipeline wrote no checkpoint:\n{}",
+                "the pipelines did not start working:\n{}",
                 std::fs::read_to_string(&log_path).unwrap()
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The failing pipeline's next checkpoint cannot be written.
+    std::fs::create_dir_all(checkpoints.join("items.checkpoint.tmp")).unwrap();
     kcat_produce(
         &failing_topic,
         [r#"{"before":null,"after":{"id":3,"price":4.5},"op":"c"}"#],
@@ -963,12 +974,7 @@ async fn a_failing_pipeline_stops_the_others_and_the_process_exits_non_zero() {
             .any(|line| line.contains("stopped") && line.contains("pipeline=prices")),
         "the healthy pipeline did not stop cleanly:\n{log}"
     );
-    let session = cassandra_session(&services().cassandra_nodes).await;
-    let copied = cassandra_rows_by_int(
-        &session,
-        &format!("SELECT JSON * FROM {}.item_prices_copy", keyspace.name),
-    )
-    .await;
+    let copied = cassandra_rows_by_int(&session, &copied_query).await;
     assert_eq!(copied, vec![(1, 2.5), (2, 3.5)], "{log}");
 }
 

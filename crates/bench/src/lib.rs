@@ -65,7 +65,18 @@ enum BenchTarget {
     /// Events/s of the shipped pipelines draining a backlog, beside consume+decode and direct
     /// Cassandra writes
     #[command(
-        long_about = "Produces a backlog of --events change events (inserts, updates,         deletes with tombstones, in the envelope walflow cdc writes) about --users users into a         scratch topic, then for each shipped pipeline (sql/pipelines/users.sql and         users_by_country.sql) measures, in the same run: consuming and decoding the topic with no         processing (the ceiling), the pipeline draining it into a scratch keyspace, and writing as         many rows as the pipeline wrote to Cassandra with the driver directly. With         --steady-rate: single-row transactions through cdc and the users pipeline, and the         Postgres-commit-to-Cassandra latency.\n\n        Goals: aggregate pipelines at least 0.7 of consume+decode and at least 100,000 events/s;         the mirror at least 0.8 of direct Cassandra writes; p99 under 100 ms at 1,000 changes/s."
+        long_about = "Produces a backlog of --events change events (inserts, updates, \
+        deletes with tombstones, in the envelope walflow cdc writes) about --users users into a \
+        scratch topic, then for each shipped pipeline of sql/pipelines/ (users, \
+        users_by_country, users_by_region and the three windowed ones, or those --pipelines \
+        names) measures, in the same run: consuming and decoding the topic with no processing (the ceiling), the \
+        pipeline draining it into a scratch keyspace, and writing as many rows as the pipeline \
+        wrote to Cassandra with the driver directly. With --steady-rate: single-row \
+        transactions through cdc and the users pipeline, and the Postgres-commit-to-Cassandra \
+        latency.\n\n\
+        Goals: aggregate pipelines at least 0.7 of consume+decode and at least 100,000 \
+        events/s; the mirror at least 0.8 of direct Cassandra writes; p99 under 100 ms at \
+        1,000 changes/s."
     )]
     Process(process::ProcessBenchArgs),
 }

@@ -13,6 +13,7 @@ use walflow_pgoutput::{
     RelationColumn, ReplicaIdentity,
 };
 
+use super::session::{stream_changes, RelationCatalog};
 use super::*;
 use crate::replication::{MemoryReplication, MemoryServer};
 use crate::sink::{MemoryKafka, MemorySink};
