@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use tokio_postgres::NoTls;
 use walflow_cdc::pipeline::{self, CdcOptions, SnapshotMode, SnapshotProgressHook};
 use walflow_cdc::publication;
 use walflow_cdc::sink::{EventSink, KafkaSettings, KafkaSink, StdoutSink};
@@ -282,10 +281,9 @@ fn snapshot_progress_bars() -> Option<SnapshotProgressHook> {
 }
 
 async fn drop_slot(args: &CdcArgs, config: &Config) -> Result<ExitCode, Failure> {
-    let (client, connection) = tokio_postgres::connect(config.postgres_url.expose(), NoTls)
+    let client = walflow_tls::postgres::connect(config.postgres_url.expose(), "cdc drop")
         .await
-        .with_context(|| format!("cannot connect to Postgres at {}", config.postgres_url))?;
-    tokio::spawn(connection);
+        .map_err(anyhow::Error::from)?;
     let (slot, publication) =
         publication::drop_slot_and_publication(&client, &args.slot, &args.publication)
             .await

@@ -208,10 +208,10 @@ pub async fn measure(
     let timeout = Duration::from_secs(5);
 
     let postgres = async {
-        let (client, connection) =
-            tokio_postgres::connect(config.postgres_url.expose(), tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        lag::postgres::slot_lag(&client, &sources.slot).await
+        let client = walflow_tls::postgres::connect(config.postgres_url.expose(), "lag").await?;
+        lag::postgres::slot_lag(&client, &sources.slot)
+            .await
+            .map_err(anyhow::Error::from)
     };
     match tokio::time::timeout(timeout, postgres).await {
         Ok(Ok(slot)) => report.slot = slot,

@@ -2,9 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
-use tokio_postgres::NoTls;
 use walflow_ingest::schema;
 
 use crate::config::{Config, GlobalArgs};
@@ -21,9 +19,9 @@ pub struct MigrateArgs {}
 
 pub async fn run(_args: MigrateArgs, global: &GlobalArgs) -> Result<ExitCode, Failure> {
     let config = Config::load(global)?;
-    let (mut client, connection) = tokio_postgres::connect(config.postgres_url.expose(), NoTls)
-        .await
-        .with_context(|| format!("cannot connect to Postgres at {}", config.postgres_url))?;
+    let target = walflow_tls::postgres::PostgresTarget::parse(config.postgres_url.expose())
+        .map_err(anyhow::Error::from)?;
+    let (mut client, connection) = target.connect().await.map_err(anyhow::Error::from)?;
     let connection = tokio::spawn(connection);
     let report = schema::migrate(&mut client)
         .await

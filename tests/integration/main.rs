@@ -20,4 +20,5 @@ mod pgoutput;
 mod process;
 mod replication;
 mod sql;
+mod tls;
 mod windows;

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Latency samples (any one unit) and their percentiles, kept by hdrhistogram to three
 /// significant digits: memory stays flat however many samples a run takes.
@@ -98,14 +98,7 @@ pub(crate) async fn drop_scratch_database(admin: &Client, database: &str) -> any
 }
 
 pub(crate) async fn connect(url: &str) -> anyhow::Result<Client> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await.with_context(|| {
-        format!(
-            "cannot connect to Postgres at {}",
-            walflow_redact::postgres(url)
-        )
-    })?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok(walflow_tls::postgres::connect(url, "bench").await?)
 }
 
 pub(crate) fn which_psql() -> anyhow::Result<()> {

@@ -82,6 +82,8 @@ pub enum IngestError {
     Fetch(#[from] FetchError),
     #[error("writing users failed: {0}")]
     Write(#[from] WriteError),
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[from] walflow_tls::postgres::ConnectError),
     #[error("invalid option: {0}")]
     Options(String),
 }

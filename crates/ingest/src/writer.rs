@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 use crate::model::User;
+use crate::run::IngestError;
 
 /// Columns walflow writes, in parameter order; `ingested_at` and `updated_at` are the table's.
 const COLUMNS: &[(&str, Type)] = &[
@@ -82,15 +83,8 @@ pub struct UserWriter {
 
 impl UserWriter {
     /// `source` is recorded with each reject, so a reject says where it came from.
-    pub async fn connect(postgres_url: &str, source: &str) -> Result<UserWriter, WriteError> {
-        let (client, connection) = tokio_postgres::connect(postgres_url, NoTls)
-            .await
-            .map_err(WriteError::context("cannot connect to Postgres"))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "ingest's Postgres connection ended");
-            }
-        });
+    pub async fn connect(postgres_url: &str, source: &str) -> Result<UserWriter, IngestError> {
+        let client = walflow_tls::postgres::connect(postgres_url, "ingest").await?;
         // Preparing once also fails early, and clearly, when the schema is missing.
         let upsert = client
             .prepare(&upsert_sql())

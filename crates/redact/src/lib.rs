@@ -5,7 +5,9 @@
 use std::borrow::Cow;
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
+
+pub mod conninfo;
 
 /// An error and its causes on one line, as walflow shows them: each cause once (many
 /// errors already print their cause in their own message, and it is not repeated).
@@ -35,12 +37,26 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 
 /// A Postgres connection string (URL or libpq key/value form, as tokio-postgres reads it)
 /// rebuilt from what it means, without its password: hosts, ports, user, database and the
-/// TLS mode, in the form it was given. `***` when tokio-postgres cannot parse it.
+/// TLS parameters (libpq's, `sslpassword` hidden), in the form it was given. `***` when
+/// tokio-postgres cannot parse it.
 pub fn postgres(connection: &str) -> String {
-    let Ok(config) = connection.parse::<tokio_postgres::Config>() else {
+    let split = conninfo::split_tls_parameters(connection);
+    let Ok(config) = split.rest.parse::<tokio_postgres::Config>() else {
         return HIDDEN.to_owned();
     };
-    let shown = ShownPostgres::of(&config);
+    let mut shown = ShownPostgres::of(&config);
+    // The last value of each parameter, in the order first given.
+    for (name, _) in &split.tls {
+        if shown.tls.iter().any(|(shown_name, _)| shown_name == name) {
+            continue;
+        }
+        let value = match split.get(name) {
+            Some(_) if name == "sslpassword" => HIDDEN.to_owned(),
+            Some(value) => value.to_owned(),
+            None => continue,
+        };
+        shown.tls.push((name.clone(), value));
+    }
     ["postgres://", "postgresql://"]
         .into_iter()
         .find(|scheme| connection.starts_with(scheme))
@@ -75,7 +91,8 @@ struct ShownPostgres<'a> {
     has_password: bool,
     dbname: Option<&'a str>,
     application_name: Option<&'a str>,
-    ssl_mode: Option<&'static str>,
+    /// libpq's TLS parameters as given, `sslpassword` hidden.
+    tls: Vec<(String, String)>,
 }
 
 impl<'a> ShownPostgres<'a> {
@@ -99,12 +116,7 @@ impl<'a> ShownPostgres<'a> {
             has_password: config.get_password().is_some(),
             dbname: config.get_dbname(),
             application_name: config.get_application_name(),
-            // `prefer` is the default and not worth showing.
-            ssl_mode: match config.get_ssl_mode() {
-                SslMode::Disable => Some("disable"),
-                SslMode::Require => Some("require"),
-                _ => None,
-            },
+            tls: Vec::new(),
         }
     }
 
@@ -149,7 +161,10 @@ impl<'a> ShownPostgres<'a> {
         let parameters: Vec<String> = self
             .parameters()
             .into_iter()
-            .map(|(key, value)| format!("{key}={}", encode(&value)))
+            .map(|(key, value)| match value.as_str() {
+                HIDDEN => format!("{key}={HIDDEN}"),
+                value => format!("{key}={}", encode(value)),
+            })
             .collect();
         if !parameters.is_empty() {
             url.push('?');
@@ -185,7 +200,7 @@ impl<'a> ShownPostgres<'a> {
     }
 
     /// What the URL form carries in its query string.
-    fn parameters(&self) -> Vec<(&'static str, String)> {
+    fn parameters(&self) -> Vec<(&str, String)> {
         let mut parameters = Vec::new();
         if !self.hostaddrs.is_empty() {
             parameters.push(("hostaddr", self.hostaddrs.join(",")));
@@ -193,8 +208,8 @@ impl<'a> ShownPostgres<'a> {
         if let Some(name) = self.application_name {
             parameters.push(("application_name", name.to_owned()));
         }
-        if let Some(mode) = self.ssl_mode {
-            parameters.push(("sslmode", mode.to_owned()));
+        for (name, value) in &self.tls {
+            parameters.push((name.as_str(), value.clone()));
         }
         parameters
     }
@@ -248,6 +263,21 @@ mod tests {
         assert_eq!(
             postgres("host='/tmp/with space' user=it's password=x"),
             "host='/tmp/with space' user='it\\'s' password=***"
+        );
+    }
+
+    #[test]
+    fn tls_parameters_are_shown_as_libpq_reads_them_but_the_key_password() {
+        assert_eq!(
+            postgres(
+                "postgres://u:pw@h/db?sslmode=verify-full&sslrootcert=/etc/ca.crt\
+                 &sslpassword=t0psecret&connect_timeout=5"
+            ),
+            "postgres://u:***@h:5432/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.crt&sslpassword=***"
+        );
+        assert_eq!(
+            postgres("host=h sslmode=verify-ca sslkey='/k.pem' sslpassword=t0psecret"),
+            "host=h sslmode=verify-ca sslkey=/k.pem sslpassword=***"
         );
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::ClientConfig;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 mod fake_api;
 mod fixed_http;
@@ -63,17 +63,12 @@ pub fn unique_name(prefix: &str) -> String {
     )
 }
 
+/// A client of the Postgres at `url`, with TLS when the URL asks for it (as walflow reads
+/// libpq's parameters).
 pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    walflow_tls::postgres::connect(url, "test")
         .await
-        .unwrap_or_else(|error| {
-            panic!(
-                "cannot connect to {}: {error}",
-                walflow_redact::postgres(url)
-            )
-        });
-    tokio::spawn(connection);
-    client
+        .unwrap_or_else(|error| panic!("cannot connect: {error}"))
 }
 
 /// `url` with its database replaced by `database`.
@@ -92,7 +87,13 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     pub async fn create() -> TestDatabase {
-        let admin_url = services().postgres_url;
+        TestDatabase::create_on(&services().postgres_url).await
+    }
+
+    /// A database of its own on the server `admin_url` reaches (the secure Postgres, say);
+    /// its URL keeps the admin URL's parameters (TLS ones included).
+    pub async fn create_on(admin_url: &str) -> TestDatabase {
+        let admin_url = admin_url.to_owned();
         let name = unique_name("walflow_test");
         let admin = connect(&admin_url).await;
         admin
@@ -130,8 +131,7 @@ impl Drop for TestDatabase {
                 .enable_all()
                 .build()?;
             runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&admin_url, NoTls).await?;
-                tokio::spawn(connection);
+                let client = walflow_tls::postgres::connect(&admin_url, "test").await?;
                 // A logical slot keeps its database from being dropped: slots go first.
                 client
                     .execute(
@@ -142,7 +142,8 @@ impl Drop for TestDatabase {
                     .await?;
                 client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await
+                    .await?;
+                Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
             })?;
             Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
         })

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 use walflow_pgoutput::Lsn;
 use walflow_retry::RetryPolicy;
+use walflow_tls::postgres::ConnectError;
 
 use crate::avro_events::{AvroEventError, AvroEvents};
 use crate::encoder::EventEncoder;
@@ -87,7 +88,9 @@ pub enum CdcError {
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("cannot connect to Postgres: {0}")]
-    Connect(tokio_postgres::Error),
+    Connect(#[source] ConnectError),
+    #[error(transparent)]
+    PostgresTls(#[from] walflow_tls::postgres::PostgresTlsError),
     #[error(
         "Postgres did not answer within {} s (connect_timeout in the URL sets the limit)",
         waited.as_secs()
@@ -380,6 +383,12 @@ fn is_slot_in_use(error: &CdcError) -> bool {
 /// refuses connections for now.
 fn is_transient(error: &CdcError) -> bool {
     match error {
+        // A certificate that does not verify, or a server refusing TLS, stays so.
+        CdcError::Connect(
+            ConnectError::Verify { .. }
+            | ConnectError::TlsRefused { .. }
+            | ConnectError::Settings(_),
+        ) => false,
         CdcError::Connect(_) | CdcError::ConnectTimedOut { .. } => true,
         // A message out of place is what a session cut short looks like; a new session
         // starts clean from the slot.
@@ -387,7 +396,8 @@ fn is_transient(error: &CdcError) -> bool {
             ReplicationError::Io(_)
             | ReplicationError::Connect { .. }
             | ReplicationError::Protocol(_)
-            | ReplicationError::InvalidLsn(_),
+            | ReplicationError::InvalidLsn(_)
+            | ReplicationError::Tls(ConnectError::Io { .. } | ConnectError::Handshake { .. }),
         ) => true,
         CdcError::Replication(replication) => replication
             .code()

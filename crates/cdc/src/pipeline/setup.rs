@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 use walflow_pgoutput::{Lsn, Relation};
 
 use crate::encoder::EventEncoder;
@@ -16,6 +15,7 @@ use crate::snapshot::{self};
 
 use super::session::RelationCatalog;
 use super::{now_ms, CdcError, CdcOptions};
+use walflow_tls::postgres::PostgresTarget;
 
 /// Reads the exported snapshot on a connection of its own (the replication connection that
 /// exported it must stay idle until it is imported).
@@ -160,21 +160,21 @@ pub(super) async fn advance_slot(
 /// A regular connection, bounded as the replication one is: the URL's `connect_timeout`
 /// (30 s when it sets none) over the whole handshake, and TCP keepalives.
 pub(super) async fn connect_client(url: &str) -> Result<tokio_postgres::Client, CdcError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(CdcError::Connect)?;
-    let timeout = config
+    let mut target = PostgresTarget::parse(url)?;
+    let timeout = target
+        .config()
         .get_connect_timeout()
         .copied()
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    config
+    target
+        .config_mut()
         .connect_timeout(timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
-    let (client, connection) = tokio::time::timeout(timeout, config.connect(NoTls))
+    tokio::time::timeout(timeout, target.connect_spawned("cdc"))
         .await
         .map_err(|_| CdcError::ConnectTimedOut { waited: timeout })?
-        .map_err(CdcError::Connect)?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(CdcError::Connect)
 }

@@ -1,14 +1,18 @@
-//! A connection in `replication=database` mode: startup and authentication (SCRAM-SHA-256,
+//! A connection in `replication=database` mode: TLS as the URL's `sslmode` says
+//! (walflow-tls), startup and authentication (SCRAM-SHA-256, with channel binding over TLS,
 //! MD5 or cleartext, as the server asks), the replication commands as simple queries, and
 //! the CopyBoth stream of `START_REPLICATION`.
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::authentication::sasl::{
+    ChannelBinding, ScramSha256, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use walflow_pgoutput::{Lsn, ReplicationMessage, StandbyStatusUpdate};
+use walflow_tls::postgres::{PostgresStream, PostgresTarget};
 
 use super::error::ReplicationError;
 use super::framing::{next_message, server_error, Backend};
@@ -18,7 +22,11 @@ use fallible_iterator::FallibleIterator;
 #[derive(Clone)]
 pub struct ReplicationConfig {
     pub host: String,
+    /// The address to connect to, when the URL gives one (`hostaddr`) beside the host name.
+    pub hostaddr: Option<std::net::IpAddr>,
     pub port: u16,
+    /// How TLS is spoken (libpq's `sslmode` and files, from the same URL).
+    target: PostgresTarget,
     pub user: String,
     password: Option<Vec<u8>>,
     pub database: String,
@@ -45,10 +53,11 @@ impl std::fmt::Debug for ReplicationConfig {
 }
 
 impl ReplicationConfig {
-    /// From a `postgres://` URL or key/value string. TCP hosts only; TLS is not spoken yet,
-    /// so the server must accept the connection without it.
+    /// From a `postgres://` URL or key/value string, TLS parameters included (as libpq
+    /// reads them: walflow-tls). TCP hosts only.
     pub fn from_url(url: &str) -> Result<ReplicationConfig, ReplicationError> {
-        let config: tokio_postgres::Config = url.parse().map_err(ReplicationError::InvalidUrl)?;
+        let target = PostgresTarget::parse(url)?;
+        let config = target.config().clone();
         let host = match config.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
             Some(_) => {
@@ -64,7 +73,9 @@ impl ReplicationConfig {
             .ok_or_else(|| ReplicationError::Config("the URL names no user".into()))?;
         Ok(ReplicationConfig {
             host,
+            hostaddr: config.get_hostaddrs().first().copied(),
             port: config.get_ports().first().copied().unwrap_or(5432),
+            target,
             database: config
                 .get_dbname()
                 .map(str::to_owned)
@@ -99,7 +110,7 @@ pub struct CreatedSlot {
 }
 
 pub struct ReplicationConnection {
-    socket: TcpStream,
+    socket: PostgresStream,
     read_buffer: BytesMut,
     write_buffer: BytesMut,
 }
@@ -108,7 +119,11 @@ impl ReplicationConnection {
     pub async fn connect(
         config: &ReplicationConfig,
     ) -> Result<ReplicationConnection, ReplicationError> {
-        let address = format!("{}:{}", config.host, config.port);
+        // libpq's hostaddr: where to connect, while the host name is what TLS verifies.
+        let address = match &config.hostaddr {
+            Some(hostaddr) => std::net::SocketAddr::new(*hostaddr, config.port).to_string(),
+            None => format!("{}:{}", config.host, config.port),
+        };
         match tokio::time::timeout(
             config.connect_timeout,
             Self::connect_untimed(config, &address),
@@ -149,6 +164,7 @@ impl ReplicationConnection {
                 .with_interval(std::time::Duration::from_secs(10))
                 .with_retries(3),
         )?;
+        let socket = config.target.start_tls(socket).await?;
         let mut connection = ReplicationConnection {
             socket,
             read_buffer: BytesMut::with_capacity(64 * 1024),
@@ -223,20 +239,33 @@ impl ReplicationConnection {
                 }
                 Backend::Message(Message::AuthenticationSasl(body)) => {
                     let mut mechanisms = body.mechanisms();
-                    let mut offers_scram = false;
+                    let (mut offers_scram, mut offers_plus) = (false, false);
                     while let Some(mechanism) = mechanisms.next()? {
                         offers_scram |= mechanism == SCRAM_SHA_256;
+                        offers_plus |= mechanism == SCRAM_SHA_256_PLUS;
                     }
-                    if !offers_scram {
-                        return Err(ReplicationError::Authentication(
-                            "Postgres offers no SASL mechanism walflow speaks (SCRAM-SHA-256)"
-                                .into(),
-                        ));
-                    }
+                    let end_point = self.socket.tls_server_end_point();
+                    // Over TLS, SCRAM binds the login to the server's certificate when the
+                    // server offers it (SCRAM-SHA-256-PLUS), as libpq does.
+                    let (mechanism, binding) = match end_point {
+                        Some(hash) if offers_plus => (
+                            SCRAM_SHA_256_PLUS,
+                            ChannelBinding::tls_server_end_point(hash),
+                        ),
+                        Some(_) if offers_scram => (SCRAM_SHA_256, ChannelBinding::unrequested()),
+                        None if offers_scram => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                        _ => {
+                            return Err(ReplicationError::Authentication(
+                                "Postgres offers no SASL mechanism walflow speaks \
+                                 (SCRAM-SHA-256, SCRAM-SHA-256-PLUS over TLS)"
+                                    .into(),
+                            ))
+                        }
+                    };
                     let password = config.password.as_deref().ok_or_else(missing_password)?;
-                    let exchange = ScramSha256::new(password, ChannelBinding::unsupported());
+                    let exchange = ScramSha256::new(password, binding);
                     frontend::sasl_initial_response(
-                        SCRAM_SHA_256,
+                        mechanism,
                         exchange.message(),
                         &mut self.write_buffer,
                     )?;

@@ -25,6 +25,12 @@ pub enum ReplicationError {
     /// The URL (or key/value string) as tokio-postgres reads it.
     #[error("invalid connection URL: {0}")]
     InvalidUrl(#[source] tokio_postgres::Error),
+    /// TLS settings that cannot work, a certificate that does not verify, a server that
+    /// refuses TLS the URL requires.
+    #[error(transparent)]
+    Tls(#[from] walflow_tls::postgres::ConnectError),
+    #[error(transparent)]
+    TlsSettings(#[from] walflow_tls::postgres::PostgresTlsError),
     /// A URL tokio-postgres reads that the replication connection cannot use.
     #[error("invalid connection URL: {0}")]
     Config(String),

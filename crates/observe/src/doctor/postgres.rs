@@ -1,7 +1,8 @@
 //! Is Postgres fit to be a walflow source: logical WAL, a role allowed to replicate, a free
 //! replication slot and WAL sender, and a bound on the WAL a stalled slot can hold back.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use walflow_tls::postgres::{ConnectError, PostgresTarget, SslMode};
 
 use super::{error_chain, Check, DoctorTargets, ServiceReport};
 
@@ -12,19 +13,17 @@ const RECOMMENDED_SERVER_VERSION_NUM: i32 = 140_000;
 
 pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
     let mut report = ServiceReport::new("postgres", targets.postgres_display.clone());
-    let client = match connect(targets).await {
-        Ok(client) => client,
-        Err(detail) => {
-            report.checks.push(Check::fail(
-                "connect",
-                detail,
-                "start Postgres (scripts/services up) or point WALFLOW_POSTGRES_URL / \
-                 --postgres-url at it",
-            ));
+    let (client, target) = match connect(targets).await {
+        Ok(connected) => connected,
+        Err(failure) => {
+            report
+                .checks
+                .push(Check::fail("connect", failure.detail, failure.fix));
             return report;
         }
     };
     report.checks.push(Check::ok("connect", "connected"));
+    report.checks.push(tls_check(&client, &target).await);
     let timeout = targets.timeout;
     match tokio::time::timeout(timeout, inspect(&client, &mut report)).await {
         Ok(Ok(())) => {}
@@ -43,25 +42,102 @@ pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
     report
 }
 
-async fn connect(targets: &DoctorTargets) -> Result<Client, String> {
-    let mut config: tokio_postgres::Config = targets
-        .postgres_url
-        .parse()
-        .map_err(|error| format!("the Postgres URL is not valid: {}", error_chain(&error)))?;
-    config.connect_timeout(targets.timeout);
-    config.application_name("walflow doctor");
-    let connect = config.connect(NoTls);
-    let (client, connection) = match tokio::time::timeout(targets.timeout, connect).await {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(error)) => return Err(format!("cannot connect: {}", error_chain(&error))),
-        Err(_) => return Err(format!("no answer within {:?}", targets.timeout)),
-    };
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%error, "doctor's Postgres connection ended");
+/// Why doctor could not connect, and what to do about it.
+struct ConnectFailure {
+    detail: String,
+    fix: &'static str,
+}
+
+const START_FIX: &str = "start Postgres (scripts/services up) or point WALFLOW_POSTGRES_URL / \
+                         --postgres-url at it";
+const TLS_REQUIRED_FIX: &str = "the server accepts TLS connections only: add sslmode=verify-full \
+                                and sslrootcert=/path/to/ca.crt to the Postgres URL (or \
+                                sslmode=require to encrypt without verifying)";
+const VERIFY_FIX: &str = "give the CA that signed the server's certificate (sslrootcert=) and \
+                          connect by a host name the certificate names, or use \
+                          sslmode=verify-ca to check the CA alone";
+const TLS_REFUSED_FIX: &str = "the server does not offer TLS: turn ssl on in postgresql.conf, or \
+                               connect with sslmode=prefer";
+
+async fn connect(targets: &DoctorTargets) -> Result<(Client, PostgresTarget), ConnectFailure> {
+    let mut target =
+        PostgresTarget::parse(&targets.postgres_url).map_err(|error| ConnectFailure {
+            detail: format!("the Postgres URL cannot be used: {}", error_chain(&error)),
+            fix: "correct the URL as the message says",
+        })?;
+    target
+        .config_mut()
+        .connect_timeout(targets.timeout)
+        .application_name("walflow doctor");
+    let client = match tokio::time::timeout(targets.timeout, target.connect_spawned("doctor")).await
+    {
+        Ok(Ok(client)) => client,
+        Ok(Err(error)) => {
+            let detail = format!("cannot connect: {}", error_chain(&error));
+            let fix = match &error {
+                ConnectError::Verify { .. } => VERIFY_FIX,
+                ConnectError::TlsRefused { .. } => TLS_REFUSED_FIX,
+                // pg_hba.conf's hostnossl ... reject: "no encryption".
+                _ if detail.contains("no encryption") => TLS_REQUIRED_FIX,
+                _ => START_FIX,
+            };
+            return Err(ConnectFailure { detail, fix });
         }
-    });
-    Ok(client)
+        Err(_) => {
+            return Err(ConnectFailure {
+                detail: format!("no answer within {:?}", targets.timeout),
+                fix: START_FIX,
+            })
+        }
+    };
+    Ok((client, target))
+}
+
+/// Whether the connection is encrypted, and whether the server's certificate was checked.
+async fn tls_check(client: &Client, target: &PostgresTarget) -> Check {
+    let row = client
+        .query_opt(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await;
+    let mode = target.effective_mode();
+    match row {
+        Ok(Some(row)) if row.get::<_, bool>(0) => {
+            let version: Option<String> = row.get(1);
+            let version = version.unwrap_or_default();
+            if target.verifies_certificate() {
+                let host = if mode == SslMode::VerifyFull {
+                    ", host name matched"
+                } else {
+                    ""
+                };
+                Check::ok(
+                    "tls",
+                    format!("encrypted ({version}), certificate verified (sslmode={mode}{host})"),
+                )
+            } else {
+                Check::warn(
+                    "tls",
+                    format!("encrypted ({version}), the server's certificate not verified (sslmode={mode})"),
+                    "add sslmode=verify-full and sslrootcert=/path/to/ca.crt to check whom you talk to",
+                )
+            }
+        }
+        Ok(_) if target.host_is_loopback() => {
+            Check::ok("tls", format!("plain text on loopback (sslmode={mode})"))
+        }
+        Ok(_) => Check::warn(
+            "tls",
+            format!("plain text over the network (sslmode={mode})"),
+            "add sslmode=verify-full and sslrootcert=/path/to/ca.crt to the Postgres URL",
+        ),
+        Err(error) => Check::warn(
+            "tls",
+            format!("cannot read pg_stat_ssl: {}", error_chain(&error)),
+            "grant the walflow role pg_read_all_stats to see it",
+        ),
+    }
 }
 
 async fn inspect(client: &Client, report: &mut ServiceReport) -> Result<(), tokio_postgres::Error> {
