@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use walflow_tls::kafka::KafkaConnection;
 
 use clap::Args;
 use serde::Deserialize;
@@ -74,7 +75,9 @@ pub struct GlobalArgs {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub postgres_url: SecretUrl,
-    pub kafka_brokers: String,
+    /// Kafka's brokers and the librdkafka properties every client gets: walflow.toml's
+    /// `[kafka.properties]`, then `WALFLOW_KAFKA_PROPERTY_*` variables.
+    pub kafka: KafkaConnection,
     pub cassandra_nodes: Vec<String>,
     pub schema_registry_url: Option<SecretUrl>,
 }
@@ -110,6 +113,9 @@ struct PostgresSection {
 #[serde(deny_unknown_fields)]
 struct KafkaSection {
     brokers: Option<String>,
+    /// librdkafka properties for every Kafka client (security.protocol, sasl.*, ssl.*).
+    #[serde(default)]
+    properties: std::collections::BTreeMap<String, toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +135,10 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{what} is empty: give at least one HOST:PORT")]
     Empty { what: &'static str },
+    #[error(transparent)]
+    KafkaProperty(#[from] walflow_tls::kafka::KafkaPropertyError),
+    #[error("invalid configuration file {path}: [kafka.properties] {name} must be a string, number or boolean")]
+    KafkaPropertyValue { path: PathBuf, name: String },
 }
 
 impl Config {
@@ -155,9 +165,34 @@ impl Config {
             .clone()
             .or(file.cassandra.nodes)
             .unwrap_or_else(|| DEFAULT_CASSANDRA_NODES.to_owned());
+        let mut kafka_properties = std::collections::BTreeMap::new();
+        for (name, value) in file.kafka.properties {
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(number) => number.to_string(),
+                toml::Value::Float(number) => number.to_string(),
+                toml::Value::Boolean(flag) => flag.to_string(),
+                _ => {
+                    return Err(ConfigError::KafkaPropertyValue {
+                        path: args
+                            .config
+                            .clone()
+                            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_FILE)),
+                        name,
+                    })
+                }
+            };
+            kafka_properties.insert(name, text);
+        }
+        kafka_properties.extend(walflow_tls::kafka::properties_from_variables(
+            std::env::vars(),
+        )?);
         let config = Config {
             postgres_url: SecretUrl::postgres(postgres_url),
-            kafka_brokers: non_empty_list(&kafka_brokers, "the Kafka broker list")?.join(","),
+            kafka: KafkaConnection::new(
+                non_empty_list(&kafka_brokers, "the Kafka broker list")?.join(","),
+            )
+            .with_properties(kafka_properties),
             cassandra_nodes: non_empty_list(&cassandra_nodes, "the Cassandra node list")?,
             schema_registry_url: args
                 .schema_registry_url

@@ -10,7 +10,7 @@ pub async fn run(args: walflow_bench::BenchArgs, global: &GlobalArgs) -> Result<
     let config = Config::load(global)?;
     let services = walflow_bench::Services {
         postgres_url: config.postgres_url.expose().to_owned(),
-        kafka_brokers: config.kafka_brokers.clone(),
+        kafka: config.kafka.clone(),
         cassandra_nodes: config.cassandra_nodes.clone(),
         schema_registry_url: config
             .schema_registry_url

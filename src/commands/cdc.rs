@@ -183,7 +183,7 @@ pub async fn run(args: CdcArgs, global: &GlobalArgs) -> Result<ExitCode, Failure
     };
     match args.sink {
         SinkKind::Kafka => {
-            let mut settings = KafkaSettings::new(&config.kafka_brokers);
+            let mut settings = KafkaSettings::new(&config.kafka);
             settings.message_timeout = Duration::from_secs(args.kafka_message_timeout.max(1));
             settings.max_message_bytes = args.kafka_max_message_bytes as usize;
             settings.dead_letter_topic = dead_letter_topic(&args);

@@ -37,7 +37,7 @@ pub async fn run(args: DoctorArgs, global: &GlobalArgs) -> Result<ExitCode, Fail
     let targets = DoctorTargets {
         postgres_url: config.postgres_url.expose().to_owned(),
         postgres_display: config.postgres_url.redacted(),
-        kafka_brokers: config.kafka_brokers.clone(),
+        kafka: config.kafka.clone(),
         cassandra_nodes: config.cassandra_nodes.clone(),
         schema_registry_url: config
             .schema_registry_url

@@ -228,18 +228,18 @@ pub async fn measure(
         }),
     }
 
-    let brokers = config.kafka_brokers.clone();
+    let kafka = config.kafka.clone();
     let consumer_groups: Vec<ConsumerGroup> =
         groups.iter().map(|(_, group)| group.clone()).collect();
     match tokio::task::spawn_blocking(move || {
-        lag::kafka::consumer_lag(&brokers, &consumer_groups, timeout)
+        lag::kafka::consumer_lag(&kafka, &consumer_groups, timeout)
     })
     .await
     {
         Ok(Ok(partitions)) => report.kafka = partitions,
         Ok(Err(error)) => report.errors.push(HopError {
             hop: "kafka",
-            message: format!("cannot read offsets from {}: {error}", config.kafka_brokers),
+            message: format!("cannot read offsets from {}: {error}", config.kafka.shown()),
         }),
         Err(error) => report.errors.push(HopError {
             hop: "kafka",

@@ -151,8 +151,7 @@ pub async fn run(args: ProcessArgs, global: &GlobalArgs) -> Result<ExitCode, Fai
     let mut tasks = tokio::task::JoinSet::new();
     let mut registry = super::metrics_endpoint::registry();
     for pipeline in pipelines {
-        let mut options =
-            ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+        let mut options = ProcessOptions::new(config.kafka.clone(), config.cassandra_nodes.clone());
         options.checkpoint_dir = args.checkpoint_dir.clone();
         options.checkpoint_interval = Duration::from_millis(args.checkpoint_interval_ms.max(10));
         options.batch_max_events = args.batch_max_events.max(1);

@@ -195,3 +195,206 @@ async fn plain_text_an_unknown_ca_and_a_wrong_host_name_are_refused_with_what_di
         assert!(!log.contains("walflow:walflow@"), "a password in {log}");
     }
 }
+
+/// Kafka's SASL_SSL listener (`scripts/services up secure`) and what walflow's clients need
+/// for it, as the variables a user would set; the password comes from a file
+/// (`..._FILE`, the Docker secrets convention).
+fn with_secure_kafka(command: &mut std::process::Command, password_file: &std::path::Path) {
+    let brokers = std::env::var("WALFLOW_TEST_SECURE_KAFKA_BROKERS")
+        .expect("WALFLOW_TEST_SECURE_KAFKA_BROKERS is set (scripts/services up secure)");
+    command
+        .env("WALFLOW_KAFKA_BROKERS", brokers)
+        .env("WALFLOW_KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL")
+        .env("WALFLOW_KAFKA_PROPERTY_SASL_MECHANISM", "SCRAM-SHA-512")
+        .env("WALFLOW_KAFKA_PROPERTY_SASL_USERNAME", "walflow")
+        .env("WALFLOW_KAFKA_PROPERTY_SASL_PASSWORD_FILE", password_file)
+        .env(
+            "WALFLOW_KAFKA_PROPERTY_SSL_CA_LOCATION",
+            tls_dir().join("ca.crt"),
+        );
+}
+
+fn kafka_password() -> String {
+    std::env::var("WALFLOW_TEST_KAFKA_SASL_PASSWORD")
+        .expect("WALFLOW_TEST_KAFKA_SASL_PASSWORD is set")
+}
+
+/// `count` messages of `topic` read through the SASL_SSL listener by kcat, an independent
+/// client.
+fn kcat_over_sasl_ssl(topic: &str, count: usize) -> Vec<Value> {
+    let brokers = std::env::var("WALFLOW_TEST_SECURE_KAFKA_BROKERS").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let output = loop {
+        let output = std::process::Command::new("timeout")
+            .args([
+                "60",
+                "kcat",
+                "-b",
+                &brokers,
+                "-C",
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+            ])
+            // PLAIN: kcat's librdkafka (2.0) fails SCRAM against Kafka 4; walflow's passes.
+            .args([
+                "-X",
+                "security.protocol=SASL_SSL",
+                "-X",
+                "sasl.mechanism=PLAIN",
+            ])
+            .args(["-X", "sasl.username=walflow"])
+            .arg("-X")
+            .arg(format!("sasl.password={}", kafka_password()))
+            .arg("-X")
+            .arg(format!(
+                "ssl.ca.location={}",
+                tls_dir().join("ca.crt").display()
+            ))
+            .args(["-c", &count.to_string(), "-J", "-q"])
+            .output()
+            .expect("kcat runs");
+        // cdc creates the topic when it starts: until then kcat finds none.
+        let unknown = String::from_utf8_lossy(&output.stderr).contains("Unknown topic");
+        if !unknown || std::time::Instant::now() > deadline {
+            break output;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        output.status.success(),
+        "kcat over SASL_SSL: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn cdc_and_doctor_reach_kafka_over_sasl_ssl_and_a_wrong_password_or_ca_is_named() {
+    let database = TestDatabase::create().await;
+    let client = database.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+        )
+        .await
+        .unwrap();
+    let topics = TestTopics::new();
+    let directory = tempfile::tempdir().unwrap();
+    let password_file = directory.path().join("kafka-password");
+    std::fs::write(&password_file, format!("{}\n", kafka_password())).unwrap();
+    let cdc_args = |slot: &str| -> Vec<String> {
+        [
+            "cdc",
+            "--slot",
+            slot,
+            "--publication",
+            "walflow_test",
+            "--topic-prefix",
+            &topics.prefix,
+            "--tables",
+            "public.items",
+            "--status-interval-ms",
+            "100",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect()
+    };
+
+    let log_path = directory.path().join("cdc.log");
+    let mut command = walflow(&database.url);
+    command.args(cdc_args(&unique_name("walflow_sasl_slot")));
+    with_secure_kafka(&mut command, &password_file);
+    let mut cdc = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let topic = format!("{}.public.items", topics.prefix);
+    // The snapshot's three rows, then two written while cdc streams.
+    let snapshot = kcat_over_sasl_ssl(&topic, 3);
+    client
+        .batch_execute("INSERT INTO items VALUES (4, 'd'), (5, 'e')")
+        .await
+        .unwrap();
+    let all = kcat_over_sasl_ssl(&topic, 5);
+    std::process::Command::new("kill")
+        .args(["-TERM", &cdc.id().to_string()])
+        .status()
+        .unwrap();
+    let status = cdc.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(snapshot.len(), 3);
+    let ids: Vec<i64> = all
+        .iter()
+        .map(|message| {
+            let key: Value = serde_json::from_str(message["key"].as_str().unwrap()).unwrap();
+            key["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids, [1, 2, 3, 4, 5]);
+
+    let mut doctor = walflow(&database.url);
+    doctor.args(["doctor", "--json"]);
+    with_secure_kafka(&mut doctor, &password_file);
+    let doctor = run(&mut doctor);
+    let report: Value = serde_json::from_str(&stdout(&doctor)).unwrap();
+    let kafka_checks = report["services"][1]["checks"].as_array().unwrap().clone();
+    let named = |name: &str| {
+        kafka_checks
+            .iter()
+            .find(|check| check["name"] == name)
+            .unwrap_or_else(|| panic!("no kafka check {name} in {report}"))
+            .clone()
+    };
+    assert_eq!(named("connect")["status"], "ok", "{report}");
+    assert_eq!(named("security")["status"], "ok", "{report}");
+    assert!(
+        named("security")["detail"].as_str().unwrap().contains(
+            "SASL_SSL: encrypted, the brokers' certificates verified, login SCRAM-SHA-512"
+        ),
+        "{report}"
+    );
+    assert!(
+        !stdout(&doctor).contains(&kafka_password()),
+        "the password in doctor's report"
+    );
+
+    // A wrong password, then a CA that did not sign the broker's certificate: cdc stops
+    // with what Kafka said, instead of waiting for a Kafka that will never let it in.
+    let wrong_password = directory.path().join("wrong-password");
+    std::fs::write(&wrong_password, "not-the-password").unwrap();
+    for (password, ca, expected) in [
+        (
+            &wrong_password,
+            tls_dir().join("ca.crt"),
+            "Authentication failed",
+        ),
+        (
+            &password_file,
+            tls_dir().join("other-ca.crt"),
+            "certificate verify failed",
+        ),
+    ] {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut command = walflow(&database.url);
+        command.args(cdc_args(&unique_name("walflow_sasl_refused")));
+        with_secure_kafka(&mut command, password);
+        command.env("WALFLOW_KAFKA_PROPERTY_SSL_CA_LOCATION", &ca);
+        let status = crate::process::run_within(&mut command, log.path(), Duration::from_secs(90));
+        let log = std::fs::read_to_string(log.path()).unwrap();
+        assert_eq!(status.and_then(|status| status.code()), Some(1), "{log}");
+        assert!(
+            log.contains("refused walflow") && log.contains(expected),
+            "expected `{expected}`: {log}"
+        );
+        assert!(!log.contains(&kafka_password()), "the password in {log}");
+    }
+}

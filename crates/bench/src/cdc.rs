@@ -188,7 +188,7 @@ async fn bench_cdc_in_database(
         stop_at: Some(end.parse().map_err(|error| anyhow::anyhow!("{error}"))?),
         snapshot_progress: None,
     };
-    let sink = KafkaSink::new(&config.kafka_brokers)?;
+    let sink = KafkaSink::new(&config.kafka)?;
     let json_metrics = sink.metrics().clone();
     let (_stop_sender, stop) = tokio::sync::watch::channel(false);
     let started = Instant::now();
@@ -209,7 +209,7 @@ async fn bench_cdc_in_database(
                 topic_prefix: format!("{topic_prefix}_avro"),
                 ..options.clone()
             };
-            let sink = KafkaSink::new(&config.kafka_brokers)?;
+            let sink = KafkaSink::new(&config.kafka)?;
             let metrics = sink.metrics().clone();
             let (_stop_sender, stop) = tokio::sync::watch::channel(false);
             let started = Instant::now();
@@ -229,7 +229,7 @@ async fn bench_cdc_in_database(
                 "public",
                 "bench_rows",
             );
-            if let Err(error) = sink::delete_topics(&config.kafka_brokers, &[&topic]).await {
+            if let Err(error) = sink::delete_topics(&config.kafka, &[&topic]).await {
                 tracing::warn!(%topic, %error, "could not delete the benchmark topic");
             }
             Some(AvroCdcFigures {
@@ -299,7 +299,7 @@ async fn bench_cdc_in_database(
     }
 
     let topic = walflow_wire::topic::topic_name(&topic_prefix, "public", "bench_rows");
-    if let Err(error) = sink::delete_topics(&config.kafka_brokers, &[&topic]).await {
+    if let Err(error) = sink::delete_topics(&config.kafka, &[&topic]).await {
         tracing::warn!(%topic, %error, "could not delete the benchmark topic");
     }
     let rows = args.rows as f64;
@@ -363,7 +363,7 @@ async fn bench_cdc_latency(
         snapshot_progress: None,
     };
     let (stop_sender, stop) = tokio::sync::watch::channel(false);
-    let sink = KafkaSink::new(&config.kafka_brokers)?;
+    let sink = KafkaSink::new(&config.kafka)?;
     let cdc = tokio::spawn(async move { pipeline::run(&options, sink, stop).await });
     // Give cdc time to create its slot: rows committed before it are not streamed.
     let slot = format!("{database}_walflow");
@@ -394,7 +394,7 @@ async fn bench_cdc_latency(
     let _ = stop_sender.send(true);
     let summary = cdc.await??;
     if let Err(error) = sink::delete_topics(
-        &config.kafka_brokers,
+        &config.kafka,
         &[&walflow_wire::topic::topic_name(
             database,
             "public",

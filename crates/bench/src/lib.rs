@@ -21,7 +21,8 @@ use clap::{Args, Subcommand};
 #[derive(Debug, Clone)]
 pub struct Services {
     pub postgres_url: String,
-    pub kafka_brokers: String,
+    /// Kafka's brokers and the librdkafka properties every client gets.
+    pub kafka: walflow_tls::kafka::KafkaConnection,
     pub cassandra_nodes: Vec<String>,
     pub schema_registry_url: Option<String>,
 }

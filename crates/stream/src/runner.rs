@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
+use walflow_tls::kafka::KafkaConnection;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointError, CheckpointWriter};
 use crate::consumer::OffsetGap;
@@ -32,7 +33,8 @@ use start::{starting_state, Start};
 
 #[derive(Debug, Clone)]
 pub struct ProcessOptions {
-    pub brokers: String,
+    /// Kafka's brokers and the librdkafka properties every client gets (TLS, SASL).
+    pub kafka: KafkaConnection,
     pub cassandra_nodes: Vec<String>,
     pub checkpoint_dir: std::path::PathBuf,
     pub checkpoint_interval: Duration,
@@ -57,9 +59,9 @@ pub struct ProcessOptions {
 }
 
 impl ProcessOptions {
-    pub fn new(brokers: &str, cassandra_nodes: Vec<String>) -> ProcessOptions {
+    pub fn new(kafka: KafkaConnection, cassandra_nodes: Vec<String>) -> ProcessOptions {
         ProcessOptions {
-            brokers: brokers.to_owned(),
+            kafka,
             cassandra_nodes,
             checkpoint_dir: ".walflow/checkpoints".into(),
             checkpoint_interval: Duration::from_secs(10),

@@ -2,10 +2,10 @@
 //! schema registry) in Avro, as cdc writes them.
 
 use std::time::Duration;
+use walflow_tls::kafka::KafkaConnection;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::ClientConfig;
 use serde_json::json;
 use walflow_pgoutput::{Column, TupleData};
 
@@ -24,10 +24,9 @@ pub(super) const COUNTRIES: [&str; 10] = [
 
 /// One insert per country of [`COUNTRIES`], with a region, as cdc would send the rows of
 /// sql/schema/0002_countries.sql.
-pub(super) fn produce_countries(brokers: &str, topic: &str) -> anyhow::Result<u64> {
-    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+pub(super) fn produce_countries(kafka: &KafkaConnection, topic: &str) -> anyhow::Result<u64> {
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        kafka.client_config().create()?;
     for (index, name) in COUNTRIES.iter().enumerate() {
         let region = ["Americas", "Europe", "Asia"][index % 3];
         let key = json!({ "name": name }).to_string();
@@ -179,14 +178,14 @@ pub(super) struct Backlog {
 /// tombstone, and the user inserted again later), as cdc would write them; with `avro`, each
 /// event also in Avro to that backlog's topic.
 pub(super) fn produce_backlog(
-    brokers: &str,
+    kafka: &KafkaConnection,
     topic: &str,
     events: u64,
     users: u64,
     avro: Option<&AvroBacklog>,
 ) -> anyhow::Result<Backlog> {
-    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = kafka
+        .client_config()
         .set("linger.ms", "20")
         .set("compression.type", "lz4")
         .set("queue.buffering.max.kbytes", "65536")

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use walflow_tls::kafka::KafkaConnection;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -13,7 +14,7 @@ use crate::Services;
 
 /// The ceiling: reading the topic and decoding each event for `source`, nothing else.
 pub(super) async fn consume_and_decode(
-    brokers: &str,
+    kafka: &KafkaConnection,
     topic: &str,
     source: &walflow_stream::definition::SourceTable,
     registry: Option<&str>,
@@ -28,7 +29,7 @@ pub(super) async fn consume_and_decode(
         (false, _) => None,
     };
     let consumer: StreamConsumer<rdkafka::consumer::DefaultConsumerContext, DefaultRuntime> =
-        runner::consumer_config(brokers, &format!("{topic}-ceiling")).create()?;
+        runner::consumer_config(kafka, &format!("{topic}-ceiling")).create()?;
     let mut assignment = rdkafka::TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)?;
     consumer.assign(&assignment)?;
@@ -132,7 +133,7 @@ pub(super) async fn cassandra_direct(
 }
 
 pub(super) async fn cleanup(config: &Services, topics: &[&str], keyspaces: &[&str]) {
-    if let Err(error) = walflow_cdc::sink::delete_topics(&config.kafka_brokers, topics).await {
+    if let Err(error) = walflow_cdc::sink::delete_topics(&config.kafka, topics).await {
         tracing::warn!(%error, "could not delete the benchmark topics");
     }
     if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()

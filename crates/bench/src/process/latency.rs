@@ -59,7 +59,7 @@ pub(super) async fn steady(
             snapshot_progress: None,
         };
         let (stop_sender, stop) = tokio::sync::watch::channel(false);
-        let sink = KafkaSink::new(&config.kafka_brokers)?;
+        let sink = KafkaSink::new(&config.kafka)?;
         let cdc_task = tokio::spawn(async move { cdc::run(&options, sink, stop.clone()).await });
         let slot = format!("{database}_walflow");
         for _ in 0..200 {
@@ -90,7 +90,7 @@ pub(super) async fn steady(
         let definition = PipelineDefinition::parse(path, &text)?;
         let queries = walflow_stream::plan::compile(&definition).await?;
         let pipeline = Pipeline { definition, queries };
-        let mut process_options = ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+        let mut process_options = ProcessOptions::new(config.kafka.clone(), config.cassandra_nodes.clone());
         process_options.checkpoint_dir = std::env::temp_dir().join(format!("{database}_checkpoints"));
         process_options.batch_max_wait = Duration::from_millis(5);
         let metrics = Arc::new(ProcessMetrics::default());

@@ -150,7 +150,7 @@ pub(crate) async fn bench_process(
         }
     );
     let backlog = produce_backlog(
-        &config.kafka_brokers,
+        &config.kafka,
         &topic,
         args.events,
         args.users.max(1),
@@ -160,7 +160,7 @@ pub(crate) async fn bench_process(
 
     // The join's other side: a handful of countries with their regions.
     let countries_topic = walflow_wire::topic::topic_name(&run_id, "public", "countries");
-    let countries = produce_countries(&config.kafka_brokers, &countries_topic)?;
+    let countries = produce_countries(&config.kafka, &countries_topic)?;
 
     let mut figures = Vec::new();
     let result: anyhow::Result<()> = async {
@@ -232,12 +232,11 @@ pub(crate) async fn bench_process(
                 .as_ref()
                 .map(|url| url.as_str().to_owned());
             let ceiling =
-                consume_and_decode(&config.kafka_brokers, &topic, &source, registry.as_deref())
-                    .await?;
+                consume_and_decode(&config.kafka, &topic, &source, registry.as_deref()).await?;
 
             eprintln!("bench process: {name} ({format}): the pipeline");
             let mut options =
-                ProcessOptions::new(&config.kafka_brokers, config.cassandra_nodes.clone());
+                ProcessOptions::new(config.kafka.clone(), config.cassandra_nodes.clone());
             options.schema_registry_url = registry;
             options.checkpoint_dir = checkpoints.clone();
             options.stop_when_caught_up = true;

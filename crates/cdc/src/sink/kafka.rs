@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::ClientConfig;
 use walflow_pgoutput::Lsn;
+use walflow_tls::kafka::{KafkaConnection, RecordingContext, SecurityFailures};
 
 use super::ledger::{Acks, Deliveries};
 use super::{DeliveryFailure, EventSink, SinkError};
@@ -18,9 +19,20 @@ use crate::metrics::CdcMetrics;
 /// librdkafka calls `delivery` for every message, from its own thread.
 struct AckContext {
     deliveries: Deliveries,
+    /// What librdkafka said of a refused login or a failed TLS handshake (the producer
+    /// polls, so its error callback runs).
+    recording: RecordingContext,
 }
 
-impl ClientContext for AckContext {}
+impl ClientContext for AckContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.recording.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.recording.error(error, reason);
+    }
+}
 
 impl ProducerContext for AckContext {
     /// The index of the transaction the message belongs to.
@@ -43,7 +55,8 @@ impl ProducerContext for AckContext {
 /// How the Kafka producer is set up.
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
-    pub brokers: String,
+    /// The brokers and the librdkafka properties every client gets (TLS, SASL).
+    pub connection: KafkaConnection,
     /// How long librdkafka keeps retrying one event before giving up on it; then cdc starts a
     /// new producer and a new replication session from the slot's confirmed position.
     pub message_timeout: Duration,
@@ -54,9 +67,9 @@ pub struct KafkaSettings {
 }
 
 impl KafkaSettings {
-    pub fn new(brokers: &str) -> KafkaSettings {
+    pub fn new(connection: &KafkaConnection) -> KafkaSettings {
         KafkaSettings {
-            brokers: brokers.to_owned(),
+            connection: connection.clone(),
             message_timeout: Duration::from_secs(300),
             max_message_bytes: 1_000_000,
             dead_letter_topic: "walflow.dead_letters".to_owned(),
@@ -71,10 +84,17 @@ const QUEUE_MAX_EVENTS: u64 = 100_000;
 fn create_producer(
     settings: &KafkaSettings,
     deliveries: Deliveries,
+    failures: &SecurityFailures,
 ) -> Result<ThreadedProducer<AckContext>, SinkError> {
-    let context = AckContext { deliveries };
-    let producer: ThreadedProducer<AckContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    let context = AckContext {
+        deliveries,
+        recording: RecordingContext {
+            failures: failures.clone(),
+        },
+    };
+    let producer: ThreadedProducer<AckContext> = settings
+        .connection
+        .client_config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("compression.type", "lz4")
@@ -96,20 +116,23 @@ pub struct KafkaSink {
     producer: ThreadedProducer<AckContext>,
     settings: KafkaSettings,
     acks: Acks,
+    failures: SecurityFailures,
 }
 
 impl KafkaSink {
-    pub fn new(brokers: &str) -> Result<KafkaSink, SinkError> {
-        KafkaSink::with(KafkaSettings::new(brokers))
+    pub fn new(connection: &KafkaConnection) -> Result<KafkaSink, SinkError> {
+        KafkaSink::with(KafkaSettings::new(connection))
     }
 
     pub fn with(settings: KafkaSettings) -> Result<KafkaSink, SinkError> {
         let acks = Acks::new(Arc::<CdcMetrics>::default());
-        let producer = create_producer(&settings, acks.deliveries())?;
+        let failures = SecurityFailures::default();
+        let producer = create_producer(&settings, acks.deliveries(), &failures)?;
         Ok(KafkaSink {
             producer,
             settings,
             acks,
+            failures,
         })
     }
 
@@ -182,7 +205,7 @@ impl EventSink for KafkaSink {
         if topics.is_empty() {
             return Ok(());
         }
-        match create_missing_topics(&self.settings.brokers, topics).await {
+        match create_missing_topics(&self.settings.connection, topics, &self.failures).await {
             Err(SinkError::Kafka(error)) => {
                 tracing::warn!(%error, ?topics, "could not create the topics; relying on the brokers to create them on first write");
                 Ok(())
@@ -193,7 +216,7 @@ impl EventSink for KafkaSink {
 
     fn reset(&mut self) -> Result<(), SinkError> {
         self.acks.reset();
-        self.producer = create_producer(&self.settings, self.acks.deliveries())?;
+        self.producer = create_producer(&self.settings, self.acks.deliveries(), &self.failures)?;
         // The old producer purges its queue when dropped; its callbacks land in the old
         // ledger, which nobody reads any more.
         self.acks.metrics().record_delivery_failure();
@@ -277,11 +300,23 @@ fn too_large_record(event: &ChangeEvent, size: usize, limit: usize, topic: &str)
 }
 
 /// Creates the topics that do not exist yet; see [`KafkaSink::create_topics`].
-async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), SinkError> {
+async fn create_missing_topics(
+    connection: &KafkaConnection,
+    topics: &[String],
+    failures: &SecurityFailures,
+) -> Result<(), SinkError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let context = RecordingContext {
+        failures: failures.clone(),
+    };
+    let admin: AdminClient<RecordingContext> =
+        connection.client_config().create_with_context(context)?;
+    let refused = |failures: &SecurityFailures| {
+        failures.first().map(|reason| SinkError::Refused {
+            brokers: connection.brokers.clone(),
+            reason,
+        })
+    };
     // -1: the brokers' num.partitions and default.replication.factor.
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
@@ -291,7 +326,27 @@ async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), S
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(30)))
         .request_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&new_topics, &options).await? {
+    // A refused login or an untrusted certificate is no reason to wait for Kafka: stop as
+    // soon as librdkafka says so.
+    let creating = admin.create_topics(&new_topics, &options);
+    tokio::pin!(creating);
+    let results = loop {
+        tokio::select! {
+            result = &mut creating => match result {
+                Ok(results) => break results,
+                Err(error) => return Err(refused(failures).unwrap_or(SinkError::Kafka(error))),
+            },
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                if let Some(error) = refused(failures) {
+                    return Err(error);
+                }
+            }
+        }
+    };
+    if let Some(error) = refused(failures) {
+        return Err(error);
+    }
+    for result in results {
         match result {
             Ok(topic) => tracing::info!(%topic, "topic created"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -316,11 +371,9 @@ async fn create_missing_topics(brokers: &str, topics: &[String]) -> Result<(), S
 }
 
 /// Deletes topics (benchmarks clean up after themselves).
-pub async fn delete_topics(brokers: &str, topics: &[&str]) -> Result<(), SinkError> {
+pub async fn delete_topics(connection: &KafkaConnection, topics: &[&str]) -> Result<(), SinkError> {
     let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .create()?;
+        connection.client_config().create()?;
     admin
         .delete_topics(topics, &rdkafka::admin::AdminOptions::new())
         .await?;
@@ -335,7 +388,7 @@ mod tests {
     /// snapshot is not recorded as complete with rows still queued.
     #[tokio::test]
     async fn a_drain_that_ends_before_kafka_acknowledged_says_so() {
-        let mut settings = KafkaSettings::new("127.0.0.1:9");
+        let mut settings = KafkaSettings::new(&KafkaConnection::new("127.0.0.1:9"));
         settings.message_timeout = Duration::from_secs(3600);
         let mut sink = KafkaSink::with(settings).unwrap();
         sink.send(&ChangeEvent {

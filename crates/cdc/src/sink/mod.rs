@@ -33,6 +33,12 @@ pub enum SinkError {
     /// The memory sink, told to refuse every send (a Kafka that takes nothing).
     #[error("{0}")]
     SendRefused(String),
+    #[error(
+        "Kafka at {brokers} refused walflow: {reason}; check security.protocol, sasl.mechanism, \
+         sasl.username, sasl.password and ssl.ca.location (walflow.toml's [kafka.properties] or \
+         WALFLOW_KAFKA_PROPERTY_* variables)"
+    )]
+    Refused { brokers: String, reason: String },
     #[error("Kafka refused to create topic {topic}: {code}; create it by hand, or give walflow the right to create topics")]
     TopicRefused {
         topic: String,

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::ClientConfig;
+
+use walflow_tls::kafka::{KafkaConnection, RecordingContext};
 
 use super::{scratch_name, Check, DoctorTargets, ServiceReport};
 use crate::kafka_api_versions::{self, BrokerApiVersions};
@@ -14,15 +14,18 @@ use crate::kafka_api_versions::{self, BrokerApiVersions};
 const INIT_PRODUCER_ID_API_KEY: i16 = 22;
 
 pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
-    let mut report = ServiceReport::new("kafka", targets.kafka_brokers.clone());
-    let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
-        .set("bootstrap.servers", &targets.kafka_brokers)
+    let mut report = ServiceReport::new("kafka", targets.kafka.shown());
+    let context = RecordingContext::default();
+    let failures = context.failures.clone();
+    let admin: AdminClient<RecordingContext> = match targets
+        .kafka
+        .client_config()
         .set(
             "socket.connection.setup.timeout.ms",
             timeout_ms(targets.timeout),
         )
         .set("log_level", "3")
-        .create()
+        .create_with_context(context)
     {
         Ok(admin) => admin,
         Err(error) => {
@@ -57,12 +60,21 @@ pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
             format!("{brokers} broker(s), {topics} topic(s), answered by {answered_by}"),
         )),
         Ok(Err(error)) => {
-            report.checks.push(Check::fail(
-                "connect",
-                format!("no metadata within {timeout:?}: {error}"),
-                "start Kafka (scripts/services up) or point WALFLOW_KAFKA_BROKERS / \
-                 --kafka-brokers at a reachable broker",
-            ));
+            report.checks.push(match failures.first() {
+                Some(reason) => Check::fail(
+                    "connect",
+                    format!("Kafka refused the connection: {reason}"),
+                    "check security.protocol, sasl.mechanism, sasl.username, sasl.password and \
+                     ssl.ca.location (walflow.toml's [kafka.properties] or \
+                     WALFLOW_KAFKA_PROPERTY_* variables)",
+                ),
+                None => Check::fail(
+                    "connect",
+                    format!("no metadata within {timeout:?}: {error}"),
+                    "start Kafka (scripts/services up) or point WALFLOW_KAFKA_BROKERS / \
+                     --kafka-brokers at a reachable broker",
+                ),
+            });
             return report;
         }
         Err(error) => {
@@ -75,9 +87,17 @@ pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
         }
     }
 
+    let protocol = targets.kafka.security_protocol();
+    report.checks.push(security_check(&targets.kafka));
     report
         .checks
-        .push(match first_broker(&targets.kafka_brokers) {
+        .push(match first_broker(&targets.kafka.brokers) {
+            // The ApiVersions probe speaks plain text; the admin client's metadata above
+            // already answered over the configured protocol.
+            Some(_) if protocol != "PLAINTEXT" => Check::ok(
+                "protocol",
+                format!("not probed over {protocol} (the version probe speaks plain text only)"),
+            ),
             Some(broker) => match kafka_api_versions::request(broker, targets.timeout).await {
                 Ok(versions) => {
                     report.version = Some(describe_version(&versions));
@@ -100,6 +120,45 @@ pub(super) async fn check(targets: &DoctorTargets) -> ServiceReport {
         .checks
         .push(create_topic_check(&admin, targets.timeout).await);
     report
+}
+
+/// How the clients reach Kafka: plain text, or TLS and/or SASL.
+fn security_check(kafka: &KafkaConnection) -> Check {
+    let protocol = kafka.security_protocol().to_ascii_uppercase();
+    let mechanism = kafka
+        .properties
+        .get("sasl.mechanism")
+        .or_else(|| kafka.properties.get("sasl.mechanisms"))
+        .map_or("GSSAPI", String::as_str);
+    let verified = kafka
+        .properties
+        .get("enable.ssl.certificate.verification")
+        .is_none_or(|value| value != "false");
+    match protocol.as_str() {
+        "SASL_SSL" | "SSL" if verified => {
+            let login = if protocol == "SASL_SSL" {
+                format!(", login {mechanism}")
+            } else {
+                String::new()
+            };
+            Check::ok(
+                "security",
+                format!("{protocol}: encrypted, the brokers' certificates verified{login}"),
+            )
+        }
+        "SASL_SSL" | "SSL" => Check::warn(
+            "security",
+            format!("{protocol} with enable.ssl.certificate.verification=false"),
+            "give the brokers' CA (ssl.ca.location) and remove \
+             enable.ssl.certificate.verification=false",
+        ),
+        "SASL_PLAINTEXT" => Check::warn(
+            "security",
+            format!("SASL_PLAINTEXT: login {mechanism}, but the traffic is not encrypted"),
+            "use security.protocol=SASL_SSL",
+        ),
+        _ => Check::ok("security", "PLAINTEXT (not encrypted)"),
+    }
 }
 
 fn first_broker(brokers: &str) -> Option<&str> {
@@ -142,7 +201,7 @@ fn protocol_check(versions: &BrokerApiVersions) -> Check {
 
 /// Creates a one-partition scratch topic and deletes it again: the same admin rights that
 /// `walflow cdc` needs for its topics.
-async fn create_topic_check(admin: &AdminClient<DefaultClientContext>, timeout: Duration) -> Check {
+async fn create_topic_check(admin: &AdminClient<RecordingContext>, timeout: Duration) -> Check {
     let topic = scratch_name("walflow_doctor");
     let options = AdminOptions::new()
         .operation_timeout(Some(timeout))

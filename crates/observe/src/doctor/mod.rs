@@ -20,7 +20,8 @@ pub use report::render_table;
 pub struct DoctorTargets {
     pub postgres_url: String,
     pub postgres_display: String,
-    pub kafka_brokers: String,
+    /// Kafka's brokers and the librdkafka properties (TLS, SASL) every client gets.
+    pub kafka: walflow_tls::kafka::KafkaConnection,
     pub cassandra_nodes: Vec<String>,
     /// Checked only when configured (Avro change events need it).
     pub schema_registry_url: Option<String>,

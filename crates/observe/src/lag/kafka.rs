@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 /// A consumer group and the topics it reads.
@@ -30,14 +30,14 @@ pub struct PartitionLag {
 /// Reads committed and end offsets for every partition of every group's topics. Blocking
 /// (librdkafka's calls are): run it on a blocking thread.
 pub fn consumer_lag(
-    brokers: &str,
+    kafka: &walflow_tls::kafka::KafkaConnection,
     groups: &[ConsumerGroup],
     timeout: Duration,
 ) -> Result<Vec<PartitionLag>, rdkafka::error::KafkaError> {
     let mut lags = Vec::new();
     for group in groups {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        let consumer: BaseConsumer = kafka
+            .client_config()
             .set("group.id", &group.group)
             .set("enable.auto.commit", "false")
             .create()?;

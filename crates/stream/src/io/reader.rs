@@ -13,6 +13,7 @@ use rdkafka::message::Message;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
+use walflow_tls::kafka::KafkaConnection;
 
 use super::{sleep_or_stop, BatchRead, ChangeSource, PartitionKey, ReadBatch, Record, RETRY};
 use crate::avro::SchemaFetchError;
@@ -32,10 +33,9 @@ use crate::runner::{ProcessError, ProcessOptions};
 /// (docs/benchmarks.md). An offset Kafka no longer has is an error (`auto.offset.reset =
 /// error`), never a silent jump to the first one left: the events in between would be missing
 /// from the state for good ([`OffsetGap`](crate::consumer::OffsetGap)).
-pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+pub fn consumer_config(kafka: &KafkaConnection, group: &str) -> ClientConfig {
+    let mut config = kafka.client_config();
     config
-        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -67,7 +67,7 @@ impl KafkaSource {
     ) -> Result<KafkaSource, ProcessError> {
         let name = &pipeline.definition.name;
         let group = pipeline.definition.consumer_group();
-        let consumer: PipelineConsumer = consumer_config(&options.brokers, &group)
+        let consumer: PipelineConsumer = consumer_config(&options.kafka, &group)
             .create_with_context(PipelineConsumerContext::new(name, &group, metrics))?;
         Ok(KafkaSource {
             consumer: Arc::new(consumer),

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
 use tokio::sync::watch;
 
 use super::dead_letters::{send_dead_letters, DeadLetter};
@@ -247,8 +246,9 @@ impl CassandraOutputs {
                 }
             }
         };
-        let topics: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &options.brokers)
+        let topics: FutureProducer = options
+            .kafka
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;

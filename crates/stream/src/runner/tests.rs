@@ -9,6 +9,7 @@ use super::*;
 use crate::definition::PipelineDefinition;
 use crate::io::memory::{MemorySink, MemorySource, MemoryTopics};
 use crate::metrics::RecoveredError;
+use walflow_tls::kafka::KafkaConnection;
 
 const TOPIC: &str = "walflow.public.users";
 const SINK: &str = "users_by_country";
@@ -85,7 +86,7 @@ fn checkpoint_dir(test: &str) -> PathBuf {
 
 /// Runs until caught up, a checkpoint after every batch.
 fn caught_up_options(checkpoint_dir: &Path) -> ProcessOptions {
-    let mut options = ProcessOptions::new("unused:9092", Vec::new());
+    let mut options = ProcessOptions::new(KafkaConnection::new("unused:9092"), Vec::new());
     options.checkpoint_dir = checkpoint_dir.to_owned();
     options.checkpoint_interval = Duration::ZERO;
     options.stop_when_caught_up = true;
