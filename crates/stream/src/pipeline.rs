@@ -268,6 +268,55 @@ impl Pipeline {
         })
     }
 
+    /// For each query whose sources all keep their rows: a delta that empties its sink table
+    /// and writes the query's whole current result, evaluated afresh over those rows (empty
+    /// for the other queries). The last step of a replay after a crash: a replay cuts the
+    /// events into other batches, and across topics and partitions in another order, than
+    /// the killed run did, so a key the killed run wrote past its checkpoint may be one the
+    /// replay never passes through; rewritten whole, the table holds no such row.
+    pub fn refresh(&self, state: &Checkpoint) -> Result<Vec<SinkDelta>, EvaluateError> {
+        let mut deltas = Vec::with_capacity(self.queries.len());
+        for query in &self.queries {
+            let mut delta = SinkDelta::default();
+            let rows: Option<Vec<(&str, Vec<ChangedRow>)>> = query
+                .sources
+                .iter()
+                .map(|name| {
+                    let source = state.sources.get(name)?;
+                    let rows = source.current_rows()?;
+                    Some((
+                        name.as_str(),
+                        rows.into_iter().map(|row| (row, 1)).collect::<Vec<_>>(),
+                    ))
+                })
+                .collect();
+            let windowed = self
+                .definition
+                .sources
+                .iter()
+                .any(|source| source.watermark.is_some() && query.reads(&source.name));
+            if let (Some(rows), false) = (rows, windowed) {
+                let input = BatchInput::of_changes(
+                    rows.iter()
+                        .map(|(name, rows)| (*name, rows.as_slice()))
+                        .collect(),
+                );
+                let mut fresh = QueryState::new(query);
+                let mut late = Vec::new();
+                let changes = evaluate(&query.root, &input, &mut fresh, &mut late)
+                    .and_then(|changes| changes.to_rows())
+                    .map_err(|source| EvaluateError {
+                        sink: query.sink.name.clone(),
+                        source,
+                    })?;
+                delta.truncate();
+                delta.add(query, changes);
+            }
+            deltas.push(delta);
+        }
+        Ok(deltas)
+    }
+
     pub fn fresh_checkpoint(&self) -> Checkpoint {
         let keyed = self.keyed_sources();
         Checkpoint {
@@ -288,6 +337,9 @@ impl Pipeline {
         }
     }
 }
+
+/// A row with its weight, as the operators take them.
+type ChangedRow = (crate::value::Row, i8);
 
 /// Consecutive changes of one source in a batch: their rows in the source's output.
 struct SourceRun {

@@ -389,6 +389,12 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
             }
             self.in_flight = Some(tokio::spawn(self.writer.clone().write(batch)));
             self.checkpoints.batch_started(events);
+            if replay == Replay::AfterCrash && self.replay_of_next_batch() == Replay::No {
+                // The replay is over: rewrite the sinks whole, before any checkpoint.
+                if !self.settle().await? || !self.refresh_sinks().await? {
+                    return Ok(self.summary);
+                }
+            }
 
             let caught_up = self.stop_at.as_ref().is_some_and(|ends| {
                 ends.iter()
@@ -433,6 +439,38 @@ impl<S: ChangeSource, K: BatchSink> RunLoop<S, K> {
         self.replaying_until = None;
         tracing::info!(pipeline = %self.name, "past where the topics ended at start: writing only what changes");
         Replay::No
+    }
+
+    /// Empties and rewrites every sink whose query's sources keep their rows
+    /// ([`Pipeline::refresh`]); false when the run was stopped while writing.
+    async fn refresh_sinks(&mut self) -> Result<bool, ProcessError> {
+        let deltas =
+            self.pipeline
+                .refresh(&self.state)
+                .map_err(|source| ProcessError::Evaluate {
+                    pipeline: self.name.clone(),
+                    source,
+                })?;
+        let tables: Vec<&str> = self
+            .pipeline
+            .queries
+            .iter()
+            .zip(&deltas)
+            .filter(|(_, delta)| delta.truncate_first)
+            .map(|(query, _)| query.sink.name.as_str())
+            .collect();
+        tracing::info!(pipeline = %self.name, sinks = ?tables, "replay done: rewriting these sink tables whole from the state");
+        let refresh = BatchWrite {
+            deltas,
+            dead_letters: Vec::new(),
+            late: Vec::new(),
+            positions: Vec::new(),
+            commit_times_ms: Vec::new(),
+            newest_commit_ms: 0,
+            events: 0,
+        };
+        self.in_flight = Some(tokio::spawn(self.writer.clone().write(refresh)));
+        self.settle().await
     }
 
     /// Waits for the batch in flight, if any, and books it; false when it was never written

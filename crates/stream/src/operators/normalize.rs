@@ -63,6 +63,13 @@ impl SourceState {
         self.rows.is_some()
     }
 
+    /// Every row kept (none in images mode).
+    pub fn current_rows(&self) -> Option<Vec<Row>> {
+        self.rows
+            .as_ref()
+            .map(|rows| rows.values().cloned().collect())
+    }
+
     pub fn rows(&self) -> usize {
         self.rows.as_ref().map_or(0, HashMap::len)
     }
