@@ -290,12 +290,15 @@ impl Pipeline {
                     ))
                 })
                 .collect();
-            let windowed = self
-                .definition
-                .sources
-                .iter()
-                .any(|source| source.watermark.is_some() && query.reads(&source.name));
-            if let (Some(rows), false) = (rows, windowed) {
+            // A changelog source appends every event and keeps none: its results live only in
+            // the state of the query's operators (counts of changes, windows), never
+            // recomputed from rows.
+            let appends = self.definition.sources.iter().any(|source| {
+                query.reads(&source.name)
+                    && (source.watermark.is_some()
+                        || source.mode == crate::definition::SourceMode::Changelog)
+            });
+            if let (Some(rows), false) = (rows, appends) {
                 let input = BatchInput::of_changes(
                     rows.iter()
                         .map(|(name, rows)| (*name, rows.as_slice()))

@@ -143,6 +143,7 @@ fn a_region_written_past_the_checkpoint_leaves_in_the_replay() {
         checkpointed: 1,
         written: 2,
         second_sizes: vec![2],
+        interleaving: 0,
     };
     let case = (steps, crash, ReplicaIdentity::Full);
     if let Err(failure) = sinks_equal_datafusion_after_a_crash(&harness, case) {

@@ -125,14 +125,30 @@ impl Harness {
         let mut state = checkpoint;
         // The late events the first run sent past its checkpoint are sent again.
         outcome.late = 0;
+        // Read again, each source's events come in their order, but the sources interleave
+        // otherwise (topics and partitions are read in no fixed order): all of it is replay.
+        let again = interleave(&events[checkpointed..], crash.interleaving);
+        let replay_ends = if crash.interleaving == 0 {
+            read_after
+        } else {
+            again.len()
+        };
         self.feed(
             &mut state,
-            &events[checkpointed..],
+            &again,
             &crash.second_sizes,
             usize::MAX,
-            read_after,
+            replay_ends,
             &mut outcome,
         );
+        // As the runner does when the replay is over.
+        let refresh = self
+            .pipeline
+            .refresh(&state)
+            .unwrap_or_else(|error| panic!("the refresh evaluates: {error}"));
+        for (table, delta) in outcome.tables.iter_mut().zip(&refresh) {
+            delta.apply_to(table);
+        }
         outcome
     }
 
@@ -273,6 +289,34 @@ impl Outcome {
     }
 }
 
+/// `events` with each source's events in their order and the sources interleaved as `seed`
+/// picks (0: as given).
+fn interleave(events: &[Event], seed: u64) -> Vec<Event> {
+    if seed == 0 {
+        return events.to_vec();
+    }
+    let sources = events
+        .iter()
+        .map(|event| event.source + 1)
+        .max()
+        .unwrap_or(0);
+    let mut queues: Vec<std::collections::VecDeque<Event>> = vec![Default::default(); sources];
+    for event in events {
+        queues[event.source].push_back(event.clone());
+    }
+    let mut state = seed;
+    let mut result = Vec::with_capacity(events.len());
+    while result.len() < events.len() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let open: Vec<usize> = (0..sources).filter(|&s| !queues[s].is_empty()).collect();
+        let pick = open[(state % open.len() as u64) as usize];
+        result.extend(queues[pick].pop_front());
+    }
+    result
+}
+
 /// Where a run is killed and how the run after it cuts its batches
 /// ([`Harness::run_with_crash`]).
 #[derive(Debug, Clone)]
@@ -283,18 +327,26 @@ struct Crash {
     /// Batches of the first run written before it dies (at least `checkpointed`).
     written: usize,
     second_sizes: Vec<usize>,
+    /// How the run after the crash interleaves the sources (0: in the first run's order).
+    interleaving: u64,
 }
 
 /// A crash anywhere in the first few batches, each run cutting batches its own way.
 fn crash() -> impl Strategy<Value = Crash> {
-    (batch_sizes(), 0usize..6, 0usize..6, batch_sizes()).prop_map(
-        |(first_sizes, a, b, second_sizes)| Crash {
+    (
+        batch_sizes(),
+        0usize..6,
+        0usize..6,
+        batch_sizes(),
+        prop_oneof![Just(0u64), 1u64..u64::MAX],
+    )
+        .prop_map(|(first_sizes, a, b, second_sizes, interleaving)| Crash {
             first_sizes,
             checkpointed: a.min(b),
             written: a.max(b),
             second_sizes,
-        },
-    )
+            interleaving,
+        })
 }
 
 /// One step of a keyed history: the row with key `id` of `source` is written or deleted,
