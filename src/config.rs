@@ -23,7 +23,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALFLOW_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
 
-    /// Postgres connection URL [default: postgres://walflow:***@127.0.0.1:5432/walflow]
+    /// Postgres connection URL, libpq's TLS parameters included (sslmode=verify-full,
+    /// sslrootcert=...); WALFLOW_POSTGRES_URL_FILE names a file holding it
+    /// [default: postgres://walflow:***@127.0.0.1:5432/walflow]
     #[arg(
         long,
         global = true,
@@ -52,7 +54,8 @@ pub struct GlobalArgs {
     pub cassandra_nodes: Option<String>,
 
     /// Schema registry's Confluent-compatible API, for Avro change events (checked by doctor
-    /// when given), e.g. http://127.0.0.1:8081/apis/ccompat/v7
+    /// when given), e.g. http://127.0.0.1:8081/apis/ccompat/v7; WALFLOW_SCHEMA_REGISTRY_URL_FILE
+    /// names a file holding it
     #[arg(
         long,
         global = true,
@@ -137,6 +140,12 @@ pub enum ConfigError {
     Empty { what: &'static str },
     #[error(transparent)]
     KafkaProperty(#[from] walflow_tls::kafka::KafkaPropertyError),
+    #[error("cannot read {variable}={}: {source}", path.display())]
+    SecretFile {
+        variable: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration file {path}: [kafka.properties] {name} must be a string, number or boolean")]
     KafkaPropertyValue { path: PathBuf, name: String },
 }
@@ -153,6 +162,9 @@ impl Config {
         let postgres_url = args
             .postgres_url
             .clone()
+            .map(Ok)
+            .or_else(|| secret_file("WALFLOW_POSTGRES_URL_FILE"))
+            .transpose()?
             .or(file.postgres.url)
             .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_owned());
         let kafka_brokers = args
@@ -197,6 +209,9 @@ impl Config {
             schema_registry_url: args
                 .schema_registry_url
                 .clone()
+                .map(Ok)
+                .or_else(|| secret_file("WALFLOW_SCHEMA_REGISTRY_URL_FILE"))
+                .transpose()?
                 .or(file.schema_registry.url)
                 .filter(|url| !url.trim().is_empty())
                 .map(SecretUrl::http),
@@ -204,6 +219,21 @@ impl Config {
         tracing::debug!(?config, "configuration loaded");
         Ok(config)
     }
+}
+
+/// The value of a secret given as a file (the Docker secrets convention): `variable` names
+/// the file; its content without the final newline is the value. None when not set.
+fn secret_file(variable: &str) -> Option<Result<String, ConfigError>> {
+    let path = PathBuf::from(std::env::var_os(variable)?);
+    Some(
+        std::fs::read_to_string(&path)
+            .map(|text| text.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|source| ConfigError::SecretFile {
+                variable: variable.to_owned(),
+                path,
+                source,
+            }),
+    )
 }
 
 fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
@@ -298,6 +328,24 @@ mod tests {
 
     fn redact_password(connection: &str) -> String {
         SecretUrl::postgres(connection.to_owned()).to_string()
+    }
+
+    #[test]
+    fn a_secret_file_gives_the_value_and_a_missing_one_is_named() {
+        let path = std::env::temp_dir().join(format!("walflow-secret-{}", std::process::id()));
+        std::fs::write(&path, "postgres://u:s3cret@db/app\n").unwrap();
+        let variable = format!("WALFLOW_TEST_SECRET_{}", std::process::id());
+        std::env::set_var(&variable, &path);
+        let value = secret_file(&variable).unwrap().unwrap();
+        assert_eq!(value, "postgres://u:s3cret@db/app");
+        std::fs::remove_file(&path).unwrap();
+        let error = secret_file(&variable).unwrap().unwrap_err().to_string();
+        assert!(
+            error.contains(&variable) && error.contains("walflow-secret-"),
+            "{error}"
+        );
+        std::env::remove_var(&variable);
+        assert!(secret_file(&variable).is_none());
     }
 
     #[test]
