@@ -217,6 +217,17 @@ pub(crate) async fn wait_for_active_slot(database: &TestDatabase, slot: &str) {
 /// Reads `count` messages of `topic` from the beginning with kcat, as JSON envelopes.
 /// The topic appears with walflow's first event, so kcat may have to wait for it.
 fn kcat_messages(topic: &str, count: usize) -> Vec<Value> {
+    kcat_messages_from(&services().kafka_brokers, &[], topic, count)
+}
+
+/// `count` messages of `topic` read by kcat from `brokers`, with `settings` (`-X` pairs such
+/// as `security.protocol=SASL_SSL`); waits up to 60 s for the topic to exist.
+pub(crate) fn kcat_messages_from(
+    brokers: &str,
+    settings: &[String],
+    topic: &str,
+    count: usize,
+) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let output = loop {
         let output = Command::new("timeout")
@@ -225,12 +236,13 @@ fn kcat_messages(topic: &str, count: usize) -> Vec<Value> {
                 "kcat",
                 "-C",
                 "-b",
-                &services().kafka_brokers,
+                brokers,
                 "-t",
                 topic,
                 "-o",
                 "beginning",
             ])
+            .args(settings.iter().flat_map(|setting| ["-X", setting.as_str()]))
             .args(["-c", &count.to_string(), "-J", "-q"])
             .output()
             .expect("kcat");
@@ -1264,7 +1276,7 @@ async fn two_tables_mapping_to_one_topic_are_refused_naming_both() {
         )
         .await
         .unwrap();
-    let (code, message) = cdc_refusal(
+    let (code, message) = walflow_refusal(
         &database.url,
         &[
             "cdc",
@@ -1390,7 +1402,7 @@ async fn a_resnapshot_leaves_a_foreign_slot_of_the_same_name_alone() {
         .execute("SELECT pg_create_physical_replication_slot($1)", &[&slot])
         .await
         .unwrap();
-    let (code, message) = cdc_refusal(
+    let (code, message) = walflow_refusal(
         &database.url,
         &[
             "cdc",
@@ -1948,9 +1960,9 @@ async fn sigterm_during_the_snapshot_stops_it_and_leaves_it_to_be_taken_again() 
     );
 }
 
-/// Runs `walflow cdc` with `args`, expected to refuse to start: its exit code (`None` when
-/// it still ran after 60 s and was killed) and what it logged.
-fn cdc_refusal(database_url: &str, args: &[&str]) -> (Option<i32>, String) {
+/// Runs `walflow` with `args` (`cdc ...`, say), expected to refuse to start: its exit code
+/// (`None` when it still ran after 60 s and was killed) and what it logged.
+pub(crate) fn walflow_refusal(database_url: &str, args: &[&str]) -> (Option<i32>, String) {
     let log = tempfile::NamedTempFile::new().unwrap();
     let status = crate::process::run_within(
         walflow(database_url).args(args),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::cdc::{kcat_all, wait_until_caught_up, Cdc};
+use crate::cdc::{kcat_all, wait_until_caught_up, walflow_refusal, Cdc};
 use crate::harness::{run, stderr, stdout, unique_name, walflow, TestDatabase, TestTopics};
 
 /// The secure Postgres's URL (`sslmode=verify-full` with the local CA), from
@@ -101,24 +101,13 @@ async fn ingest_cdc_and_doctor_work_over_verified_tls_and_the_replication_link_i
     );
 }
 
-/// Runs `walflow <args>` against `url`, expected to fail fast: its exit code and stderr.
-fn refused(url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let status =
-        crate::process::run_within(walflow(url).args(args), log.path(), Duration::from_secs(60));
-    (
-        status.and_then(|status| status.code()),
-        std::fs::read_to_string(log.path()).unwrap(),
-    )
-}
-
 #[tokio::test]
 async fn plain_text_an_unknown_ca_and_a_wrong_host_name_are_refused_with_what_did_not_match() {
     let database = TestDatabase::create_on(&secure_postgres_url()).await;
     let dir = tls_dir();
     let port = 5433;
     let cdc = |url: &str| {
-        refused(
+        walflow_refusal(
             url,
             &[
                 "cdc",
@@ -165,7 +154,7 @@ async fn plain_text_an_unknown_ca_and_a_wrong_host_name_are_refused_with_what_di
         database.name,
         dir.join("ca.crt").display()
     );
-    let (code, log) = refused(&wrong_host, &["migrate"]);
+    let (code, log) = walflow_refusal(&wrong_host, &["migrate"]);
     assert_eq!(code, Some(1), "{log}");
     assert!(
         log.contains("hostname mismatch")
@@ -174,7 +163,7 @@ async fn plain_text_an_unknown_ca_and_a_wrong_host_name_are_refused_with_what_di
         "{log}"
     );
     // verify-ca checks the CA alone: the same host name passes.
-    let (code, log) = refused(
+    let (code, log) = walflow_refusal(
         &wrong_host.replace("verify-full", "verify-ca"),
         &["migrate"],
     );
@@ -189,7 +178,7 @@ async fn plain_text_an_unknown_ca_and_a_wrong_host_name_are_refused_with_what_di
         dir.join("client.crt").display(),
         dir.join("client.key").display()
     );
-    let (code, log) = refused(&by_certificate, &["migrate"]);
+    let (code, log) = walflow_refusal(&by_certificate, &["migrate"]);
     assert_eq!(code, Some(0), "{log}");
     for (_, log) in [cdc(&plain), cdc(&other_ca)] {
         assert!(!log.contains("walflow:walflow@"), "a password in {log}");
@@ -223,54 +212,15 @@ fn kafka_password() -> String {
 /// client.
 fn kcat_over_sasl_ssl(topic: &str, count: usize) -> Vec<Value> {
     let brokers = std::env::var("WALFLOW_TEST_SECURE_KAFKA_BROKERS").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let output = loop {
-        let output = std::process::Command::new("timeout")
-            .args([
-                "60",
-                "kcat",
-                "-b",
-                &brokers,
-                "-C",
-                "-t",
-                topic,
-                "-o",
-                "beginning",
-            ])
-            // PLAIN: kcat's librdkafka (2.0) fails SCRAM against Kafka 4; walflow's passes.
-            .args([
-                "-X",
-                "security.protocol=SASL_SSL",
-                "-X",
-                "sasl.mechanism=PLAIN",
-            ])
-            .args(["-X", "sasl.username=walflow"])
-            .arg("-X")
-            .arg(format!("sasl.password={}", kafka_password()))
-            .arg("-X")
-            .arg(format!(
-                "ssl.ca.location={}",
-                tls_dir().join("ca.crt").display()
-            ))
-            .args(["-c", &count.to_string(), "-J", "-q"])
-            .output()
-            .expect("kcat runs");
-        // cdc creates the topic when it starts: until then kcat finds none.
-        let unknown = String::from_utf8_lossy(&output.stderr).contains("Unknown topic");
-        if !unknown || std::time::Instant::now() > deadline {
-            break output;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(
-        output.status.success(),
-        "kcat over SASL_SSL: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+    // PLAIN: kcat's librdkafka (2.0) fails SCRAM against Kafka 4; walflow's passes.
+    let settings = [
+        "security.protocol=SASL_SSL".to_owned(),
+        "sasl.mechanism=PLAIN".to_owned(),
+        "sasl.username=walflow".to_owned(),
+        format!("sasl.password={}", kafka_password()),
+        format!("ssl.ca.location={}", tls_dir().join("ca.crt").display()),
+    ];
+    crate::cdc::kcat_messages_from(&brokers, &settings, topic, count)
 }
 
 #[tokio::test]
